@@ -1,0 +1,44 @@
+"""Routing for the student/teacher cascade: confidence, calibration, thresholds, budgets, audits, breaker.
+
+Pure Python and numpy, so it is testable in milliseconds and reusable offline.
+"""
+
+from router.audit import AgreementEstimate, AuditSampler
+from router.breaker import CircuitBreaker
+from router.budget import TeacherRateLimiter
+from router.calibration import apply_temperature, expected_calibration_error, fit_temperature
+from router.confidence import MEASURES, confidence, margin, max_probability, negative_entropy
+from router.cost import CostModel
+from router.errors import RouterError
+from router.goals import Goal, TargetAccuracy, TargetAgreement, TeacherBudget, parse_goal
+from router.policy import Decision, EscalationPolicy, Tier
+from router.thresholds import FrontierPoint, cascade_predictions, fit_policy, frontier
+
+__all__ = [
+    "MEASURES",
+    "AgreementEstimate",
+    "AuditSampler",
+    "CircuitBreaker",
+    "CostModel",
+    "Decision",
+    "EscalationPolicy",
+    "FrontierPoint",
+    "Goal",
+    "RouterError",
+    "TargetAccuracy",
+    "TargetAgreement",
+    "TeacherBudget",
+    "TeacherRateLimiter",
+    "Tier",
+    "apply_temperature",
+    "cascade_predictions",
+    "confidence",
+    "expected_calibration_error",
+    "fit_policy",
+    "fit_temperature",
+    "frontier",
+    "margin",
+    "max_probability",
+    "negative_entropy",
+    "parse_goal",
+]

@@ -1,0 +1,59 @@
+"""Audit sampling: send a random share of confident items to the teacher too, and estimate agreement."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from router._checks import check_fraction
+from router.errors import RouterError
+
+
+class AuditSampler:
+    """Chooses each confident item for audit independently with probability `rate`.
+
+    >>> AuditSampler(rate=0.0).sample(3)
+    array([False, False, False])
+    """
+
+    def __init__(self, rate: float, seed: int | None = None) -> None:
+        """Set the audit rate; a fixed `seed` makes the draws reproducible."""
+        self.rate = check_fraction(rate, "audit rate")
+        self._rng = np.random.default_rng(seed)
+
+    def sample(self, n: int) -> np.ndarray:
+        """Boolean mask of length `n`: True for the items to audit."""
+        if not isinstance(n, (int, np.integer)) or n < 0:
+            raise RouterError(f"n must be an int >= 0; got {n!r}")
+        return self._rng.random(n) < self.rate
+
+
+class AgreementEstimate:
+    """Running estimate of how often the student agrees with the teacher on audited items."""
+
+    def __init__(self) -> None:
+        """Start with no audited items."""
+        self.audited = 0  # audited items seen
+        self.agreed = 0  # of those, items where student and teacher agreed
+
+    def update(self, agree: np.ndarray) -> None:
+        """Add audited items; `agree` is a boolean array, True where student and teacher agreed."""
+        agree = np.asarray(agree, dtype=bool).ravel()
+        self.audited += int(agree.size)
+        self.agreed += int(agree.sum())
+
+    @property
+    def value(self) -> float | None:
+        """Observed agreement rate, or None before any audited item."""
+        return self.agreed / self.audited if self.audited else None
+
+    def interval(self, z: float = 1.96) -> tuple[float, float]:
+        """Wilson score interval for the agreement rate (z = 1.96 for 95 %); (0, 1) before any item."""
+        if self.audited == 0:
+            return 0.0, 1.0
+        n, p = self.audited, self.agreed / self.audited
+        denom = 1.0 + z * z / n
+        centre = (p + z * z / (2 * n)) / denom
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+        return max(0.0, centre - half), min(1.0, centre + half)
