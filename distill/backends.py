@@ -1,0 +1,142 @@
+"""Model backends behind one interface: probabilities for a batch of texts, labels, a version.
+
+Every local model (the embedded teacher, both students, any hub classifier) is a Hugging Face
+``AutoModelForSequenceClassification`` directory, so one class, ``HFClassifier``, serves them
+all: batched, ``inference_mode``, CUDA with half precision when a GPU is present.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+import transformers
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from distill.architectures import register_architectures
+from distill.errors import ModelError
+from distill.metadata import ModelMeta, read_meta
+
+transformers.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+class Classifier(Protocol):
+    """What the cascade needs of a model."""
+
+    labels: list[str]
+    version: str
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Probabilities, shape (len(texts), len(labels)), rows summing to one."""
+        ...
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else CUDA when present, else CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def refuse_pickle(directory: Path) -> None:
+    """Raise if a model directory holds pickle-based weights and no safetensors."""
+    if not any(directory.glob("*.safetensors")):
+        pickled = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        reason = f"only pickle-based weights ({', '.join(pickled)})" if pickled else "no model.safetensors"
+        raise ModelError(f"{directory}: {reason}; this project loads safetensors only")
+
+
+class HFClassifier:
+    """Any Hugging Face sequence classifier, from a directory or a hub id.
+
+    >>> model = HFClassifier.load("path/to/model")      # doctest: +SKIP
+    >>> model.predict_proba(["where is my card?"]).shape  # doctest: +SKIP
+    (1, 77)
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        version: str,
+        meta: ModelMeta | None = None,
+        batch_size: int = 64,
+        max_length: int = 128,
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.version = version
+        self.meta = meta
+        self.batch_size = batch_size
+        self.max_length = max_length
+        id2label = model.config.id2label
+        self.labels = [str(id2label[i]) for i in range(len(id2label))]
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def load(
+        cls, source: str | Path, device: str | None = None, batch_size: int = 64, max_length: int = 128
+    ) -> "HFClassifier":
+        """Load a model directory (safetensors only) or a hub id; half precision on CUDA."""
+        register_architectures()
+        path = Path(source)
+        is_dir = path.is_dir()
+        if is_dir:
+            refuse_pickle(path)
+        elif path.exists() or str(source).startswith((".", "/")):
+            raise ModelError(f"model not found: {source} is not a model directory")
+        target = pick_device(device)
+        dtype = torch.float16 if target.type == "cuda" else torch.float32
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(source), use_safetensors=True, dtype=dtype
+            )
+            tokenizer = AutoTokenizer.from_pretrained(str(source))
+        except (OSError, ValueError, KeyError) as err:
+            raise ModelError(f"cannot load '{source}' as a sequence classifier: {err}") from err
+        meta = read_meta(path) if is_dir else None
+        version = meta.version if meta else (path.name if is_dir else str(source))
+        return cls(model.to(target), tokenizer, version, meta, batch_size, max_length)
+
+    def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenise a batch, padded and truncated to ``max_length``, on the model's device."""
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+
+    @torch.inference_mode()
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Raw logits in float32, computed in batches of ``batch_size``."""
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            chunk = texts[start : start + self.batch_size]
+            out.append(self.model(**self.encode(chunk)).logits.float().cpu().numpy())
+        return np.concatenate(out)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Softmax of the logits, float32."""
+        logits = self.logits(texts)
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        return probs / probs.sum(axis=1, keepdims=True)
+
+    def save(self, directory: str | Path) -> None:
+        """Write weights (safetensors), config with labels, and tokenizer files."""
+        self.model.save_pretrained(str(directory), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(directory))
+
+
+def labels_file(directory: Path) -> list[str]:
+    """The label list a model directory's config holds, in id order."""
+    config = json.loads((directory / "config.json").read_text())
+    id2label = config.get("id2label") or {}
+    return [str(id2label[str(i)]) for i in range(len(id2label))]

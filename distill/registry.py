@@ -1,0 +1,180 @@
+"""The model registry: immutable versions per role, and a ``current`` pointer moved atomically.
+
+Layout under the registry root::
+
+    <role>/versions/<version>/   a Hugging Face directory plus cascade.json; read-only once registered
+    <role>/CURRENT               {"version": ...}, replaced with os.replace (atomic on POSIX)
+    <role>/history.jsonl         one line per event: registered, promoted, rolled_back, rejected
+
+A version is written into a staging directory and renamed into place, so a crash never
+leaves a half-written version visible; promotion and rollback take a file lock, so two
+processes never interleave pointer moves.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import stat
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from distill.errors import RegistryError
+from distill.metadata import ModelMeta, Role, read_meta, write_meta
+
+ROLES: tuple[Role, ...] = ("student", "teacher")
+
+
+def new_version_id(role: str) -> str:
+    """A unique, time-sortable version id such as ``student-20261124-081502-3fa2``."""
+    return f"{role}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Registry:
+    """Model versions on a local path (``root``)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def _role_dir(self, role: str) -> Path:
+        if role not in ROLES:
+            raise RegistryError(f"unknown role '{role}': expected one of {', '.join(ROLES)}")
+        return self.root / role
+
+    def path(self, role: str, version: str) -> Path:
+        """The directory of a registered version; RegistryError naming the known ones if absent."""
+        directory = self._role_dir(role) / "versions" / version
+        if not (directory / "cascade.json").is_file():
+            known = ", ".join(m.version for m in self.versions(role)) or "none"
+            raise RegistryError(f"no {role} version '{version}'; registered: {known}")
+        return directory
+
+    @contextmanager
+    def stage(self, role: str) -> Iterator[Path]:
+        """A scratch directory for a version being written; removed if the block fails."""
+        staging = self._role_dir(role) / ".staging" / secrets.token_hex(6)
+        staging.mkdir(parents=True)
+        try:
+            yield staging
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def register(self, staged: Path, meta: ModelMeta) -> Path:
+        """Move a staged model directory into place as ``meta.version`` and make it read-only."""
+        if meta.role not in ROLES:
+            raise RegistryError(f"unknown role '{meta.role}'")
+        target = self._role_dir(meta.role) / "versions" / meta.version
+        if target.exists():
+            raise RegistryError(f"{meta.role} version '{meta.version}' already exists; versions never change")
+        write_meta(staged, meta)
+        for file in staged.rglob("*"):
+            if file.is_file():
+                file.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, target)
+        self._log(meta.role, {"event": "registered", "version": meta.version, "parent": meta.parent})
+        return target
+
+    def versions(self, role: str) -> list[ModelMeta]:
+        """Every registered version of ``role``, oldest first."""
+        directory = self._role_dir(role) / "versions"
+        if not directory.is_dir():
+            return []
+        metas = [read_meta(d) for d in sorted(directory.iterdir()) if d.is_dir()]
+        return sorted((m for m in metas if m is not None), key=lambda m: (m.created, m.version))
+
+    def meta(self, role: str, version: str) -> ModelMeta:
+        """The metadata of one version."""
+        meta = read_meta(self.path(role, version))
+        assert meta is not None  # path() checked cascade.json exists
+        return meta
+
+    def current(self, role: str) -> str | None:
+        """The version ``role`` currently points at, or None before the first promotion."""
+        pointer = self._role_dir(role) / "CURRENT"
+        if not pointer.is_file():
+            return None
+        return json.loads(pointer.read_text())["version"]
+
+    def current_path(self, role: str) -> Path:
+        """Directory of the current version; RegistryError when there is none."""
+        version = self.current(role)
+        if version is None:
+            raise RegistryError(f"no current {role}: run `cascade bootstrap` or `cascade models promote`")
+        return self.path(role, version)
+
+    def promote(self, role: str, version: str, note: str = "") -> None:
+        """Point ``role`` at ``version`` (atomically) and record it."""
+        self.path(role, version)  # must exist
+        with self._lock(role):
+            previous = self.current(role)
+            _atomic_write(self._role_dir(role) / "CURRENT", json.dumps({"version": version}) + "\n")
+            self._log(role, {"event": "promoted", "version": version, "previous": previous, "note": note})
+
+    def rollback(self, role: str) -> str:
+        """Move ``role`` back to the version it pointed at before the current one."""
+        with self._lock(role):
+            current = self.current(role)
+            earlier = [v for v in self._pointer_stack(role) if v != current]
+            if current is None or not earlier:
+                raise RegistryError(f"nothing to roll back to: {role} has no earlier promoted version")
+            target = earlier[-1]
+            _atomic_write(self._role_dir(role) / "CURRENT", json.dumps({"version": target}) + "\n")
+            self._log(role, {"event": "rolled_back", "version": target, "previous": current})
+            return target
+
+    def _pointer_stack(self, role: str) -> list[str]:
+        """Versions the pointer moved through, with rolled-back ones popped off."""
+        stack: list[str] = []
+        for event in self.history(role):
+            if event["event"] == "promoted":
+                stack.append(event["version"])
+            elif event["event"] == "rolled_back":
+                while stack and stack[-1] != event["version"]:
+                    stack.pop()
+        return stack
+
+    def record(self, role: str, event: dict) -> None:
+        """Append an event (for example a gate decision) to ``role``'s history."""
+        self._log(role, event)
+
+    def history(self, role: str) -> list[dict]:
+        """Every recorded event of ``role``, oldest first."""
+        log = self._role_dir(role) / "history.jsonl"
+        if not log.is_file():
+            return []
+        return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+    def _log(self, role: str, event: dict) -> None:
+        directory = self._role_dir(role)
+        directory.mkdir(parents=True, exist_ok=True)
+        stamped = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **event}
+        with (directory / "history.jsonl").open("a") as f:
+            f.write(json.dumps(stamped) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    @contextmanager
+    def _lock(self, role: str) -> Iterator[None]:
+        directory = self._role_dir(role)
+        directory.mkdir(parents=True, exist_ok=True)
+        with (directory / ".lock").open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)

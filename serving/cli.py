@@ -1,0 +1,209 @@
+"""The ``cascade`` command. Each subcommand imports what it needs when it runs, so ``--help``
+is instant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from distill.errors import DistillError
+from distill.settings import default_home
+from router import RouterError
+
+EPILOG = "Models and caches live in --home (default $CASCADE_HOME or ./.cascade)."
+
+
+def _common(parser: argparse.ArgumentParser, data: bool = True) -> None:
+    parser.add_argument("--home", type=Path, default=None, help="registry and cache directory (default: $CASCADE_HOME or ./.cascade)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    if data:
+        parser.add_argument("--data", default="banking77", help="'banking77', a directory with train/test files, a csv/jsonl/parquet file, or hf:NAME (default: banking77)")
+        parser.add_argument("--text-column", default=None, help="name of the text column (default: guessed: text, sentence, query, ...)")
+        parser.add_argument("--label-column", default=None, help="name of the label column (default: guessed: label, category, intent, ...)")
+
+
+def _home(args: argparse.Namespace) -> Path:
+    return (args.home or default_home()).resolve()
+
+
+def _registry(args: argparse.Namespace):
+    """The registry, bootstrapping the embedded defaults when no model exists yet."""
+    from distill.bootstrap import ensure_models
+
+    return ensure_models(_home(args), args.data, text_column=args.text_column, label_column=args.label_column, progress=not args.quiet)
+
+
+def _load(registry, role: str, ref: str | None):
+    """A model by registered version, current pointer (None), directory path or hub id."""
+    from distill.backends import HFClassifier
+
+    if ref is None:
+        return HFClassifier.load(registry.current_path(role))
+    if any(m.version == ref for m in registry.versions(role)):
+        return HFClassifier.load(registry.path(role, ref))
+    return HFClassifier.load(ref)
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    print(f"teacher: {registry.current('teacher')}\nstudent: {registry.current('student')}")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from distill.data import load_splits
+    from distill.pipeline import StudentSpec, TeacherCache, data_record, distill_student, fit_student_policy, new_student_meta, register_model
+    from distill.train import TrainConfig
+
+    registry = _registry(args)
+    teacher = _load(registry, "teacher", args.teacher)
+    splits = load_splits(args.data, args.text_column, args.label_column)
+    train = splits.train
+    if args.train_fraction < 1.0:
+        from distill.data import split_validation
+
+        _, train = split_validation(train, args.train_fraction, seed=args.seed)
+    mode = "hard" if args.hard_labels_only else args.mode
+    config = TrainConfig(mode=mode, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature, alpha=args.alpha, seed=args.seed)
+    spec = StudentSpec(kind=args.kind, layers=args.layers, hidden_size=args.hidden_size, train=config)
+    cache = TeacherCache(_home(args) / "cache")
+    student, metrics = distill_student(teacher, train, spec, cache, progress=not args.quiet)
+    policy = fit_student_policy(student, teacher, splits.validation, cache, args.goal)
+    metrics["validation_accuracy"] = policy.validation.get("student_accuracy")
+    record = data_record(args.data, splits) | {"train_rows": len(train)}
+    meta = new_student_meta(teacher, spec, record, metrics, policy, parent=None)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        student.save(args.out)
+        from distill.metadata import write_meta
+
+        write_meta(args.out, meta)
+        print(f"student {meta.version} written to {args.out}")
+    else:
+        register_model(registry, student, meta, promote=args.promote)
+        print(f"student {meta.version} registered" + (" and promoted" if args.promote else ""))
+    print(json.dumps({"version": meta.version, "mode": mode, **{k: v for k, v in metrics.items() if k != "epoch_loss"}, "policy": policy.to_dict()}, indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from distill.data import load_splits
+    from distill.evaluate import evaluate
+    from router import CostModel, EscalationPolicy
+
+    registry = _registry(args)
+    teacher = _load(registry, "teacher", args.teacher)
+    student = _load(registry, "student", args.student)
+    split = load_splits(args.data, args.text_column, args.label_column, test_data=args.test_data).get(args.split)
+    policy = EscalationPolicy.from_dict(student.meta.policy) if student.meta and student.meta.policy else EscalationPolicy()
+    costs = CostModel(student_units=args.student_cost, teacher_units=args.teacher_cost)
+    report = {"split": args.split, **evaluate(teacher, student, split.texts, split.label_ids(teacher.labels), policy, costs, args.threshold)}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print_eval(report)
+    return 0
+
+
+def _print_eval(report: dict) -> None:
+    print(f"split: {report['split']} ({report['rows']} rows)")
+    print(f"{'model':<9}{'accuracy':>10}{'macro-F1':>10}{'agree':>8}{'ECE':>8}{'ms/query':>10}{'queries/s':>11}")
+    for name in ("teacher", "student"):
+        r = report[name]
+        print(f"{name:<9}{r['accuracy']:>10.4f}{r['macro_f1']:>10.4f}{r.get('teacher_agreement', 1.0):>8.4f}{r['ece']:>8.4f}{r['latency_ms']:>10.3f}{r['queries_per_s']:>11.1f}")
+    c = report["cascade"]
+    print(f"cascade: accuracy {c['accuracy']:.4f}, escalation {c['escalation_rate']:.2%} at threshold {c['threshold']:.4f} ({c['measure']}, T={c['temperature']}), "
+          f"cost/1000 {c['cost_per_1000']} vs teacher-only {c['teacher_only_cost_per_1000']}")
+    print(f"student is {report['student_speedup']}x faster than the teacher per single query")
+    worst = ", ".join(f"{w['label']} {w['recall']:.2f}" for w in report["student"]["worst_classes"])
+    print(f"student's worst classes (recall): {worst}")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from distill.registry import Registry
+
+    registry = Registry(_home(args) / "registry")
+    if args.action == "list":
+        for role in ("teacher", "student"):
+            current = registry.current(role)
+            for meta in registry.versions(role):
+                mark = "*" if meta.version == current else " "
+                acc = meta.metrics.get("validation_accuracy") or (meta.policy or {}).get("validation", {}).get("student_accuracy")
+                print(f"{mark} {role:<8} {meta.version:<32} {meta.kind:<22} parent={meta.parent or '-'} created={meta.created}" + (f" val_acc={acc:.4f}" if acc else ""))
+        return 0
+    if args.action == "promote":
+        if not args.version:
+            raise SystemExit("cascade models promote: give the version to promote (see `cascade models list`)")
+        registry.promote(args.role, args.version, note="cli")
+        print(f"{args.role} now {args.version}")
+    else:
+        print(f"{args.role} rolled back to {registry.rollback(args.role)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cascade", description="Serve a student/teacher cascade and keep distilling the student.", epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("bootstrap", help="build the embedded teacher and distilled student if missing", description="Build the default teacher (frozen MiniLM + fitted head) and a student distilled from it, unless the registry already has them.")
+    _common(p)
+    p.set_defaults(func=cmd_bootstrap)
+
+    p = sub.add_parser("distill", help="train a student from a teacher and register it", description="Distil a student from a teacher's soft labels (or its top labels, or hard labels only) and register it as a new version.")
+    _common(p)
+    p.add_argument("--teacher", default=None, help="teacher version, model directory or hub id (default: current teacher)")
+    p.add_argument("--kind", choices=("bow", "transformer"), default="bow", help="bow: bag of word pieces + MLP (fast on CPU); transformer: k of the teacher's layers")
+    p.add_argument("--layers", type=int, default=2, help="teacher layers kept by a transformer student (default: 2)")
+    p.add_argument("--hidden-size", type=int, default=512, help="MLP width of a bow student (default: 512)")
+    p.add_argument("--mode", choices=("soft", "label-only", "hard"), default="soft", help="soft: teacher probabilities; label-only: a black-box teacher's top label; hard: ground truth only")
+    p.add_argument("--hard-labels-only", action="store_true", help="same as --mode hard: the no-teacher baseline")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--temperature", type=float, default=2.0, help="distillation temperature T (default: 2)")
+    p.add_argument("--alpha", type=float, default=0.9, help="weight of the teacher term (default: 0.9)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-fraction", type=float, default=1.0, help="train on this stratified fraction of the training split (default: 1.0)")
+    p.add_argument("--goal", default="accuracy>=teacher", help="escalation goal fitted on validation: accuracy>=teacher, accuracy>=0.93, agreement>=0.97, budget<=0.10")
+    p.add_argument("--no-promote", dest="promote", action="store_false", help="register without making it current")
+    p.add_argument("--out", type=Path, default=None, help="write the student to this directory instead of the registry")
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("eval", help="accuracy, calibration and speed of teacher, student and cascade", description="Evaluate teacher, student and the cascade on one split: accuracy, macro-F1, teacher agreement, ECE, worst-class recall, latency and throughput.")
+    _common(p)
+    p.add_argument("--split", choices=("test", "validation", "train"), default="test")
+    p.add_argument("--test-data", default=None, help="a file to use as the test split")
+    p.add_argument("--teacher", default=None, help="teacher version, directory or hub id (default: current)")
+    p.add_argument("--student", default=None, help="student version, directory or hub id (default: current)")
+    p.add_argument("--threshold", type=float, default=None, help="override the student's fitted threshold")
+    p.add_argument("--student-cost", type=float, default=1.0, help="cost units per student call (default: 1)")
+    p.add_argument("--teacher-cost", type=float, default=50.0, help="cost units per teacher call (default: 50)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("models", help="list, promote or roll back registered model versions", description="Inspect the registry and move the current pointer of a role.")
+    _common(p, data=False)
+    p.add_argument("action", choices=("list", "promote", "rollback"))
+    p.add_argument("version", nargs="?", help="version to promote")
+    p.add_argument("--role", choices=("student", "teacher"), default="student")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cascade`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DistillError, RouterError) as err:
+        print(f"cascade {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

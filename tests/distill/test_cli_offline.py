@@ -1,0 +1,56 @@
+"""The offline commands end to end on the tiny data set, through the real console entry point."""
+
+import json
+
+import pytest
+
+from serving.cli import build_parser, main
+
+
+def test_help_lists_every_subcommand_with_a_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in build_parser()._subparsers._group_actions[0].choices:
+        assert command in out
+
+
+def test_eval_json_has_the_documented_keys(tiny_home, tiny_data, capsys):
+    assert main(["eval", "--home", str(tiny_home), "--data", str(tiny_data), "--json", "-q"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"] == "test"
+    for role in ("teacher", "student"):
+        assert {"accuracy", "latency_ms", "queries_per_s", "macro_f1", "ece", "worst_classes"} <= report[role].keys()
+    assert {"accuracy", "escalation_rate", "threshold", "cost_per_1000"} <= report["cascade"].keys()
+    assert 0 <= report["cascade"]["escalation_rate"] <= 1
+    assert report["student"]["latency_ms"] < report["teacher"]["latency_ms"]
+
+
+def test_distill_registers_and_models_promote_rollback(tiny_home, tiny_data, capsys):
+    common = ["--home", str(tiny_home), "--data", str(tiny_data), "-q"]
+    before = _current_student(tiny_home, capsys)
+    assert main(["distill", *common, "--hard-labels-only", "--epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert '"mode": "hard"' in out
+    after = _current_student(tiny_home, capsys)
+    assert after != before
+    assert main(["models", "rollback", "--home", str(tiny_home)]) == 0
+    assert _current_student(tiny_home, capsys) == before
+    assert main(["models", "promote", after, "--home", str(tiny_home)]) == 0
+    assert _current_student(tiny_home, capsys) == after
+    assert main(["models", "rollback", "--home", str(tiny_home)]) == 0
+
+
+def _current_student(home, capsys) -> str:
+    main(["models", "list", "--home", str(home)])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("* student")]
+    assert len(lines) == 1
+    return lines[0].split()[2]
+
+
+def test_errors_are_one_line_and_exit_2(tiny_home, tmp_path, capsys):
+    assert main(["eval", "--home", str(tiny_home), "--data", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cascade eval: error: data not found") and "\n" not in err
+    assert main(["models", "promote", "student-unknown", "--home", str(tiny_home)]) == 2
+    assert "no student version 'student-unknown'" in capsys.readouterr().err
