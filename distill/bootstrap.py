@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 from distill.backends import HFClassifier
+from distill.config import DEFAULT_GOAL, HeadConfig, StudentSpec
 from distill.data import load_splits
 from distill.metadata import ModelMeta
 from distill.pipeline import (
-    StudentSpec,
     TeacherCache,
     data_record,
     distill_student,
@@ -20,10 +20,7 @@ from distill.pipeline import (
     register_model,
 )
 from distill.registry import Registry, new_version_id
-from distill.students import HeadConfig, build_embedded_teacher
-
-DEFAULT_GOAL = "accuracy>=teacher"
-
+from distill.students import build_embedded_teacher
 
 def ensure_models(
     home: Path,

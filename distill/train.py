@@ -9,35 +9,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from distill.config import TrainConfig
 from distill.losses import IGNORE, hard_label_loss, label_only_loss, soft_label_loss
-
-Mode = Literal["soft", "label-only", "hard"]
-
-
-@dataclass
-class TrainConfig:
-    """How a student is trained; stored with every version it produces."""
-
-    mode: Mode = "soft"  # soft: teacher probabilities; label-only: teacher's top label; hard: no teacher
-    epochs: int = 15  # passes over the training rows
-    batch_size: int = 32  # rows per optimiser step
-    lr: float = 2e-3  # peak AdamW learning rate, decayed linearly to zero
-    weight_decay: float = 0.01  # AdamW decoupled weight decay
-    temperature: float = 2.0  # T of the soft-label loss
-    alpha: float = 0.9  # weight of the teacher term; 1 - alpha goes to ground-truth labels
-    max_length: int = 128  # word pieces kept per text
-    seed: int = 0  # seeds initialisation order, shuffling and dropout
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def train_student(
     model: torch.nn.Module,

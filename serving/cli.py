@@ -54,9 +54,8 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from distill.data import load_splits
-    from distill.pipeline import StudentSpec, TeacherCache, data_record, distill_student, fit_student_policy, new_student_meta, register_model
-    from distill.train import TrainConfig
-
+    from distill.config import StudentSpec, TrainConfig
+    from distill.pipeline import TeacherCache, data_record, distill_student, fit_student_policy, new_student_meta, register_model
     registry = _registry(args)
     teacher = _load(registry, "teacher", args.teacher)
     splits = load_splits(args.data, args.text_column, args.label_column)
@@ -144,6 +143,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand; defaults come from the config classes."""
+    from distill.config import DEFAULT_GOAL, StudentSpec, TrainConfig
+
     parser = argparse.ArgumentParser(prog="cascade", description="Serve a student/teacher cascade and keep distilling the student.", epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -156,17 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default=None, help="teacher version, model directory or hub id (default: current teacher)")
     p.add_argument("--kind", choices=("bow", "transformer"), default="bow", help="bow: bag of word pieces + MLP (fast on CPU); transformer: k of the teacher's layers")
     p.add_argument("--layers", type=int, default=2, help="teacher layers kept by a transformer student (default: 2)")
-    p.add_argument("--hidden-size", type=int, default=512, help="MLP width of a bow student (default: 512)")
+    p.add_argument("--hidden-size", type=int, default=StudentSpec.hidden_size, help=f"MLP width of a bow student (default: {StudentSpec.hidden_size})")
     p.add_argument("--mode", choices=("soft", "label-only", "hard"), default="soft", help="soft: teacher probabilities; label-only: a black-box teacher's top label; hard: ground truth only")
     p.add_argument("--hard-labels-only", action="store_true", help="same as --mode hard: the no-teacher baseline")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--temperature", type=float, default=2.0, help="distillation temperature T (default: 2)")
-    p.add_argument("--alpha", type=float, default=0.9, help="weight of the teacher term (default: 0.9)")
-    p.add_argument("--seed", type=int, default=0)
+    defaults = TrainConfig()
+    p.add_argument("--epochs", type=int, default=defaults.epochs, help=f"passes over the data (default: {defaults.epochs})")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"rows per step (default: {defaults.batch_size})")
+    p.add_argument("--lr", type=float, default=defaults.lr, help=f"peak learning rate (default: {defaults.lr})")
+    p.add_argument("--temperature", type=float, default=defaults.temperature, help=f"distillation temperature T (default: {defaults.temperature})")
+    p.add_argument("--alpha", type=float, default=defaults.alpha, help=f"weight of the teacher term (default: {defaults.alpha})")
+    p.add_argument("--seed", type=int, default=defaults.seed, help=f"seeds initialisation and shuffling (default: {defaults.seed})")
     p.add_argument("--train-fraction", type=float, default=1.0, help="train on this stratified fraction of the training split (default: 1.0)")
-    p.add_argument("--goal", default="accuracy>=teacher", help="escalation goal fitted on validation: accuracy>=teacher, accuracy>=0.93, agreement>=0.97, budget<=0.10")
+    p.add_argument("--goal", default=DEFAULT_GOAL, help="escalation goal fitted on validation: accuracy>=teacher, accuracy>=0.93, agreement>=0.97, budget<=0.10")
     p.add_argument("--no-promote", dest="promote", action="store_false", help="register without making it current")
     p.add_argument("--out", type=Path, default=None, help="write the student to this directory instead of the registry")
     p.set_defaults(func=cmd_distill)

@@ -7,10 +7,10 @@ import pytest
 from distill.backends import HFClassifier
 from distill.data import load_splits
 from distill.errors import ModelError
-from distill.pipeline import StudentSpec, TeacherCache, distill_student
+from distill.config import StudentSpec, TrainConfig
+from distill.pipeline import TeacherCache, distill_student
 from distill.registry import Registry
 from distill.students import init_bow_student, init_transformer_student
-from distill.train import TrainConfig
 
 
 @pytest.fixture(scope="module")

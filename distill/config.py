@@ -1,0 +1,57 @@
+"""Settings of the offline work, as plain dataclasses (no torch import, so the CLI's
+``--help`` takes its defaults from here instantly). Each field says what it controls."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+DEFAULT_GOAL = "accuracy>=teacher"
+"""The escalation goal a new student's policy is fitted to, on the validation split."""
+
+Mode = Literal["soft", "label-only", "hard"]
+
+
+@dataclass
+class TrainConfig:
+    """How a student is trained; stored with every version it produces."""
+
+    mode: Mode = "soft"  # soft: teacher probabilities; label-only: teacher's top label; hard: no teacher
+    epochs: int = 15  # passes over the training rows
+    batch_size: int = 32  # rows per optimiser step
+    lr: float = 5e-3  # peak AdamW learning rate, decayed linearly to zero
+    weight_decay: float = 0.01  # AdamW decoupled weight decay
+    temperature: float = 2.0  # T of the soft-label loss
+    alpha: float = 0.9  # weight of the teacher term; 1 - alpha goes to ground-truth labels
+    max_length: int = 128  # word pieces kept per text
+    seed: int = 0  # seeds initialisation order, shuffling and dropout
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class HeadConfig:
+    """How the embedded teacher's linear head is fitted on frozen embeddings."""
+
+    logit_scale: float = 40.0  # normalised embeddings are short; this scales them before the head
+    epochs: int = 300  # full-batch Adam steps
+    lr: float = 1e-2
+    weight_decay: float = 1e-3  # L2 penalty (coupled, as in logistic regression)
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+StudentKind = Literal["bow", "transformer"]
+
+
+@dataclass
+class StudentSpec:
+    """Which student to build and how to train it."""
+
+    kind: StudentKind = "bow"  # bow: bag of word pieces + MLP; transformer: k of the teacher's layers
+    layers: int = 2  # kept teacher layers, for kind "transformer"
+    hidden_size: int = 512  # MLP width, for kind "bow"
+    train: TrainConfig = field(default_factory=TrainConfig)  # the trainer's settings
