@@ -11,6 +11,7 @@ from pathlib import Path
 from distill.errors import DistillError
 from distill.settings import default_home
 from router import RouterError
+from serving.config import ConfigError
 
 EPILOG = "Models and caches live in --home (default $CASCADE_HOME or ./.cascade)."
 
@@ -142,6 +143,31 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from distill.bootstrap import ensure_models
+    from serving import runner
+    from serving.config import load_config
+
+    config = load_config(args.config, home=args.home, port=args.port, host=args.host, data=args.data)
+    ensure_models(config.home, config.data, progress=not args.quiet)
+    print(f"starting the cascade (Ray Serve) on {config.host}:{config.port} ...", flush=True)
+    url = runner.start(config)
+    print(f"cascade serving at {url}\n  classify: POST {url}/v1/classify\n  API docs: {url}/docs\n"
+          f"  escalation log: {config.log_path()}\nCtrl-C stops it.", flush=True)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        stopped.wait()
+    except KeyboardInterrupt:
+        pass
+    print("stopping ...", flush=True)
+    runner.stop()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand; defaults come from the config classes."""
     from distill.config import DEFAULT_GOAL, StudentSpec, TrainConfig
@@ -186,6 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("serve", help="serve the cascade over HTTP on Ray Serve", description="Start the cascade (ingress, student, teacher, escalation log) on a local Ray cluster; bootstraps the default models when the registry is empty.")
+    p.add_argument("--config", type=Path, default=None, help="YAML/JSON file validated as serving.config.CascadeConfig")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default: 8000, or the config's)")
+    p.add_argument("--host", default=None, help="bind address (default: 127.0.0.1, or the config's)")
+    p.add_argument("--home", type=Path, default=None, help="registry and cache directory (default: $CASCADE_HOME or ./.cascade)")
+    p.add_argument("--data", default=None, help="data set to bootstrap the default models from (default: banking77)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("models", help="list, promote or roll back registered model versions", description="Inspect the registry and move the current pointer of a role.")
     _common(p, data=False)
     p.add_argument("action", choices=("list", "promote", "rollback"))
@@ -200,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DistillError, RouterError) as err:
+    except (DistillError, RouterError, ConfigError) as err:
         print(f"cascade {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

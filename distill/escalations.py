@@ -1,0 +1,62 @@
+"""The escalation log's record type and its reader (the writer lives in ``serving``).
+
+The log is a directory of JSON Lines segments (``segment-*.jsonl``), one record per line,
+appended and fsynced by one writer. A line is complete only once its newline is on disk, so
+a crash mid-write leaves at most one torn final line, which the reader skips; records carry
+a unique id, so a replayed write never yields a duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+from uuid import uuid4
+
+from pydantic import BaseModel, Field, ValidationError
+
+SEGMENT_GLOB = "segment-*.jsonl"
+
+
+class EscalationRecord(BaseModel):
+    """One item the teacher answered (or audited), with both models' full outputs."""
+
+    id: str = Field(default_factory=lambda: uuid4().hex)
+    request_id: str
+    time: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+    text: str
+    reason: str  # "unsure", "forced" (mode=teacher) or "audit"
+    student_label: str | None
+    teacher_label: str
+    student_probs: list[float] | None  # in the label order of the models (they share one)
+    teacher_probs: list[float]  # the soft labels distillation learns from
+    student_version: str | None
+    teacher_version: str
+
+
+def segments(directory: Path) -> list[Path]:
+    """The log's segment files, oldest first (names sort by creation time)."""
+    return sorted(directory.glob(SEGMENT_GLOB)) if directory.is_dir() else []
+
+
+def iter_records(directory: Path) -> Iterator[EscalationRecord]:
+    """Every complete, valid record in the log, each id once, oldest first."""
+    seen: set[str] = set()
+    for segment in segments(directory):
+        with segment.open("rb") as f:
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    break  # a torn final line: the write that made it was never acknowledged
+                try:
+                    record = EscalationRecord.model_validate(json.loads(raw))
+                except (json.JSONDecodeError, UnicodeDecodeError, ValidationError):
+                    continue
+                if record.id not in seen:
+                    seen.add(record.id)
+                    yield record
+
+
+def read_records(directory: Path) -> list[EscalationRecord]:
+    """All records of the log at ``directory`` (see ``iter_records``)."""
+    return list(iter_records(directory))

@@ -1,0 +1,74 @@
+"""The HTTP API's request and response bodies (FastAPI documents them at /docs)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Mode = Literal["cascade", "student", "teacher"]
+
+
+class ClassifyOptions(BaseModel):
+    """Per-request choices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Mode = Field("cascade", description="cascade: student, escalating unsure items; student or teacher: that model only")
+    threshold: float | None = Field(None, ge=0, le=1, description="override the fitted escalation threshold for this request")
+    top_k: int = Field(0, ge=0, le=100, description="also return the k most probable labels with their probabilities")
+
+
+class ClassifyRequest(BaseModel):
+    """``inputs`` is one text or a list of texts."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": "my card has not arrived", "options": {"top_k": 3}}]})
+
+    inputs: str | list[str] = Field(description="a text or a non-empty list of texts")
+    options: ClassifyOptions = ClassifyOptions()
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class Prediction(BaseModel):
+    """The answer for one text."""
+
+    label: str
+    score: float = Field(description="probability of `label` under the model that answered")
+    tier: Literal["student", "teacher"] = Field(description="which model answered")
+    escalated: bool = Field(description="the teacher was asked (it answered unless `degraded`)")
+    degraded: bool = Field(description="the teacher was wanted but not used; the student answered")
+    cause: str | None = Field(None, description="why degraded: teacher_timeout, teacher_unavailable, ...")
+    reason: str = Field(description="confident, unsure, forced (mode), or audit")
+    confidence: float | None = Field(None, description="the student's calibrated confidence used for routing")
+    cost: float = Field(description="cost units this item incurred")
+    top_k: list[LabelScore] | None = None
+
+
+class ModelVersions(BaseModel):
+    student: str | None
+    teacher: str | None
+
+
+class ClassifyResponse(BaseModel):
+    request_id: str
+    predictions: list[Prediction]
+    versions: ModelVersions
+    logged: int = Field(description="escalation records durably written for this request")
+    cost: float = Field(description="cost units of the whole request")
+
+
+class ModelsResponse(BaseModel):
+    labels: list[str]
+    versions: ModelVersions
+    threshold: float | None
+    temperature: float | None
+    measure: str | None
+    goal: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: str

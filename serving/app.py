@@ -1,0 +1,255 @@
+"""The Ray Serve application: a FastAPI ingress, a student and a teacher deployment (one
+``ModelServer`` class, batched), and the escalation log writer. ``build_app`` assembles it
+from a ``CascadeConfig``; deployments stay thin and call ``serving.cascade.Cascade``."""
+
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from distill.backends import HFClassifier
+from distill.escalations import EscalationRecord
+from distill.registry import Registry
+from router import CostModel
+from serving.api import ClassifyRequest, ClassifyResponse, ErrorResponse, ModelsResponse, ModelVersions
+from serving.cascade import Cascade, ModelOutput
+from serving.config import CascadeConfig, ModelDeploymentConfig
+from serving.log_writer import SegmentWriter
+
+logger = logging.getLogger("cascade")
+
+
+def _texts_in(calls: list[list[str]]) -> int:
+    return sum(len(call) for call in calls)
+
+
+def resolve_model(home: Path, role: str, source: str | None) -> str:
+    """A model reference (None = current, a registered version, a directory, a hub id) as a path or hub id."""
+    registry = Registry(home / "registry")
+    if source is None:
+        return str(registry.current_path(role))
+    if any(m.version == source for m in registry.versions(role)):
+        return str(registry.path(role, source))
+    return source
+
+
+@serve.deployment
+class ModelServer:
+    """Serves one model, batching texts from concurrent requests into one forward pass.
+
+    ``user_config`` = ``{"model": ..., "max_batch_size": ..., "batch_wait_timeout_s": ...}``;
+    a new ``model`` is loaded beside the old one and swapped in, so requests never fail during
+    a swap (Serve calls ``reconfigure`` in place, without restarting the replica).
+    """
+
+    def __init__(self, role: str, home: str, device: str | None = None):
+        self.role = role
+        self.home = Path(home)
+        self.device = device
+        self.model: HFClassifier | None = None
+        self.source: str | None = None
+        self.max_batch_size = 32
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        source = resolve_model(self.home, self.role, user_config.get("model"))
+        if source != self.source:
+            model = HFClassifier.load(source, device=self.device)
+            model.predict_proba(["warm up"])
+            self.model, self.source = model, source
+            logger.info("%s now serving %s", self.role, model.version)
+        self.max_batch_size = int(user_config.get("max_batch_size", self.max_batch_size))
+        self._batched.set_max_batch_size(self.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.002)))
+
+    async def predict(self, texts: list[str]) -> ModelOutput:
+        """Probabilities for ``texts`` (split into batch-sized calls when longer than a batch)."""
+        chunks = [texts[i : i + self.max_batch_size] for i in range(0, len(texts), self.max_batch_size)]
+        outputs = await asyncio.gather(*(self._batched(chunk) for chunk in chunks))
+        if len(outputs) == 1:
+            return outputs[0]
+        return ModelOutput(np.concatenate([o.probs for o in outputs]), outputs[0].version, outputs[0].policy)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, batch_size_fn=_texts_in)
+    async def _batched(self, calls: list[list[str]]) -> list[ModelOutput]:
+        model = self.model  # one model for the whole batch, even if a swap happens meanwhile
+        flat = [text for call in calls for text in call]
+        probs = await asyncio.to_thread(model.predict_proba, flat)
+        policy = model.meta.policy if model.meta else None
+        out, start = [], 0
+        for call in calls:
+            out.append(ModelOutput(probs[start : start + len(call)], model.version, policy))
+            start += len(call)
+        return out
+
+    def info(self) -> dict:
+        """Labels, version and (for a student) the fitted policy of the loaded model."""
+        meta = self.model.meta
+        return {"labels": self.model.labels, "version": self.model.version, "policy": meta.policy if meta else None}
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1024)
+class LogWriter:
+    """The single writer of the escalation log: batches appends from every ingress replica
+    into one fsync."""
+
+    def __init__(self, directory: str, max_bytes: int, max_seconds: float):
+        self.writer = SegmentWriter(Path(directory), max_bytes, max_seconds)
+
+    @serve.batch(max_batch_size=512, batch_wait_timeout_s=0.002, batch_size_fn=_texts_in)
+    async def append(self, calls: list[list[EscalationRecord]]) -> list[int]:
+        """Write every call's records, fsync once, and acknowledge each call."""
+        await asyncio.to_thread(self.writer.append, [r for call in calls for r in call])
+        return [len(call) for call in calls]
+
+    def stats(self) -> dict:
+        return {"records": self.writer.records_written, "bytes": self.writer.bytes_written}
+
+
+api = FastAPI(
+    title="distill-cascade",
+    description="A distilled student answers; unsure items go to the teacher; every escalation is logged for the next student.",
+    version="1",
+)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()
+    )
+    return JSONResponse(status_code=422, content={"error": problems})
+
+
+@serve.deployment
+@serve.ingress(api)
+class Ingress:
+    """HTTP front: validates requests, runs ``Cascade.classify``, reports health and models."""
+
+    def __init__(self, student: DeploymentHandle, teacher: DeploymentHandle, log_writer: DeploymentHandle, config: dict):
+        self.config = CascadeConfig.model_validate(config)
+        self.student, self.teacher, self.log_writer = student, teacher, log_writer
+        self.cascade: Cascade | None = None
+        self._lock = asyncio.Lock()
+
+    async def _ready(self) -> Cascade:
+        """Build the cascade once both models answer and agree on their labels."""
+        if self.cascade is not None:
+            return self.cascade
+        async with self._lock:
+            if self.cascade is None:
+                student, teacher = await asyncio.gather(self.student.info.remote(), self.teacher.info.remote())
+                if student["labels"] != teacher["labels"]:
+                    raise RuntimeError("student and teacher have different label lists: serve a matching pair")
+                routing = self.config.routing
+                self.cascade = Cascade(
+                    student=self._student_predict,
+                    teacher=self._teacher_predict,
+                    append_log=self._append_log,
+                    labels=student["labels"],
+                    costs=CostModel(routing.student_cost, routing.teacher_cost),
+                    threshold=routing.threshold,
+                    teacher_timeout_s=routing.teacher_timeout_s,
+                )
+        return self.cascade
+
+    async def _student_predict(self, texts: list[str]) -> ModelOutput:
+        return await self.student.predict.remote(texts)
+
+    async def _teacher_predict(self, texts: list[str]) -> ModelOutput:
+        return await self.teacher.predict.remote(texts)
+
+    async def _append_log(self, records: list[EscalationRecord]) -> int:
+        return await self.log_writer.append.remote(records)
+
+    @api.post("/v1/classify", response_model=ClassifyResponse, responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+    async def classify(self, body: ClassifyRequest) -> ClassifyResponse | JSONResponse:
+        """Classify one text or a list; unsure items are escalated to the teacher and logged."""
+        texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+        problem = self._check(texts)
+        if problem:
+            return JSONResponse(status_code=problem[0], content={"error": problem[1]})
+        cascade = await self._ready()
+        return await cascade.classify(texts, body.options)
+
+    def _check(self, texts: list[str]) -> tuple[int, str] | None:
+        limits = self.config.limits
+        if not texts:
+            return 422, "inputs: expected a text or a non-empty list of texts"
+        if len(texts) > limits.max_items:
+            return 413, f"inputs: {len(texts)} texts, at most {limits.max_items} per request"
+        for i, text in enumerate(texts):
+            if not text.strip():
+                return 422, f"inputs[{i}]: empty or whitespace-only text"
+            if len(text) > limits.max_text_chars:
+                return 413, f"inputs[{i}]: {len(text)} characters, at most {limits.max_text_chars}"
+        return None
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        """The ingress is alive."""
+        return {"status": "alive"}
+
+    @api.get("/readyz", responses={503: {"model": ErrorResponse}})
+    async def readyz(self) -> Any:
+        """Both models are loaded and answer."""
+        try:
+            cascade = await asyncio.wait_for(self._ready(), 10)
+        except Exception as err:
+            return JSONResponse(status_code=503, content={"error": f"not ready: {err}"})
+        return {"status": "ready", "labels": len(cascade.labels)}
+
+    @api.get("/v1/models", response_model=ModelsResponse)
+    async def models(self) -> ModelsResponse:
+        """Labels, versions and the escalation policy in force."""
+        cascade = await self._ready()
+        student, teacher = await asyncio.gather(self.student.info.remote(), self.teacher.info.remote())
+        policy = student["policy"] or {}
+        threshold = self.config.routing.threshold if self.config.routing.threshold is not None else policy.get("threshold")
+        return ModelsResponse(
+            labels=cascade.labels,
+            versions=ModelVersions(student=student["version"], teacher=teacher["version"]),
+            threshold=threshold,
+            temperature=policy.get("temperature"),
+            measure=policy.get("measure"),
+            goal=policy.get("goal"),
+        )
+
+
+def _model_deployment(role: str, settings: ModelDeploymentConfig, config: CascadeConfig):
+    options: dict[str, Any] = {
+        "name": role.capitalize(),
+        "max_ongoing_requests": settings.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus},
+        "user_config": {
+            "model": settings.model,
+            "max_batch_size": settings.max_batch_size,
+            "batch_wait_timeout_s": settings.batch_wait_timeout_s,
+        },
+    }
+    if settings.num_replicas == "auto":
+        options["autoscaling_config"] = settings.autoscaling or {"min_replicas": 1, "max_replicas": 2}
+    else:
+        options["num_replicas"] = settings.num_replicas
+    device = settings.device or ("cuda" if settings.num_gpus > 0 else "cpu")
+    return ModelServer.options(**options).bind(role, str(config.home), device)
+
+
+def build_app(config: CascadeConfig):
+    """The whole application, ready for ``serve.run``."""
+    student = _model_deployment("student", config.student, config)
+    teacher = _model_deployment("teacher", config.teacher, config)
+    log_writer = LogWriter.bind(str(config.log_path()), config.log.segment_max_bytes, config.log.segment_max_seconds)
+    ingress = Ingress.options(
+        num_replicas=config.ingress.num_replicas,
+        max_ongoing_requests=config.ingress.max_ongoing_requests,
+        ray_actor_options={"num_cpus": config.ingress.num_cpus},
+    )
+    return ingress.bind(student, teacher, log_writer, config.model_dump(mode="json"))

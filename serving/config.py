@@ -1,0 +1,119 @@
+"""The one typed configuration of a running cascade: ``cascade serve --config FILE`` reads it,
+the CLI flags override it, and the Serve application is built from it. Unknown or invalid
+fields stop start-up with a message naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from distill.config import DEFAULT_GOAL
+from distill.settings import default_home
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelDeploymentConfig(_Strict):
+    """One model deployment (student or teacher): which model, its batching and its resources."""
+
+    model: str | None = None  # registered version, model directory or hub id; None = the registry's current
+    max_batch_size: int = Field(32, ge=1, le=4096)  # texts per forward pass
+    batch_wait_timeout_s: float = Field(0.002, ge=0, le=10)  # how long a batch waits to fill
+    max_ongoing_requests: int = Field(64, ge=1)  # >= max_batch_size so batches can fill
+    num_replicas: int | Literal["auto"] = 1  # "auto" uses `autoscaling`
+    autoscaling: dict[str, Any] | None = None  # Ray Serve autoscaling_config, with num_replicas "auto"
+    num_cpus: float = Field(0.5, ge=0)  # fractional CPUs let several replicas share a 2-core machine
+    num_gpus: float = Field(0.0, ge=0)  # fractional GPUs share one device between replicas
+    device: str | None = None  # "cpu", "cuda", "cuda:1"; default: CUDA when a GPU is assigned
+
+    @model_validator(mode="after")
+    def _batches_can_fill(self) -> "ModelDeploymentConfig":
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size "
+                f"({self.max_batch_size}), or batches never fill"
+            )
+        return self
+
+
+class IngressConfig(_Strict):
+    """The HTTP-facing deployment."""
+
+    num_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(0.25, ge=0)
+    max_ongoing_requests: int = Field(256, ge=1)
+
+
+class RoutingConfig(_Strict):
+    """How the ingress decides which items the teacher sees."""
+
+    threshold: float | None = Field(None, ge=0, le=1)  # overrides the student's fitted threshold
+    goal: str = DEFAULT_GOAL  # goal of the fitted policy (informational: the policy comes with the student)
+    teacher_timeout_s: float = Field(5.0, gt=0)  # an unsure item waits this long for the teacher, then degrades
+    student_cost: float = Field(1.0, ge=0)  # cost units per student call
+    teacher_cost: float = Field(50.0, ge=0)  # cost units per teacher call
+
+
+class LimitsConfig(_Strict):
+    """Bounds on one request."""
+
+    max_items: int = Field(256, ge=1)  # texts per request
+    max_text_chars: int = Field(10_000, ge=1)  # characters per text
+
+
+class LogConfig(_Strict):
+    """The escalation log."""
+
+    path: str | None = None  # directory of JSONL segments; None = <home>/escalations
+    segment_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # rotate to a new segment past this size
+    segment_max_seconds: float = Field(3600.0, gt=0)  # ... or past this age
+
+
+class CascadeConfig(_Strict):
+    """Everything `cascade serve` needs."""
+
+    home: Path = Field(default_factory=default_home)  # registry and caches
+    data: str = "banking77"  # data set the defaults are bootstrapped from when the registry is empty
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    app_name: str = "cascade"
+    student: ModelDeploymentConfig = ModelDeploymentConfig()
+    teacher: ModelDeploymentConfig = ModelDeploymentConfig(num_cpus=0.5, max_batch_size=64, max_ongoing_requests=128)
+    ingress: IngressConfig = IngressConfig()
+    routing: RoutingConfig = RoutingConfig()
+    limits: LimitsConfig = LimitsConfig()
+    log: LogConfig = LogConfig()
+
+    def log_path(self) -> Path:
+        """Where escalation segments go."""
+        return Path(self.log.path) if self.log.path else self.home / "escalations"
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be read or does not validate; the message names the field."""
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> CascadeConfig:
+    """Read a YAML or JSON config file (or none), apply non-None ``overrides``, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {file}")
+        try:
+            raw = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{file}: not valid YAML/JSON: {err}") from err
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{file}: expected a mapping of settings at the top level")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return CascadeConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"invalid config{f' {path}' if path else ''}: {problems}") from err

@@ -1,0 +1,45 @@
+"""Start and stop the cascade on a local Ray cluster (used by ``cascade serve`` and the tests)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import httpx
+import ray
+from ray import serve
+
+from serving.app import build_app
+from serving.config import CascadeConfig
+
+
+def start(config: CascadeConfig, num_cpus: float | None = None, ready_timeout_s: float = 120.0) -> str:
+    """Start Ray (if needed) and the application; return the base URL once ``/readyz`` answers."""
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            configure_logging=True,
+            logging_level="WARNING",
+            log_to_driver=False,
+        )
+    serve.start(http_options={"host": config.host, "port": config.port})
+    serve.run(build_app(config), name=config.app_name, route_prefix="/")
+    url = f"http://{config.host}:{config.port}"
+    deadline = time.monotonic() + ready_timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=10).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the cascade did not become ready at {url} within {ready_timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+def stop() -> None:
+    """Shut Serve and Ray down (only if Ray is up: ``serve.shutdown`` would start it again)."""
+    if ray.is_initialized():
+        serve.shutdown()
+        ray.shutdown()

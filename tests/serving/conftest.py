@@ -1,0 +1,39 @@
+"""One real Ray Serve cascade per test session, on the tiny data set's models."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from serving.config import CascadeConfig
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def cascade_config(tiny_home: Path, tmp_path_factory) -> CascadeConfig:
+    # a fixed threshold keeps "unsure" deterministic on a task the student masters
+    return CascadeConfig.model_validate(
+        {
+            "home": str(tiny_home),
+            "port": free_port(),
+            "routing": {"threshold": 0.9},
+            "log": {"path": str(tmp_path_factory.mktemp("escalations"))},
+            "limits": {"max_items": 64},
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def cascade_url(cascade_config: CascadeConfig):
+    from serving import runner
+
+    url = runner.start(cascade_config, num_cpus=2)
+    yield url
+    runner.stop()

@@ -1,0 +1,90 @@
+"""The real application on a local Ray cluster, over real HTTP."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+
+from distill.escalations import read_records
+
+pytestmark = pytest.mark.slow
+
+IN_DOMAIN = ["play some jazz", "set an alarm for 7 am", "what is the weather tomorrow", "transfer 50 dollars to savings"]
+ODD = ["zebra quantum pancake", "the of and a", "purple", "music alarm weather balance", "yes"]
+
+
+def classify(url: str, inputs, **options) -> dict:
+    response = httpx.post(f"{url}/v1/classify", json={"inputs": inputs, "options": options}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_health_ready_and_models(cascade_url):
+    assert httpx.get(f"{cascade_url}/healthz").json() == {"status": "alive"}
+    assert httpx.get(f"{cascade_url}/readyz").status_code == 200
+    models = httpx.get(f"{cascade_url}/v1/models").json()
+    assert models["labels"] == ["alarm", "balance", "music", "transfer", "weather"]
+    assert models["threshold"] == 0.9 and models["versions"]["student"].startswith("student-")
+    assert "/v1/classify" in httpx.get(f"{cascade_url}/openapi.json").json()["paths"]
+
+
+def test_confident_items_stay_with_student_unsure_go_to_teacher_and_are_logged(cascade_url, cascade_config):
+    before = {r.id for r in read_records(cascade_config.log_path())}
+    body = classify(cascade_url, IN_DOMAIN + ODD, top_k=2)
+    predictions = body["predictions"]
+    assert len(predictions) == len(IN_DOMAIN + ODD)
+    for p in predictions:
+        assert p["escalated"] == (p["confidence"] < 0.9)
+        assert p["tier"] == ("teacher" if p["escalated"] else "student")
+        assert p["reason"] == ("unsure" if p["escalated"] else "confident")
+        assert p["cost"] == (51.0 if p["escalated"] else 1.0) and not p["degraded"]
+        assert len(p["top_k"]) == 2 and p["top_k"][0]["label"] == p["label"]
+    tiers = {p["tier"] for p in predictions}
+    assert tiers == {"student", "teacher"}, "the mix must exercise both tiers"
+    escalated_texts = [t for t, p in zip(IN_DOMAIN + ODD, predictions) if p["escalated"]]
+    assert body["logged"] == len(escalated_texts)
+    new = [r for r in read_records(cascade_config.log_path()) if r.id not in before]
+    assert sorted(r.text for r in new) == sorted(escalated_texts)
+    by_text = {t: p for t, p in zip(IN_DOMAIN + ODD, predictions)}
+    for record in new:
+        assert record.request_id == body["request_id"]
+        assert len(record.teacher_probs) == 5 and abs(sum(record.teacher_probs) - 1) < 1e-4
+        assert record.teacher_label == by_text[record.text]["label"]
+        assert record.teacher_version == body["versions"]["teacher"]
+        assert np.argmax(record.teacher_probs) == ["alarm", "balance", "music", "transfer", "weather"].index(record.teacher_label)
+
+
+def test_modes_are_honoured(cascade_url):
+    teacher = classify(cascade_url, IN_DOMAIN, mode="teacher")["predictions"]
+    assert all(p["tier"] == "teacher" and p["reason"] == "forced" and p["cost"] == 50.0 for p in teacher)
+    student = classify(cascade_url, ODD, mode="student")["predictions"]
+    assert all(p["tier"] == "student" and not p["escalated"] for p in student)
+
+
+def test_threshold_override_per_request(cascade_url):
+    everything = classify(cascade_url, IN_DOMAIN, threshold=1.0)["predictions"]
+    assert all(p["tier"] == "teacher" for p in everything)
+    nothing = classify(cascade_url, ODD, threshold=0.0)["predictions"]
+    assert all(p["tier"] == "student" for p in nothing)
+
+
+@pytest.mark.parametrize(
+    "body, status, fragment",
+    [
+        (b"{not json", 422, "JSON"),
+        ({"inputs": 123}, 422, "inputs"),
+        ({"inputs": []}, 422, "non-empty"),
+        ({"inputs": ["ok", "   "]}, 422, "inputs[1]: empty"),
+        ({"inputs": "x", "options": {"mode": "oracle"}}, 422, "mode"),
+        ({"inputs": "x", "options": {"threshold": 2}}, 422, "threshold"),
+        ({"inputs": "x", "options": {"colour": "red"}}, 422, "colour"),
+        ({"inputs": ["a"] * 65}, 413, "at most 64"),
+        ({"text": "x"}, 422, "inputs"),
+    ],
+)
+def test_bad_requests_get_a_4xx_that_names_the_problem(cascade_url, body, status, fragment):
+    kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) else {"json": body}
+    response = httpx.post(f"{cascade_url}/v1/classify", timeout=30, **kwargs)
+    assert response.status_code == status
+    assert fragment in response.json()["error"]
