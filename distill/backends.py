@@ -116,11 +116,13 @@ class HFClassifier:
         """Raw logits in float32, computed in batches of ``batch_size``."""
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        out = []
+        # batches of similar length pad less; results go back to the caller's order
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         for start in range(0, len(texts), self.batch_size):
-            chunk = texts[start : start + self.batch_size]
-            out.append(self.model(**self.encode(chunk)).logits.float().cpu().numpy())
-        return np.concatenate(out)
+            idx = order[start : start + self.batch_size]
+            out[idx] = self.model(**self.encode([texts[i] for i in idx])).logits.float().cpu().numpy()
+        return out
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Softmax of the logits, float32."""

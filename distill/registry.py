@@ -117,6 +117,15 @@ class Registry:
             raise RegistryError(f"no current {role}: run `cascade bootstrap` or `cascade models promote`")
         return self.path(role, version)
 
+    def resolve(self, role: str, ref: str | None) -> str:
+        """A model reference as a loadable path or hub id: None means the current version, a
+        registered version id its directory; anything else (a directory, a hub id) passes through."""
+        if ref is None:
+            return str(self.current_path(role))
+        if (self._role_dir(role) / "versions" / ref / "cascade.json").is_file():
+            return str(self.path(role, ref))
+        return ref
+
     def promote(self, role: str, version: str, note: str = "") -> None:
         """Point ``role`` at ``version`` (atomically) and record it."""
         self.path(role, version)  # must exist

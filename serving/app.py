@@ -15,84 +15,24 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from distill.backends import HFClassifier
 from distill.escalations import EscalationRecord
-from distill.registry import Registry
 from router import CostModel
 from serving.api import ClassifyRequest, ClassifyResponse, ErrorResponse, ModelsResponse, ModelVersions
 from serving.cascade import Cascade, ModelOutput
 from serving.config import CascadeConfig, ModelDeploymentConfig
 from serving.log_writer import SegmentWriter
+from serving.model_server import BatchedModel, texts_in
 
 logger = logging.getLogger("cascade")
 
 
-def _texts_in(calls: list[list[str]]) -> int:
-    return sum(len(call) for call in calls)
-
-
-def resolve_model(home: Path, role: str, source: str | None) -> str:
-    """A model reference (None = current, a registered version, a directory, a hub id) as a path or hub id."""
-    registry = Registry(home / "registry")
-    if source is None:
-        return str(registry.current_path(role))
-    if any(m.version == source for m in registry.versions(role)):
-        return str(registry.path(role, source))
-    return source
-
-
 @serve.deployment
-class ModelServer:
-    """Serves one model, batching texts from concurrent requests into one forward pass.
-
-    ``user_config`` = ``{"model": ..., "max_batch_size": ..., "batch_wait_timeout_s": ...}``;
-    a new ``model`` is loaded beside the old one and swapped in, so requests never fail during
-    a swap (Serve calls ``reconfigure`` in place, without restarting the replica).
-    """
-
-    def __init__(self, role: str, home: str, device: str | None = None):
-        self.role = role
-        self.home = Path(home)
-        self.device = device
-        self.model: HFClassifier | None = None
-        self.source: str | None = None
-        self.max_batch_size = 32
+class ModelServer(BatchedModel):
+    """A student or teacher deployment: a ``BatchedModel`` whose ``user_config`` Serve applies
+    in place (``reconfigure``), so a new model version swaps in without a replica restart."""
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        source = resolve_model(self.home, self.role, user_config.get("model"))
-        if source != self.source:
-            model = HFClassifier.load(source, device=self.device)
-            model.predict_proba(["warm up"])
-            self.model, self.source = model, source
-            logger.info("%s now serving %s", self.role, model.version)
-        self.max_batch_size = int(user_config.get("max_batch_size", self.max_batch_size))
-        self._batched.set_max_batch_size(self.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.002)))
-
-    async def predict(self, texts: list[str]) -> ModelOutput:
-        """Probabilities for ``texts`` (split into batch-sized calls when longer than a batch)."""
-        chunks = [texts[i : i + self.max_batch_size] for i in range(0, len(texts), self.max_batch_size)]
-        outputs = await asyncio.gather(*(self._batched(chunk) for chunk in chunks))
-        if len(outputs) == 1:
-            return outputs[0]
-        return ModelOutput(np.concatenate([o.probs for o in outputs]), outputs[0].version, outputs[0].policy)
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, batch_size_fn=_texts_in)
-    async def _batched(self, calls: list[list[str]]) -> list[ModelOutput]:
-        model = self.model  # one model for the whole batch, even if a swap happens meanwhile
-        flat = [text for call in calls for text in call]
-        probs = await asyncio.to_thread(model.predict_proba, flat)
-        policy = model.meta.policy if model.meta else None
-        out, start = [], 0
-        for call in calls:
-            out.append(ModelOutput(probs[start : start + len(call)], model.version, policy))
-            start += len(call)
-        return out
-
-    def info(self) -> dict:
-        """Labels, version and (for a student) the fitted policy of the loaded model."""
-        meta = self.model.meta
-        return {"labels": self.model.labels, "version": self.model.version, "policy": meta.policy if meta else None}
+        self.configure(user_config)
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1024)
@@ -103,7 +43,7 @@ class LogWriter:
     def __init__(self, directory: str, max_bytes: int, max_seconds: float):
         self.writer = SegmentWriter(Path(directory), max_bytes, max_seconds)
 
-    @serve.batch(max_batch_size=512, batch_wait_timeout_s=0.002, batch_size_fn=_texts_in)
+    @serve.batch(max_batch_size=512, batch_wait_timeout_s=0.002, batch_size_fn=texts_in)
     async def append(self, calls: list[list[EscalationRecord]]) -> list[int]:
         """Write every call's records, fsync once, and acknowledge each call."""
         await asyncio.to_thread(self.writer.append, [r for call in calls for r in call])
@@ -133,11 +73,25 @@ async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONRespo
 class Ingress:
     """HTTP front: validates requests, runs ``Cascade.classify``, reports health and models."""
 
-    def __init__(self, student: DeploymentHandle, teacher: DeploymentHandle, log_writer: DeploymentHandle, config: dict):
+    def __init__(self, student: DeploymentHandle | None, teacher: DeploymentHandle, log_writer: DeploymentHandle, config: dict):
         self.config = CascadeConfig.model_validate(config)
         self.student, self.teacher, self.log_writer = student, teacher, log_writer
+        # with placement "ingress" the student runs in this process, configured by reconfigure()
+        self.local_student = (
+            BatchedModel("student", str(self.config.home), "cpu", self.config.student.threads) if student is None else None
+        )
         self.cascade: Cascade | None = None
         self._lock = asyncio.Lock()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply the student's settings (model version, batching) when it runs in the ingress."""
+        if self.local_student is not None:
+            self.local_student.configure(user_config["student"])
+
+    async def _student_info(self) -> dict:
+        if self.local_student is not None:
+            return self.local_student.info()
+        return await self.student.info.remote()
 
     async def _ready(self) -> Cascade:
         """Build the cascade once both models answer and agree on their labels."""
@@ -145,7 +99,7 @@ class Ingress:
             return self.cascade
         async with self._lock:
             if self.cascade is None:
-                student, teacher = await asyncio.gather(self.student.info.remote(), self.teacher.info.remote())
+                student, teacher = await asyncio.gather(self._student_info(), self.teacher.info.remote())
                 if student["labels"] != teacher["labels"]:
                     raise RuntimeError("student and teacher have different label lists: serve a matching pair")
                 routing = self.config.routing
@@ -161,6 +115,8 @@ class Ingress:
         return self.cascade
 
     async def _student_predict(self, texts: list[str]) -> ModelOutput:
+        if self.local_student is not None:
+            return await self.local_student.predict(texts)
         return await self.student.predict.remote(texts)
 
     async def _teacher_predict(self, texts: list[str]) -> ModelOutput:
@@ -210,7 +166,7 @@ class Ingress:
     async def models(self) -> ModelsResponse:
         """Labels, versions and the escalation policy in force."""
         cascade = await self._ready()
-        student, teacher = await asyncio.gather(self.student.info.remote(), self.teacher.info.remote())
+        student, teacher = await asyncio.gather(self._student_info(), self.teacher.info.remote())
         policy = student["policy"] or {}
         threshold = self.config.routing.threshold if self.config.routing.threshold is not None else policy.get("threshold")
         return ModelsResponse(
@@ -223,33 +179,41 @@ class Ingress:
         )
 
 
+def _user_config(settings: ModelDeploymentConfig) -> dict[str, Any]:
+    """What a model's ``user_config`` carries: changing it swaps the model in place."""
+    return {
+        "model": settings.model,
+        "max_batch_size": settings.max_batch_size,
+        "batch_wait_timeout_s": settings.batch_wait_timeout_s,
+    }
+
+
 def _model_deployment(role: str, settings: ModelDeploymentConfig, config: CascadeConfig):
     options: dict[str, Any] = {
         "name": role.capitalize(),
         "max_ongoing_requests": settings.max_ongoing_requests,
         "ray_actor_options": {"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus},
-        "user_config": {
-            "model": settings.model,
-            "max_batch_size": settings.max_batch_size,
-            "batch_wait_timeout_s": settings.batch_wait_timeout_s,
-        },
+        "user_config": _user_config(settings),
     }
     if settings.num_replicas == "auto":
         options["autoscaling_config"] = settings.autoscaling or {"min_replicas": 1, "max_replicas": 2}
     else:
         options["num_replicas"] = settings.num_replicas
     device = settings.device or ("cuda" if settings.num_gpus > 0 else "cpu")
-    return ModelServer.options(**options).bind(role, str(config.home), device)
+    threads = settings.threads or max(1, int(settings.num_cpus))  # the cores this replica reserved
+    return ModelServer.options(**options).bind(role, str(config.home), device, threads)
 
 
 def build_app(config: CascadeConfig):
     """The whole application, ready for ``serve.run``."""
-    student = _model_deployment("student", config.student, config)
+    colocated = config.student.placement == "ingress"
+    student = None if colocated else _model_deployment("student", config.student, config)
     teacher = _model_deployment("teacher", config.teacher, config)
     log_writer = LogWriter.bind(str(config.log_path()), config.log.segment_max_bytes, config.log.segment_max_seconds)
     ingress = Ingress.options(
         num_replicas=config.ingress.num_replicas,
         max_ongoing_requests=config.ingress.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.ingress.num_cpus},
+        user_config={"student": _user_config(config.student)},
     )
     return ingress.bind(student, teacher, log_writer, config.model_dump(mode="json"))

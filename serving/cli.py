@@ -40,11 +40,7 @@ def _load(registry, role: str, ref: str | None):
     """A model by registered version, current pointer (None), directory path or hub id."""
     from distill.backends import HFClassifier
 
-    if ref is None:
-        return HFClassifier.load(registry.current_path(role))
-    if any(m.version == ref for m in registry.versions(role)):
-        return HFClassifier.load(registry.path(role, ref))
-    return HFClassifier.load(ref)
+    return HFClassifier.load(registry.resolve(role, ref))
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
@@ -168,6 +164,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from distill.bootstrap import ensure_models
+    from distill.data import load_splits
+    from serving.bench import markdown_table, run_bench
+    from serving.config import load_config
+
+    config = load_config(args.config, home=args.home, port=args.port, data=args.data)
+    ensure_models(config.home, config.data, progress=not args.quiet)
+    split = load_splits(config.data, args.text_column, args.label_column).get(args.split)
+    texts, labels = split.texts[: args.limit or None], split.labels[: args.limit or None]
+    say = (lambda _: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
+    report = run_bench(config, texts, labels, seconds=args.seconds, progress=say)
+    table = markdown_table(report)
+    if args.out:
+        args.out.write_text(table + "\n")
+    print(json.dumps(report) if args.json else table + "\n\n" + json.dumps(report["checks"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand; defaults come from the config classes."""
     from distill.config import DEFAULT_GOAL, StudentSpec, TrainConfig
@@ -220,6 +235,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="data set to bootstrap the default models from (default: banking77)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("bench", help="benchmark teacher-only, student-only, cascade and an echo ceiling over HTTP", description="Start the cascade and an echo deployment on Ray Serve and measure, per service: accuracy over HTTP, teacher share, single-text requests/s and p50/p99 at 1 and 16 clients (wrk if installed), texts/s in 64-text requests, and in-process model-only throughput.")
+    p.add_argument("--config", type=Path, default=None, help="serving config file (same as cascade serve)")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default: 8000)")
+    p.add_argument("--home", type=Path, default=None, help="registry and cache directory")
+    p.add_argument("--data", default=None, help="data set (default: banking77)")
+    p.add_argument("--text-column", default=None)
+    p.add_argument("--label-column", default=None)
+    p.add_argument("--split", choices=("test", "validation"), default="test")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N texts (default: all)")
+    p.add_argument("--seconds", type=float, default=10.0, help="duration of each single-text load run (default: 10)")
+    p.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
+    p.add_argument("--json", action="store_true", help="print the whole report as one JSON object")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("models", help="list, promote or roll back registered model versions", description="Inspect the registry and move the current pointer of a role.")
     _common(p, data=False)

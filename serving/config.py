@@ -30,6 +30,7 @@ class ModelDeploymentConfig(_Strict):
     num_cpus: float = Field(0.5, ge=0)  # fractional CPUs let several replicas share a 2-core machine
     num_gpus: float = Field(0.0, ge=0)  # fractional GPUs share one device between replicas
     device: str | None = None  # "cpu", "cuda", "cuda:1"; default: CUDA when a GPU is assigned
+    threads: int | None = Field(None, ge=1)  # torch CPU threads; None: the whole CPUs it reserved (at least 1)
 
     @model_validator(mode="after")
     def _batches_can_fill(self) -> "ModelDeploymentConfig":
@@ -38,6 +39,21 @@ class ModelDeploymentConfig(_Strict):
                 f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size "
                 f"({self.max_batch_size}), or batches never fill"
             )
+        return self
+
+
+class StudentDeploymentConfig(ModelDeploymentConfig):
+    """The student: as a model deployment, or inside the ingress process (``placement: ingress``),
+    which saves a network hop per request; the CPU default, since the HTTP path, not the
+    sub-millisecond student, bounds single-text throughput there."""
+
+    placement: Literal["deployment", "ingress"] = "ingress"
+    threads: int | None = Field(1, ge=1)  # one thread: the student's forward pass is tiny
+
+    @model_validator(mode="after")
+    def _gpu_needs_a_deployment(self) -> "StudentDeploymentConfig":
+        if self.placement == "ingress" and self.num_gpus > 0:
+            raise ValueError("a student on a GPU (num_gpus > 0) needs placement: deployment")
         return self
 
 
@@ -82,7 +98,7 @@ class CascadeConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     app_name: str = "cascade"
-    student: ModelDeploymentConfig = ModelDeploymentConfig()
+    student: StudentDeploymentConfig = StudentDeploymentConfig()
     teacher: ModelDeploymentConfig = ModelDeploymentConfig(num_cpus=0.5, max_batch_size=64, max_ongoing_requests=128)
     ingress: IngressConfig = IngressConfig()
     routing: RoutingConfig = RoutingConfig()

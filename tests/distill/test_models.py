@@ -7,7 +7,7 @@ import pytest
 from distill.backends import HFClassifier
 from distill.data import load_splits
 from distill.errors import ModelError
-from distill.config import StudentSpec, TrainConfig
+from distill.config import DEFAULT_GOAL, StudentSpec, TrainConfig
 from distill.pipeline import TeacherCache, distill_student
 from distill.registry import Registry
 from distill.students import init_bow_student, init_transformer_student
@@ -29,7 +29,7 @@ def test_teacher_and_student_load_with_labels_versions_and_policy(tiny_home, tea
     assert teacher.labels == student.labels == splits.train.label_names
     assert teacher.version == registry.current("teacher") and student.version == registry.current("student")
     assert student.meta.teacher == teacher.version
-    assert student.meta.policy["goal"].startswith("accuracy>=teacher") and 0 <= student.meta.policy["threshold"] <= 1
+    assert student.meta.policy["goal"].startswith(DEFAULT_GOAL) and 0 <= student.meta.policy["threshold"] <= 1
     probs = student.predict_proba(splits.test.texts)
     assert probs.shape == (100, 5) and np.allclose(probs.sum(1), 1, atol=1e-5)
     # the tiny task is easy: both models must be right on most of it

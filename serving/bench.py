@@ -1,0 +1,239 @@
+"""``cascade bench``: teacher-only, student-only and cascade serving side by side, with an echo
+deployment as the framework's ceiling, all on one Ray Serve instance with the same settings.
+
+Single-text load comes from ``wrk`` (a C load generator, so the client takes little CPU from
+the server on a small machine) when it is installed, else from one async Python process;
+batched requests and the accuracy pass come from the async Python client. Each service is
+the same application asked with ``mode`` = teacher / student / cascade, so all three share
+exactly the same Serve settings.
+"""
+
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import httpx
+import numpy as np
+from fastapi import FastAPI
+from ray import serve
+
+from serving.api import ClassifyRequest
+from serving.config import CascadeConfig
+
+SERVICES = ("echo", "student", "teacher", "cascade")
+
+echo_api = FastAPI()
+
+
+@serve.deployment
+@serve.ingress(echo_api)
+class Echo:
+    """Parses the same request body as the cascade and answers at once: the HTTP ceiling."""
+
+    @echo_api.post("/v1/classify")
+    async def classify(self, body: ClassifyRequest) -> dict:
+        texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+        return {"predictions": [{"label": text[:16], "tier": "echo", "escalated": False} for text in texts]}
+
+
+def start_echo(config: CascadeConfig) -> str:
+    """Run the echo app beside the cascade, with the ingress's settings; returns its URL."""
+    ingress = config.ingress
+    app = Echo.options(
+        num_replicas=ingress.num_replicas,
+        max_ongoing_requests=ingress.max_ongoing_requests,
+        ray_actor_options={"num_cpus": ingress.num_cpus},
+    ).bind()
+    serve.run(app, name="echo", route_prefix="/echo")
+    return f"http://{config.host}:{config.port}/echo"
+
+
+def _body(texts: Sequence[str] | str, service: str) -> dict:
+    options = {"mode": service} if service in ("student", "teacher", "cascade") else {}
+    return {"inputs": texts, "options": options}
+
+
+_WRK_SCRIPT = """
+local bodies = {}
+for line in io.lines(os.getenv("BENCH_BODIES")) do bodies[#bodies + 1] = line end
+local i = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = i % #bodies + 1
+  return wrk.format(nil, nil, nil, bodies[i])
+end
+"""
+
+
+def _wrk_seconds(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value).groups()
+    return float(number) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
+
+
+def wrk_single(url: str, texts: Sequence[str], service: str, connections: int, seconds: float) -> dict:
+    """Requests/s and p50/p99 latency of single-text requests, driven by wrk."""
+    with tempfile.TemporaryDirectory() as tmp:
+        bodies = Path(tmp) / "bodies.jsonl"
+        bodies.write_text("".join(json.dumps(_body(t, service)) + "\n" for t in texts))
+        script = Path(tmp) / "bench.lua"
+        script.write_text(_WRK_SCRIPT)
+        threads = min(2, connections)
+        out = subprocess.run(
+            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:.0f}s", "--latency", "-s", str(script), f"{url}/v1/classify"],
+            capture_output=True, text=True, check=True, env={"BENCH_BODIES": str(bodies), "PATH": "/usr/bin:/bin"},
+        ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = sum(int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|Socket errors:.*?timeout)\s*:?\s*(\d+)", out))
+    p50 = _wrk_seconds(re.search(r"\s50%\s+(\S+)", out).group(1))
+    p99 = _wrk_seconds(re.search(r"\s99%\s+(\S+)", out).group(1))
+    return {"requests_per_s": round(rps, 1), "p50_ms": round(p50 * 1000, 1), "p99_ms": round(p99 * 1000, 1), "errors": errors, "client": "wrk"}
+
+
+async def _python_single(url: str, texts: Sequence[str], service: str, connections: int, seconds: float) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=connections)) as client:
+
+        async def worker(offset: int) -> None:
+            nonlocal errors
+            i = offset
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                response = await client.post(f"{url}/v1/classify", json=_body(texts[i % len(texts)], service))
+                latencies.append(time.perf_counter() - t0)
+                errors += response.status_code != 200
+                i += connections
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(connections)))
+        elapsed = time.perf_counter() - started
+    return {
+        "requests_per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1),
+        "p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1),
+        "errors": errors,
+        "client": "python-async",
+    }
+
+
+def single_text_load(url: str, texts: Sequence[str], service: str, connections: int, seconds: float) -> dict:
+    """Single-text load with wrk when installed, else the async Python client."""
+    if shutil.which("wrk"):
+        return wrk_single(url, texts, service, connections, seconds)
+    return asyncio.run(_python_single(url, texts, service, connections, seconds))
+
+
+async def _batched_pass(url: str, texts: Sequence[str], service: str, batch: int, concurrency: int) -> tuple[list[dict], float]:
+    chunks = [list(texts[i : i + batch]) for i in range(0, len(texts), batch)]
+    results: list[list[dict]] = [[] for _ in chunks]
+    semaphore = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=300) as client:
+
+        async def send(k: int) -> None:
+            async with semaphore:
+                response = await client.post(f"{url}/v1/classify", json=_body(chunks[k], service))
+                response.raise_for_status()
+                results[k] = response.json()["predictions"]
+
+        started = time.perf_counter()
+        await asyncio.gather(*(send(k) for k in range(len(chunks))))
+        elapsed = time.perf_counter() - started
+    return [p for chunk in results for p in chunk], elapsed
+
+
+def batched_pass(url: str, texts: Sequence[str], service: str, batch: int = 64, concurrency: int = 4) -> tuple[list[dict], float]:
+    """Every text through ``service`` in ``batch``-text requests; returns predictions and seconds."""
+    return asyncio.run(_batched_pass(url, texts, service, batch, concurrency))
+
+
+def markdown_table(report: dict) -> str:
+    """The bench report as a Markdown table."""
+    rows = [
+        "| service | accuracy (HTTP) | teacher share | req/s @1 | p50/p99 ms @1 | req/s @16 | p50/p99 ms @16 | texts/s (64-text requests) | model-only texts/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in SERVICES:
+        r = report["services"][name]
+        one, many = r["single_1"], r["single_16"]
+        accuracy = f"{r['accuracy']:.4f}" if r.get("accuracy") is not None else "-"
+        share = f"{r['teacher_share']:.2%}" if r.get("teacher_share") is not None else "-"
+        model_only = f"{r['model_only_texts_per_s']:.0f}" if r.get("model_only_texts_per_s") else "-"
+        rows.append(
+            f"| {name} | {accuracy} | {share} | {one['requests_per_s']:.0f} | {one['p50_ms']:.0f}/{one['p99_ms']:.0f} | "
+            f"{many['requests_per_s']:.0f} | {many['p50_ms']:.0f}/{many['p99_ms']:.0f} | {r['batch_texts_per_s']:.0f} | {model_only} |"
+        )
+    return "\n".join(rows)
+
+
+def model_only(config: CascadeConfig, texts: Sequence[str]) -> dict:
+    """In-process batched throughput (no serving): the limit each service could reach."""
+    from distill.backends import HFClassifier
+    from router import EscalationPolicy
+    from distill.registry import Registry
+
+    registry = Registry(config.home / "registry")
+    student = HFClassifier.load(registry.resolve("student", config.student.model), device="cpu")
+    teacher = HFClassifier.load(registry.resolve("teacher", config.teacher.model), device="cpu")
+    timings = {}
+    for name, model in (("student", student), ("teacher", teacher)):
+        model.predict_proba(list(texts[:8]))
+        started = time.perf_counter()
+        probs = model.predict_proba(list(texts))
+        timings[name] = (time.perf_counter() - started, probs)
+    policy = EscalationPolicy.from_dict(student.meta.policy) if student.meta and student.meta.policy else EscalationPolicy()
+    escalate = policy.escalate_mask(timings["student"][1], config.routing.threshold)
+    # the teacher's cost scales with the share it sees
+    cascade_s = timings["student"][0] + timings["teacher"][0] * float(escalate.mean())
+    return {
+        "student": len(texts) / timings["student"][0],
+        "teacher": len(texts) / timings["teacher"][0],
+        "cascade": len(texts) / cascade_s,
+    }
+
+
+def run_bench(config: CascadeConfig, texts: Sequence[str], labels: Sequence[str], seconds: float = 10.0, progress=print) -> dict:
+    """Start everything, measure every service, stop; returns the report."""
+    from serving import runner
+
+    progress("bench: model-only throughput (in-process, no serving)")
+    limits = model_only(config, texts)
+    progress("bench: starting the cascade and the echo ceiling on Ray Serve")
+    url = runner.start(config)
+    try:
+        echo_url = start_echo(config)
+        services: dict[str, dict] = {}
+        sample = list(texts[:500])
+        for name in SERVICES:
+            target = echo_url if name == "echo" else url
+            progress(f"bench: {name}: {len(texts)} texts in 64-text requests")
+            predictions, elapsed = batched_pass(target, texts, name)
+            result: dict = {"batch_texts_per_s": round(len(texts) / elapsed, 1)}
+            if name != "echo":
+                result["accuracy"] = round(float(np.mean([p["label"] == y for p, y in zip(predictions, labels)])), 4)
+                result["teacher_share"] = round(float(np.mean([p["tier"] == "teacher" for p in predictions])), 4)
+                result["model_only_texts_per_s"] = round(limits[name], 1)
+            for connections in (1, 16):
+                progress(f"bench: {name}: single-text requests, {connections} client(s), {seconds:.0f} s")
+                result[f"single_{connections}"] = single_text_load(target, sample, name, connections, seconds)
+            services[name] = result
+    finally:
+        runner.stop()
+    cascade, teacher, echo = services["cascade"], services["teacher"], services["echo"]
+    return {
+        "rows": len(texts),
+        "services": services,
+        "checks": {
+            "cascade_accuracy_minus_teacher": round(cascade["accuracy"] - teacher["accuracy"], 4),
+            "cascade_over_teacher_batch_throughput": round(cascade["batch_texts_per_s"] / teacher["batch_texts_per_s"], 2),
+            "cascade_over_echo_single_16": round(cascade["single_16"]["requests_per_s"] / echo["single_16"]["requests_per_s"], 2),
+        },
+    }

@@ -1,0 +1,77 @@
+"""A model behind a batching queue: the body of the student and teacher deployments, and of
+the student when it runs inside the ingress process (``placement: ingress``)."""
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ray import serve
+
+from distill.backends import HFClassifier
+from distill.registry import Registry
+from serving.cascade import ModelOutput
+
+logger = logging.getLogger("cascade")
+
+
+def texts_in(calls: list[list]) -> int:
+    """Batch size in items rather than calls, for ``serve.batch``'s ``batch_size_fn``."""
+    return sum(len(call) for call in calls)
+
+
+class BatchedModel:
+    """Serves one model, batching texts from concurrent requests into one forward pass.
+
+    ``configure({"model": ..., "max_batch_size": ..., "batch_wait_timeout_s": ...})`` loads a
+    new model beside the old one and swaps it in, so requests never fail during a swap.
+    """
+
+    def __init__(self, role: str, home: str, device: str | None = None, threads: int | None = None):
+        self.role = role
+        self.home = Path(home)
+        self.device = device
+        if threads:
+            torch.set_num_threads(threads)
+        self.model: HFClassifier | None = None
+        self.source: str | None = None
+        self.max_batch_size = 32
+
+    def configure(self, user_config: dict[str, Any]) -> None:
+        """Apply a model reference and batching settings (loading the model if it changed)."""
+        source = Registry(self.home / "registry").resolve(self.role, user_config.get("model"))
+        if source != self.source:
+            model = HFClassifier.load(source, device=self.device)
+            model.predict_proba(["warm up"])
+            self.model, self.source = model, source
+            logger.info("%s now serving %s", self.role, model.version)
+        self.max_batch_size = int(user_config.get("max_batch_size", self.max_batch_size))
+        self._batched.set_max_batch_size(self.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.002)))
+
+    async def predict(self, texts: list[str]) -> ModelOutput:
+        """Probabilities for ``texts`` (split into batch-sized calls when longer than a batch)."""
+        chunks = [texts[i : i + self.max_batch_size] for i in range(0, len(texts), self.max_batch_size)]
+        outputs = await asyncio.gather(*(self._batched(chunk) for chunk in chunks))
+        if len(outputs) == 1:
+            return outputs[0]
+        return ModelOutput(np.concatenate([o.probs for o in outputs]), outputs[0].version, outputs[0].policy)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, batch_size_fn=texts_in)
+    async def _batched(self, calls: list[list[str]]) -> list[ModelOutput]:
+        model = self.model  # one model for the whole batch, even if a swap happens meanwhile
+        flat = [text for call in calls for text in call]
+        probs = await asyncio.to_thread(model.predict_proba, flat)
+        policy = model.meta.policy if model.meta else None
+        out, start = [], 0
+        for call in calls:
+            out.append(ModelOutput(probs[start : start + len(call)], model.version, policy))
+            start += len(call)
+        return out
+
+    def info(self) -> dict:
+        """Labels, version and (for a student) the fitted policy of the loaded model."""
+        meta = self.model.meta
+        return {"labels": self.model.labels, "version": self.model.version, "policy": meta.policy if meta else None}
