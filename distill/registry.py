@@ -89,6 +89,24 @@ class Registry:
         self._log(meta.role, {"event": "registered", "version": meta.version, "parent": meta.parent})
         return target
 
+    def derive(self, role: str, version: str, **changes) -> ModelMeta:
+        """Register a new version with ``version``'s weights and metadata ``changes`` (for
+        example a refitted policy). Files are hard-linked where the filesystem allows: both
+        versions are read-only, so sharing the bytes is safe and costs no space."""
+        source = self.path(role, version)
+        meta = self.meta(role, version).model_copy(
+            update={"version": new_version_id(role), "parent": version, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **changes}
+        )
+        with self.stage(role) as staged:
+            for file in source.iterdir():
+                if file.is_file() and file.name != "cascade.json":
+                    try:
+                        os.link(file, staged / file.name)
+                    except OSError:
+                        shutil.copy2(file, staged / file.name)
+            self.register(staged, meta)
+        return meta
+
     def versions(self, role: str) -> list[ModelMeta]:
         """Every registered version of ``role``, oldest first."""
         directory = self._role_dir(role) / "versions"

@@ -16,7 +16,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from distill.escalations import EscalationRecord
-from router import CostModel
+from router import AuditSampler, CostModel, TeacherRateLimiter
 from serving.api import ClassifyRequest, ClassifyResponse, ErrorResponse, ModelsResponse, ModelVersions
 from serving.cascade import Cascade, ModelOutput
 from serving.config import CascadeConfig, ModelDeploymentConfig
@@ -111,6 +111,8 @@ class Ingress:
                     costs=CostModel(routing.student_cost, routing.teacher_cost),
                     threshold=routing.threshold,
                     teacher_timeout_s=routing.teacher_timeout_s,
+                    budget=TeacherRateLimiter(routing.teacher_budget, routing.budget_window_s) if routing.teacher_budget < 1 else None,
+                    auditor=AuditSampler(routing.audit_rate) if routing.audit_rate > 0 else None,
                 )
         return self.cascade
 
@@ -161,6 +163,14 @@ class Ingress:
         except Exception as err:
             return JSONResponse(status_code=503, content={"error": f"not ready: {err}"})
         return {"status": "ready", "labels": len(cascade.labels)}
+
+    @api.get("/v1/stats")
+    async def stats(self) -> dict:
+        """Audit agreement so far: the unbiased estimate of the student's agreement with the teacher."""
+        cascade = await self._ready()
+        low, high = cascade.audit.interval()
+        return {"audit": {"audited": cascade.audit.audited, "agreed": cascade.audit.agreed,
+                          "agreement": cascade.audit.value, "interval_95": [round(low, 4), round(high, 4)]}}
 
     @api.get("/v1/models", response_model=ModelsResponse)
     async def models(self) -> ModelsResponse:

@@ -158,8 +158,8 @@ def batched_pass(url: str, texts: Sequence[str], service: str, batch: int = 64, 
 def markdown_table(report: dict) -> str:
     """The bench report as a Markdown table."""
     rows = [
-        "| service | accuracy (HTTP) | teacher share | req/s @1 | p50/p99 ms @1 | req/s @16 | p50/p99 ms @16 | texts/s (64-text requests) | model-only texts/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| service | accuracy (HTTP) | teacher share | cost / 1,000 | req/s @1 | p50/p99 ms @1 | req/s @16 | p50/p99 ms @16 | texts/s (64-text requests) | model-only texts/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in SERVICES:
         r = report["services"][name]
@@ -167,8 +167,9 @@ def markdown_table(report: dict) -> str:
         accuracy = f"{r['accuracy']:.4f}" if r.get("accuracy") is not None else "-"
         share = f"{r['teacher_share']:.2%}" if r.get("teacher_share") is not None else "-"
         model_only = f"{r['model_only_texts_per_s']:.0f}" if r.get("model_only_texts_per_s") else "-"
+        cost = f"{r['cost_per_1000']:.0f}" if r.get("cost_per_1000") is not None else "-"
         rows.append(
-            f"| {name} | {accuracy} | {share} | {one['requests_per_s']:.0f} | {one['p50_ms']:.0f}/{one['p99_ms']:.0f} | "
+            f"| {name} | {accuracy} | {share} | {cost} | {one['requests_per_s']:.0f} | {one['p50_ms']:.0f}/{one['p99_ms']:.0f} | "
             f"{many['requests_per_s']:.0f} | {many['p50_ms']:.0f}/{many['p99_ms']:.0f} | {r['batch_texts_per_s']:.0f} | {model_only} |"
         )
     return "\n".join(rows)
@@ -221,6 +222,7 @@ def run_bench(config: CascadeConfig, texts: Sequence[str], labels: Sequence[str]
                 result["accuracy"] = round(float(np.mean([p["label"] == y for p, y in zip(predictions, labels)])), 4)
                 result["teacher_share"] = round(float(np.mean([p["tier"] == "teacher" for p in predictions])), 4)
                 result["model_only_texts_per_s"] = round(limits[name], 1)
+                result["cost_per_1000"] = round(float(np.mean([p["cost"] for p in predictions])) * 1000, 1)
             for connections in (1, 16):
                 progress(f"bench: {name}: single-text requests, {connections} client(s), {seconds:.0f} s")
                 result[f"single_{connections}"] = single_text_load(target, sample, name, connections, seconds)

@@ -2,9 +2,11 @@
 into it, and tests can drive it with ordinary async functions.
 
 For one request: (1) the student scores every text (unless mode is teacher); (2) the policy
-marks unsure items; (3) only those go to the teacher, in one batched call with a timeout;
-(4) each escalated item becomes an escalation record, written durably before the response;
-(5) each item's answer says which tier answered, why, and what it cost.
+marks unsure items, the teacher budget may turn some away (answered by the student, marked
+degraded), and audit sampling adds a few confident ones; (3) those go to the teacher in one
+batched call with a timeout; (4) every item the teacher answered or audited becomes an
+escalation record, written durably before the response; (5) each item's answer says which
+tier answered, why, and what it cost. Audited items keep the student's answer.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from uuid import uuid4
 import numpy as np
 
 from distill.escalations import EscalationRecord
-from router import CostModel, EscalationPolicy
+from router import AgreementEstimate, AuditSampler, CostModel, EscalationPolicy, TeacherRateLimiter
 from serving.api import ClassifyOptions, ClassifyResponse, LabelScore, ModelVersions, Prediction
 
 logger = logging.getLogger("cascade")
@@ -49,6 +51,8 @@ class Cascade:
         costs: CostModel,
         threshold: float | None = None,
         teacher_timeout_s: float = 5.0,
+        budget: TeacherRateLimiter | None = None,
+        auditor: AuditSampler | None = None,
     ):
         self.student = student
         self.teacher = teacher
@@ -57,6 +61,9 @@ class Cascade:
         self.costs = costs
         self.threshold = threshold  # service-wide override of the fitted threshold
         self.teacher_timeout_s = teacher_timeout_s
+        self.budget = budget  # caps the teacher's share of items over a sliding window
+        self.auditor = auditor  # sends a fraction of confident items to the teacher too
+        self.audit = AgreementEstimate()  # the student's agreement with the teacher on audited items
         self._policies: dict[str, EscalationPolicy] = {}
 
     def policy_for(self, output: ModelOutput) -> EscalationPolicy:
@@ -77,55 +84,74 @@ class Cascade:
             logger.warning("teacher call failed: %r", err)
             return None, "teacher_unavailable"
 
+    def _route(self, student: ModelOutput | None, n: int, options: ClassifyOptions) -> tuple[np.ndarray, list[str], np.ndarray | None, np.ndarray]:
+        """Which items the teacher sees, each item's reason, the student's confidence, and
+        which unsure items the teacher budget turned away."""
+        capped = np.zeros(n, dtype=bool)
+        if options.mode == "teacher":
+            return np.ones(n, dtype=bool), ["forced"] * n, None, capped
+        if options.mode == "student":
+            return np.zeros(n, dtype=bool), ["forced"] * n, None, capped
+        policy = self.policy_for(student)
+        threshold = options.threshold if options.threshold is not None else self.threshold
+        confidence = policy.scores(student.probs)
+        unsure = policy.escalate_mask(student.probs, threshold)
+        reasons = np.where(unsure, "unsure", "confident").tolist()
+        if self.budget is not None and unsure.any():
+            admitted = self.budget.admit(int(unsure.sum()), n)
+            ranked = np.flatnonzero(unsure)[np.argsort(confidence[unsure], kind="stable")]  # least confident first
+            capped[ranked[admitted:]] = True
+            unsure &= ~capped
+        audited = ~unsure & ~capped & self.auditor.sample(n) if self.auditor is not None else np.zeros(n, dtype=bool)
+        for i in np.flatnonzero(audited):
+            reasons[i] = "audit"
+        return unsure | audited, reasons, confidence, capped
+
     async def classify(self, texts: list[str], options: ClassifyOptions, request_id: str | None = None) -> ClassifyResponse:
         """Answer ``texts`` according to ``options`` (see the module docstring)."""
         request_id = request_id or uuid4().hex
         n = len(texts)
         student = await self.student(texts) if options.mode != "teacher" else None
-        confidence = None
-        if options.mode == "teacher":
-            escalate, reason = np.ones(n, dtype=bool), "forced"
-        elif options.mode == "student":
-            escalate, reason = np.zeros(n, dtype=bool), "forced"
-        else:
-            policy = self.policy_for(student)
-            threshold = options.threshold if options.threshold is not None else self.threshold
-            escalate, reason = policy.escalate_mask(student.probs, threshold), "unsure"
-            confidence = policy.scores(student.probs)
-        asked = np.flatnonzero(escalate)
+        asked, reasons, confidence, capped = self._route(student, n, options)
+        asked_items = np.flatnonzero(asked)
         teacher, cause = (None, None)
-        if len(asked):
-            teacher, cause = await self._ask_teacher([texts[i] for i in asked])
+        if len(asked_items):
+            teacher, cause = await self._ask_teacher([texts[i] for i in asked_items])
             if teacher is None and student is None:  # mode=teacher with no teacher: fall back to the student
                 student = await self.student(texts)
-        teacher_row = {int(item): row for row, item in enumerate(asked)}
-        records = []
-        predictions = []
+        teacher_row = {int(item): row for row, item in enumerate(asked_items)}
+        records, predictions, audit_agreement = [], [], []
         for i in range(n):
-            escalated = i in teacher_row
-            answered_by_teacher = escalated and teacher is not None
-            probs = teacher.probs[teacher_row[i]] if answered_by_teacher else student.probs[i]
+            reason = reasons[i]
+            teacher_probs = teacher.probs[teacher_row[i]] if teacher is not None and i in teacher_row else None
+            answered_by_teacher = teacher_probs is not None and reason != "audit"
+            probs = teacher_probs if answered_by_teacher else student.probs[i]
             label_index = int(np.argmax(probs))
+            if teacher_probs is not None and reason == "audit":
+                audit_agreement.append(label_index == int(np.argmax(teacher_probs)))
+            wanted_teacher = (i in teacher_row and reason != "audit") or capped[i]
+            degraded = wanted_teacher and not answered_by_teacher
             cost = (self.costs.student_units if student is not None else 0.0) + (
-                self.costs.teacher_units if answered_by_teacher else 0.0
+                self.costs.teacher_units if teacher_probs is not None else 0.0
             )
-            item_reason = reason if escalated or options.mode == "student" else "confident"
             predictions.append(
                 Prediction(
                     label=self.labels[label_index],
                     score=round(float(probs[label_index]), 6),
                     tier="teacher" if answered_by_teacher else "student",
-                    escalated=escalated,
-                    degraded=escalated and teacher is None,
-                    cause=cause if escalated and teacher is None else None,
-                    reason=item_reason,
+                    escalated=i in teacher_row and reason != "audit",
+                    degraded=degraded,
+                    cause=("teacher_budget" if capped[i] else cause) if degraded else None,
+                    reason=reason,
                     confidence=round(float(confidence[i]), 6) if confidence is not None else None,
                     cost=cost,
                     top_k=self._top_k(probs, options.top_k),
                 )
             )
-            if answered_by_teacher:
+            if teacher_probs is not None:
                 records.append(self._record(request_id, texts[i], reason, student, i, teacher, teacher_row[i]))
+        if audit_agreement:
+            self.audit.update(np.array(audit_agreement))
         logged = await self._log(records)
         return ClassifyResponse(
             request_id=request_id,

@@ -87,15 +87,14 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from distill.data import load_splits
     from distill.evaluate import evaluate
-    from router import CostModel, EscalationPolicy
+    from router import EscalationPolicy
 
     registry = _registry(args)
     teacher = _load(registry, "teacher", args.teacher)
     student = _load(registry, "student", args.student)
     split = load_splits(args.data, args.text_column, args.label_column, test_data=args.test_data).get(args.split)
     policy = EscalationPolicy.from_dict(student.meta.policy) if student.meta and student.meta.policy else EscalationPolicy()
-    costs = CostModel(student_units=args.student_cost, teacher_units=args.teacher_cost)
-    report = {"split": args.split, **evaluate(teacher, student, split.texts, split.label_ids(teacher.labels), policy, costs, args.threshold)}
+    report = {"split": args.split, **evaluate(teacher, student, split.texts, split.label_ids(teacher.labels), policy, _costs(args), args.threshold)}
     if args.json:
         print(json.dumps(report))
     else:
@@ -115,6 +114,58 @@ def _print_eval(report: dict) -> None:
     print(f"student is {report['student_speedup']}x faster than the teacher per single query")
     worst = ", ".join(f"{w['label']} {w['recall']:.2f}" for w in report["student"]["worst_classes"])
     print(f"student's worst classes (recall): {worst}")
+
+
+def _costs(args: argparse.Namespace):
+    from router import CostModel
+
+    return CostModel(student_units=args.student_cost, teacher_units=args.teacher_cost)
+
+
+def _cost_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--student-cost", type=float, default=1.0, help="cost units per student call (default: 1)")
+    parser.add_argument("--teacher-cost", type=float, default=50.0, help="cost units per teacher call (default: 50)")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from distill.data import load_splits
+    from distill.frontier import calibrate
+    from distill.pipeline import TeacherCache
+
+    registry = _registry(args)
+    student, teacher = _load(registry, "student", args.student), _load(registry, "teacher", args.teacher)
+    splits = load_splits(args.data, args.text_column, args.label_column)
+    _, report = calibrate(registry, student, teacher, splits, TeacherCache(_home(args) / "cache"), args.goal,
+                          args.measure, args.per_class, _costs(args), promote=args.promote)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_frontier(args: argparse.Namespace) -> int:
+    from distill.data import load_splits
+    from distill.frontier import frontier_points, frontier_table, plot_frontier, split_outputs
+    from distill.pipeline import TeacherCache
+    from router import EscalationPolicy
+
+    registry = _registry(args)
+    student, teacher = _load(registry, "student", args.student), _load(registry, "teacher", args.teacher)
+    data = load_splits(args.data, args.text_column, args.label_column).get(args.split)
+    student_probs, teacher_probs, labels = split_outputs(student, teacher, data, TeacherCache(_home(args) / "cache"))
+    if labels is None:
+        raise DistillError(f"the {args.split} split has no labels: the frontier needs them for accuracy")
+    policy = EscalationPolicy.from_dict(student.meta.policy) if student.meta and student.meta.policy else EscalationPolicy()
+    costs = _costs(args)
+    points, chosen = frontier_points(policy, student_probs, teacher_probs, labels, costs, args.points)
+    teacher_accuracy = float((teacher_probs.argmax(1) == labels).mean())
+    student_accuracy = float((student_probs.argmax(1) == labels).mean())
+    table = frontier_table(points, chosen, teacher_accuracy, student_accuracy, costs)
+    title = f"cascade frontier on {args.split} ({len(labels)} rows), student {student.version}"
+    plot_frontier(points, chosen, teacher_accuracy, student_accuracy, costs, args.out, title)
+    table_path = args.table or args.out.with_suffix(".md")
+    table_path.write_text(table + "\n")
+    print(table)
+    print(f"\nwrote {args.out} and {table_path}")
+    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -222,10 +273,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default=None, help="teacher version, directory or hub id (default: current)")
     p.add_argument("--student", default=None, help="student version, directory or hub id (default: current)")
     p.add_argument("--threshold", type=float, default=None, help="override the student's fitted threshold")
-    p.add_argument("--student-cost", type=float, default=1.0, help="cost units per student call (default: 1)")
-    p.add_argument("--teacher-cost", type=float, default=50.0, help="cost units per teacher call (default: 50)")
+    _cost_flags(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("calibrate", help="fit the student's temperature and threshold for a goal; register it", description="Fit temperature scaling and the escalation threshold(s) on the validation split for a goal, register the result as a new student version (weights shared), and report validation and test figures.")
+    _common(p)
+    p.add_argument("--goal", default=DEFAULT_GOAL, help=f"accuracy>=teacher, accuracy>=0.93, agreement>=0.97 or budget<=0.10 (default: {DEFAULT_GOAL})")
+    p.add_argument("--measure", choices=("max_prob", "margin", "neg_entropy"), default="max_prob", help="confidence measure (default: max_prob)")
+    p.add_argument("--per-class", action="store_true", help="also fit per-class thresholds where they lower escalation on validation")
+    p.add_argument("--student", default=None, help="student version (default: current)")
+    p.add_argument("--teacher", default=None, help="teacher version, directory or hub id (default: current)")
+    p.add_argument("--no-promote", dest="promote", action="store_false", help="register without making it current")
+    _cost_flags(p)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("frontier", help="plot and tabulate cost against accuracy over thresholds", description="For each threshold: escalation rate, cascade accuracy, teacher agreement and cost per 1,000 requests, with student-only, teacher-only and the chosen operating point; a PNG and a Markdown table.")
+    _common(p)
+    p.add_argument("--out", type=Path, default=Path("frontier.png"), help="PNG to write (default: frontier.png)")
+    p.add_argument("--table", type=Path, default=None, help="Markdown table to write (default: beside the PNG, .md)")
+    p.add_argument("--split", choices=("test", "validation"), default="test")
+    p.add_argument("--points", type=int, default=25, help="thresholds on the curve (default: 25)")
+    p.add_argument("--student", default=None, help="student version (default: current)")
+    p.add_argument("--teacher", default=None, help="teacher version (default: current)")
+    _cost_flags(p)
+    p.set_defaults(func=cmd_frontier)
 
     p = sub.add_parser("serve", help="serve the cascade over HTTP on Ray Serve", description="Start the cascade (ingress, student, teacher, escalation log) on a local Ray cluster; bootstraps the default models when the registry is empty.")
     p.add_argument("--config", type=Path, default=None, help="YAML/JSON file validated as serving.config.CascadeConfig")

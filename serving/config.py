@@ -71,6 +71,9 @@ class RoutingConfig(_Strict):
     threshold: float | None = Field(None, ge=0, le=1)  # overrides the student's fitted threshold
     goal: str = DEFAULT_GOAL  # goal of the fitted policy (informational: the policy comes with the student)
     teacher_timeout_s: float = Field(5.0, gt=0)  # an unsure item waits this long for the teacher, then degrades
+    teacher_budget: float = Field(1.0, gt=0, le=1)  # max share of items the teacher sees per window; 1 = no cap
+    budget_window_s: float = Field(60.0, gt=0)  # the sliding window of the budget
+    audit_rate: float = Field(0.0, ge=0, le=1)  # share of confident items also sent to the teacher, for an unbiased agreement estimate
     student_cost: float = Field(1.0, ge=0)  # cost units per student call
     teacher_cost: float = Field(50.0, ge=0)  # cost units per teacher call
 

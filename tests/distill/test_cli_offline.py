@@ -54,3 +54,29 @@ def test_errors_are_one_line_and_exit_2(tiny_home, tmp_path, capsys):
     assert err.startswith("cascade eval: error: data not found") and "\n" not in err
     assert main(["models", "promote", "student-unknown", "--home", str(tiny_home)]) == 2
     assert "no student version 'student-unknown'" in capsys.readouterr().err
+
+
+def test_calibrate_registers_a_new_version_sharing_weights(tiny_home, tiny_data, capsys):
+    common = ["--home", str(tiny_home), "--data", str(tiny_data), "-q"]
+    before = _current_student(tiny_home, capsys)
+    assert main(["calibrate", *common, "--goal", "budget<=0.2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["parent"] == before and report["goal"] == "budget<=0.2"
+    assert report["validation"]["escalation_rate"] <= 0.2
+    assert {"cascade_accuracy", "cost_per_1000", "teacher_only_cost_per_1000", "student_ece_before", "student_ece_after"} <= report["test"].keys()
+    assert _current_student(tiny_home, capsys) == report["version"]
+    from distill.registry import Registry
+
+    registry = Registry(tiny_home / "registry")
+    old, new = (registry.path("student", v) / "model.safetensors" for v in (before, report["version"]))
+    assert old.stat().st_ino == new.stat().st_ino  # hard link: immutable bytes shared
+    assert registry.meta("student", report["version"]).policy["goal"] == "budget<=0.2"
+    assert main(["models", "rollback", "--home", str(tiny_home)]) == 0
+
+
+def test_frontier_writes_png_and_table(tiny_home, tiny_data, tmp_path, capsys):
+    out = tmp_path / "f.png"
+    assert main(["frontier", "--home", str(tiny_home), "--data", str(tiny_data), "-q", "--out", str(out), "--points", "5"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (tmp_path / "f.md").read_text()
+    assert "(chosen)" in table and "| student only |" in table and "| teacher only | 100.00% |" in table
