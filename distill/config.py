@@ -57,3 +57,19 @@ class StudentSpec:
     layers: int = 2  # kept teacher layers, for kind "transformer"
     hidden_size: int = 512  # MLP width, for kind "bow"
     train: TrainConfig = field(default_factory=TrainConfig)  # the trainer's settings
+
+
+@dataclass
+class RefreshConfig:
+    """How one refresh round builds its data, trains and gates."""
+
+    replay_ratio: float = 2.0  # base-train rows replayed per escalation row, against forgetting
+    min_replay: int = 500  # at least this many replayed rows (when the base split has them)
+    max_escalation_weight: float = 0.5  # escalation rows' share of the total loss weight, at most
+    margin_floor: float = 0.0  # drop records whose teacher top-2 margin is below this (noisy labels)
+    since: str | None = None  # only records at or after this ISO time
+    min_records: int = 1  # refuse to train on fewer new records
+    warm_start: bool = True  # start from the current student's weights (else from the teacher's embeddings)
+    tolerance: float = 0.0  # the gate accepts accuracy down to current - tolerance
+    goal: str = DEFAULT_GOAL  # the policy goal the gate checks
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5))  # warm starts need fewer epochs

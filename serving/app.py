@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -128,14 +128,16 @@ class Ingress:
         return await self.log_writer.append.remote(records)
 
     @api.post("/v1/classify", response_model=ClassifyResponse, responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
-    async def classify(self, body: ClassifyRequest) -> ClassifyResponse | JSONResponse:
+    async def classify(self, body: ClassifyRequest) -> Response:
         """Classify one text or a list; unsure items are escalated to the teacher and logged."""
         texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
         problem = self._check(texts)
         if problem:
             return JSONResponse(status_code=problem[0], content={"error": problem[1]})
         cascade = await self._ready()
-        return await cascade.classify(texts, body.options)
+        answer = await cascade.classify(texts, body.options)
+        # serialised once by pydantic-core; FastAPI would validate the model a second time
+        return Response(answer.model_dump_json(), media_type="application/json")
 
     def _check(self, texts: list[str]) -> tuple[int, str] | None:
         limits = self.config.limits
@@ -195,6 +197,7 @@ def _user_config(settings: ModelDeploymentConfig) -> dict[str, Any]:
         "model": settings.model,
         "max_batch_size": settings.max_batch_size,
         "batch_wait_timeout_s": settings.batch_wait_timeout_s,
+        "poll_registry_s": settings.poll_registry_s,
     }
 
 

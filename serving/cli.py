@@ -168,6 +168,27 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refresh(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from distill.config import RefreshConfig
+    from distill.data import load_splits
+    from distill.refresh import refresh
+
+    registry = _registry(args)
+    splits = load_splits(args.data, args.text_column, args.label_column)
+    defaults = RefreshConfig()
+    config = RefreshConfig(
+        replay_ratio=args.replay_ratio, margin_floor=args.margin_floor, since=args.since, min_records=args.min_records,
+        warm_start=not args.from_scratch, tolerance=args.tolerance, goal=args.goal,
+        train=replace(defaults.train, epochs=args.epochs if args.epochs else (defaults.train.epochs if not args.from_scratch else 15), seed=args.seed),
+    )
+    log_dir = args.log or _home(args) / "escalations"
+    report = refresh(registry, _home(args), splits, log_dir, config, args.data, progress=not args.quiet)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from distill.registry import Registry
 
@@ -222,6 +243,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from serving.config import load_config
 
     config = load_config(args.config, home=args.home, port=args.port, data=args.data)
+    # the bench measures capacity: a teacher-only pass queues longer than the serving timeout
+    config = config.model_copy(update={"routing": config.routing.model_copy(update={"teacher_timeout_s": 300.0})})
     ensure_models(config.home, config.data, progress=not args.quiet)
     split = load_splits(config.data, args.text_column, args.label_column).get(args.split)
     texts, labels = split.texts[: args.limit or None], split.labels[: args.limit or None]
@@ -236,7 +259,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand; defaults come from the config classes."""
-    from distill.config import DEFAULT_GOAL, StudentSpec, TrainConfig
+    from distill.config import DEFAULT_GOAL, RefreshConfig, StudentSpec, TrainConfig
 
     parser = argparse.ArgumentParser(prog="cascade", description="Serve a student/teacher cascade and keep distilling the student.", epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -322,6 +345,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the whole report as one JSON object")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("refresh", help="retrain the student from the escalation log; gate; promote if better", description="One refresh round: escalation records (teacher soft labels) plus a replay of the base training data train a candidate student; it is promoted only if, on the validation split, it is at least as accurate as the current student and meets the goal with no more escalation. The decision is recorded either way; running cascades pick up a promotion within poll_registry_s.")
+    _common(p)
+    p.add_argument("--log", type=Path, default=None, help="escalation log directory (default: <home>/escalations)")
+    p.add_argument("--replay-ratio", type=float, default=RefreshConfig.replay_ratio, help=f"base rows replayed per escalation row (default: {RefreshConfig.replay_ratio})")
+    p.add_argument("--margin-floor", type=float, default=RefreshConfig.margin_floor, help="drop records whose teacher top-2 margin is below this (default: 0)")
+    p.add_argument("--since", default=None, help="only records at or after this ISO time")
+    p.add_argument("--min-records", type=int, default=RefreshConfig.min_records, help="refuse to train on fewer usable records (default: 1)")
+    p.add_argument("--from-scratch", action="store_true", help="train from the teacher's embeddings instead of warm-starting from the current student")
+    p.add_argument("--epochs", type=int, default=0, help="training epochs (default: 5 warm, 15 from scratch)")
+    p.add_argument("--tolerance", type=float, default=RefreshConfig.tolerance, help="accuracy the gate forgives (default: 0)")
+    p.add_argument("--goal", default=DEFAULT_GOAL, help=f"policy goal the gate checks (default: {DEFAULT_GOAL})")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_refresh)
 
     p = sub.add_parser("models", help="list, promote or roll back registered model versions", description="Inspect the registry and move the current pointer of a role.")
     _common(p, data=False)

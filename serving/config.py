@@ -31,6 +31,7 @@ class ModelDeploymentConfig(_Strict):
     num_gpus: float = Field(0.0, ge=0)  # fractional GPUs share one device between replicas
     device: str | None = None  # "cpu", "cuda", "cuda:1"; default: CUDA when a GPU is assigned
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None: the whole CPUs it reserved (at least 1)
+    poll_registry_s: float = Field(5.0, ge=0)  # with model None, check the registry's current pointer this often and hot-swap (0: never)
 
     @model_validator(mode="after")
     def _batches_can_fill(self) -> "ModelDeploymentConfig":

@@ -26,7 +26,10 @@ class BatchedModel:
     """Serves one model, batching texts from concurrent requests into one forward pass.
 
     ``configure({"model": ..., "max_batch_size": ..., "batch_wait_timeout_s": ...})`` loads a
-    new model beside the old one and swaps it in, so requests never fail during a swap.
+    new model beside the old one and swaps it in, so requests never fail during a swap. With
+    ``model`` None the server follows the registry's ``current`` pointer: every
+    ``poll_registry_s`` seconds it checks the pointer and hot-swaps to a newly promoted (or
+    rolled-back) version, in every replica, with no restart and no coordination.
     """
 
     def __init__(self, role: str, home: str, device: str | None = None, threads: int | None = None):
@@ -38,21 +41,42 @@ class BatchedModel:
         self.model: HFClassifier | None = None
         self.source: str | None = None
         self.max_batch_size = 32
+        self.follow_current = False
+        self.poll_registry_s = 5.0
+        self._watcher: asyncio.Task | None = None
 
     def configure(self, user_config: dict[str, Any]) -> None:
         """Apply a model reference and batching settings (loading the model if it changed)."""
-        source = Registry(self.home / "registry").resolve(self.role, user_config.get("model"))
-        if source != self.source:
-            model = HFClassifier.load(source, device=self.device)
-            model.predict_proba(["warm up"])
-            self.model, self.source = model, source
-            logger.info("%s now serving %s", self.role, model.version)
+        self.follow_current = user_config.get("model") is None
+        self.poll_registry_s = float(user_config.get("poll_registry_s", self.poll_registry_s))
+        self._swap_to(Registry(self.home / "registry").resolve(self.role, user_config.get("model")))
         self.max_batch_size = int(user_config.get("max_batch_size", self.max_batch_size))
         self._batched.set_max_batch_size(self.max_batch_size)
         self._batched.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.002)))
 
+    def _swap_to(self, source: str) -> None:
+        """Load ``source`` (if it is not the model in use), warm it up, then swap references."""
+        if source == self.source:
+            return
+        model = HFClassifier.load(source, device=self.device)
+        model.predict_proba(["warm up"])
+        self.model, self.source = model, source
+        logger.info("%s now serving %s", self.role, model.version)
+
+    async def _follow_registry(self) -> None:
+        """Poll the registry's current pointer and hot-swap when it moves."""
+        registry = Registry(self.home / "registry")
+        while self.follow_current and self.poll_registry_s > 0:
+            await asyncio.sleep(self.poll_registry_s)
+            try:
+                await asyncio.to_thread(self._swap_to, registry.resolve(self.role, None))
+            except Exception as err:  # a bad new version must not take the serving one down
+                logger.error("%s: cannot swap to the registry's current version: %r", self.role, err)
+
     async def predict(self, texts: list[str]) -> ModelOutput:
         """Probabilities for ``texts`` (split into batch-sized calls when longer than a batch)."""
+        if self.follow_current and (self._watcher is None or self._watcher.done()):
+            self._watcher = asyncio.get_running_loop().create_task(self._follow_registry())
         chunks = [texts[i : i + self.max_batch_size] for i in range(0, len(texts), self.max_batch_size)]
         outputs = await asyncio.gather(*(self._batched(chunk) for chunk in chunks))
         if len(outputs) == 1:

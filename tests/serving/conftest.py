@@ -26,6 +26,7 @@ def cascade_config(tiny_home: Path, tmp_path_factory) -> CascadeConfig:
             "routing": {"threshold": 0.9},
             "log": {"path": str(tmp_path_factory.mktemp("escalations"))},
             "limits": {"max_items": 64},
+            "student": {"poll_registry_s": 0.5},
         }
     )
 

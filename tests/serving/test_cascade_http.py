@@ -90,3 +90,45 @@ def test_bad_requests_get_a_4xx_that_names_the_problem(cascade_url, body, status
     response = httpx.post(f"{cascade_url}/v1/classify", timeout=30, **kwargs)
     assert response.status_code == status
     assert fragment in response.json()["error"]
+
+
+def test_hot_swap_under_load_fails_no_request(cascade_url, cascade_config):
+    import threading
+    import time
+
+    from distill.registry import Registry
+
+    registry = Registry(cascade_config.home / "registry")
+    old = registry.current("student")
+    new = registry.derive("student", old).version
+    seen_versions, failures, sent = set(), [], [0]
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                response = client.post(f"{cascade_url}/v1/classify", json={"inputs": IN_DOMAIN + ODD})
+                sent[0] += 1
+                if response.status_code != 200:
+                    failures.append(response.status_code)
+                else:
+                    seen_versions.add(response.json()["versions"]["student"])
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1)
+        registry.promote("student", new, note="hot swap test")
+        deadline = time.monotonic() + 30
+        while new not in seen_versions and time.monotonic() < deadline:
+            time.sleep(0.2)
+        registry.rollback("student")
+        time.sleep(2)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert failures == [] and sent[0] > 20
+    assert {old, new} <= seen_versions
+    assert classify(cascade_url, "play some jazz")["versions"]["student"] == old  # rolled back

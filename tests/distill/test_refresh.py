@@ -1,0 +1,90 @@
+"""The refresh round: the training set it builds, its gate, and the registry record."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from distill.backends import HFClassifier
+from distill.config import RefreshConfig, StudentSpec, TrainConfig
+from distill.data import load_splits
+from distill.errors import DataError
+from distill.escalations import EscalationRecord, read_records
+from distill.losses import IGNORE
+from distill.pipeline import TeacherCache, distill_student
+from distill.refresh import build_dataset, gate, refresh
+from distill.registry import Registry
+from serving.log_writer import SegmentWriter
+
+
+def record(text: str, probs, time: str = "2026-11-24T10:00:00+00:00", **kw) -> EscalationRecord:
+    return EscalationRecord(request_id="r", text=text, reason=kw.pop("reason", "unsure"), student_label=None, teacher_label="a",
+                            student_probs=None, teacher_probs=list(probs), student_version="s", teacher_version="t", time=time, **kw)
+
+
+@pytest.fixture(scope="module")
+def splits(tiny_data):
+    return load_splits(str(tiny_data))
+
+
+def test_dataset_dedupes_filters_and_caps_escalation_weight(splits):
+    names = splits.train.label_names
+    sure, unsure = [0.9, 0.025, 0.025, 0.025, 0.025], [0.4, 0.35, 0.1, 0.1, 0.05]
+    records = [
+        record("brand new text one", sure),
+        record("Brand new text ONE ", sure),  # same text, other case and spacing
+        record("a low margin text", unsure),
+        record("too old a text", sure, time="2026-01-01T00:00:00+00:00"),
+        record(splits.train.texts[0], sure),  # already in the base data
+        *[record(f"novel query {i}", sure) for i in range(40)],
+    ]
+    records.append(records[-1].model_copy())  # same id twice
+    base = np.log(np.full((len(splits.train), len(names)), 1 / len(names)))
+    config = RefreshConfig(margin_floor=0.2, since="2026-06-01T00:00:00+00:00", replay_ratio=0.5, min_replay=10, max_escalation_weight=0.5)
+    data = build_dataset(records, splits, base, names, config)
+    assert data.stats["escalation_rows"] == 41
+    assert data.stats["dropped"] == {"outside_window": 1, "duplicate": 2, "low_margin": 1, "in_base_data": 1}
+    assert data.stats["replay_rows"] == 20  # round(0.5 * 41)
+    escalated = data.labels == IGNORE
+    assert escalated.sum() == 41 and (data.labels[~escalated] >= 0).all()
+    share = data.weights[escalated].sum() / data.weights.sum()
+    assert share == pytest.approx(0.5, abs=1e-4)
+    assert np.allclose(np.exp(data.teacher_log_probs[0]), sure, atol=1e-6)
+
+
+def test_too_few_records_is_a_clear_error(splits):
+    with pytest.raises(DataError, match="0 usable escalation record"):
+        build_dataset([], splits, np.zeros((len(splits.train), 5)), splits.train.label_names, RefreshConfig())
+
+
+def test_gate_rejects_a_student_trained_on_shuffled_labels(tiny_home, splits, tmp_path):
+    registry = Registry(tiny_home / "registry")
+    teacher = HFClassifier.load(registry.current_path("teacher"))
+    current = HFClassifier.load(registry.current_path("student"))
+    cache = TeacherCache(tmp_path / "cache")
+    shuffled = splits.train.subset(range(len(splits.train)))
+    rng = np.random.default_rng(0)
+    object.__setattr__(shuffled, "labels", list(rng.permutation(shuffled.labels)))
+    bad, _ = distill_student(teacher, shuffled, StudentSpec(train=TrainConfig(mode="hard", epochs=5)), cache, progress=False)
+    decision, _ = gate(bad, current, teacher, splits, cache, "agreement>=0.97", tolerance=0.0)
+    assert not decision.promote
+    assert any(reason.startswith("accuracy") for reason in decision.reasons)
+    assert decision.figures["candidate_accuracy"] < decision.figures["current_accuracy"]
+
+
+def test_refresh_round_records_its_decision(tiny_home, splits, tmp_path):
+    registry = Registry(tiny_home / "registry")
+    teacher = HFClassifier.load(registry.current_path("teacher"))
+    texts = list(dict.fromkeys(f"{t} please" for t in splits.test.texts))[:20]
+    probs = teacher.predict_proba(texts)
+    writer = SegmentWriter(tmp_path / "log")
+    writer.append([record(t, p) for t, p in zip(texts, probs)])
+    before = registry.current("student")
+    report = refresh(registry, tiny_home, splits, tmp_path / "log", RefreshConfig(min_replay=50, train=TrainConfig(epochs=2)), "tiny", progress=False)
+    assert report["parent"] == before and report["data"]["escalation_rows"] == 20
+    gate_events = [e for e in registry.history("student") if e["event"] == "gate"]
+    assert gate_events[-1]["version"] == report["version"] and gate_events[-1]["promoted"] == report["promoted"]
+    assert registry.current("student") == (report["version"] if report["promoted"] else before)
+    assert registry.meta("student", report["version"]).metrics["decision"] in ("promoted", "rejected")
+    if report["promoted"]:
+        registry.rollback("student")
