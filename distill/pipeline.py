@@ -32,7 +32,8 @@ class TeacherCache:
         self.directory = directory
 
     def _path(self, teacher_version: str, data: TextDataset) -> Path:
-        return self.directory / f"{teacher_version}-{data.fingerprint()}.safetensors"
+        safe = teacher_version.replace("/", "--")  # a hub id such as org/model
+        return self.directory / f"{safe}-{data.fingerprint()}.safetensors"
 
     def put(self, teacher_version: str, data: TextDataset, log_probs: np.ndarray) -> None:
         """Store log-probabilities computed elsewhere (for example while building the teacher)."""

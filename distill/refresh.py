@@ -17,16 +17,20 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
+import fcntl
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from distill.backends import HFClassifier
 from distill.config import RefreshConfig
 from distill.data import DataSplits
-from distill.errors import DataError
+from distill.errors import DataError, DistillError, RegistryError
 from distill.escalations import EscalationRecord, read_records
 from distill.losses import IGNORE
 from distill.metadata import ModelMeta
@@ -48,6 +52,17 @@ class RefreshData:
     stats: dict
 
 
+def _parse_since(text: str | None) -> datetime | None:
+    """``--since`` as an aware datetime (a date or time without zone means UTC)."""
+    if not text:
+        return None
+    try:
+        since = datetime.fromisoformat(text)
+    except ValueError as err:
+        raise DataError(f"--since: expected an ISO date or time such as 2026-11-24T08:00, got {text!r}") from err
+    return since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+
+
 def _margin(probs: np.ndarray) -> np.ndarray:
     top2 = np.sort(probs, axis=1)[:, -2:]
     return top2[:, 1] - top2[:, 0]
@@ -56,7 +71,7 @@ def _margin(probs: np.ndarray) -> np.ndarray:
 def select_records(records: list[EscalationRecord], base_texts: set[str], config: RefreshConfig) -> tuple[list[EscalationRecord], dict]:
     """Records to learn from: in the window, deduplicated by id and text, above the margin floor,
     and not already in the base training split."""
-    since = datetime.fromisoformat(config.since) if config.since else None
+    since = _parse_since(config.since)
     kept, seen_ids, seen_texts = [], set(), set()
     dropped = {"outside_window": 0, "duplicate": 0, "low_margin": 0, "in_base_data": 0}
     for record in records:
@@ -154,10 +169,56 @@ def refresh(registry: Registry, home: Path, splits: DataSplits, log_dir: Path, c
         version=new_version_id("student"), role="student", kind=current.meta.kind if current.meta else "student",
         parent=current.version, teacher=teacher.version, data=data_record(data_spec, splits) | {"refresh": data.stats},
         train_config={**(current.meta.train_config if current.meta else {}), **asdict(config.train), "warm_start": config.warm_start},
-        metrics=metrics | {"gate": decision.figures, "decision": "promoted" if decision.promote else "rejected"},
+        metrics=metrics | {"gate": decision.figures, "gate_passed": decision.promote},
         policy=policy.to_dict(),
     )
-    register_model(registry, candidate, meta, promote=decision.promote)
+    register_model(registry, candidate, meta, promote=False)
+    if decision.promote:
+        try:  # only over the student it was gated against: a rollback meanwhile wins
+            registry.promote("student", meta.version, note="refresh gate passed", expected_current=current.version)
+        except RegistryError as err:
+            decision = GateDecision(promote=False, reasons=[str(err)], figures=decision.figures)
     registry.record("student", {"event": "gate", "version": meta.version, "promoted": decision.promote, "reasons": decision.reasons, **decision.figures})
     return {"version": meta.version, "parent": current.version, "promoted": decision.promote, "reasons": decision.reasons,
             "figures": decision.figures, "data": data.stats, "train_seconds": metrics["train_seconds"]}
+
+
+@contextmanager
+def refresh_lock(home: Path) -> Iterator[None]:
+    """Hold ``<home>/refresh.lock`` for one round: a second refresh fails at once instead of
+    training beside the first."""
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / "refresh.lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RegistryError(f"another refresh is running (lock {home / 'refresh.lock'})") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def watch(
+    registry: Registry, home: Path, splits: DataSplits, log_dir: Path, config: RefreshConfig, data_spec: str,
+    every_records: int = 1000, every_minutes: float = 60.0, poll_s: float = 10.0, max_rounds: int | None = None,
+    on_round=print,
+) -> None:
+    """Refresh whenever ``every_records`` new records arrived or ``every_minutes`` passed with at
+    least ``config.min_records`` new ones, whichever comes first; one round at a time."""
+    seen = len(read_records(log_dir))
+    last = time.monotonic()
+    rounds = 0
+    while max_rounds is None or rounds < max_rounds:
+        time.sleep(poll_s)
+        total = len(read_records(log_dir))
+        new = total - seen
+        due = new >= every_records or (time.monotonic() - last >= every_minutes * 60 and new >= config.min_records)
+        if not due:
+            continue
+        try:
+            with refresh_lock(home):
+                on_round(refresh(registry, home, splits, log_dir, config, data_spec, progress=False))
+        except DistillError as err:  # one failed round (too few usable records, a moved pointer) does not end the watch
+            on_round({"error": str(err)})
+        seen, last, rounds = total, time.monotonic(), rounds + 1

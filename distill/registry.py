@@ -144,11 +144,14 @@ class Registry:
             return str(self.path(role, ref))
         return ref
 
-    def promote(self, role: str, version: str, note: str = "") -> None:
-        """Point ``role`` at ``version`` (atomically) and record it."""
+    def promote(self, role: str, version: str, note: str = "", expected_current: str | None = None) -> None:
+        """Point ``role`` at ``version`` (atomically) and record it. With ``expected_current``,
+        refuse if the pointer moved since the caller read it (compare-and-swap)."""
         self.path(role, version)  # must exist
         with self._lock(role):
             previous = self.current(role)
+            if expected_current is not None and previous != expected_current:
+                raise RegistryError(f"{role} moved from {expected_current} to {previous} meanwhile; not promoting {version}")
             _atomic_write(self._role_dir(role) / "CURRENT", json.dumps({"version": version}) + "\n")
             self._log(role, {"event": "promoted", "version": version, "previous": previous, "note": note})
 
@@ -184,7 +187,13 @@ class Registry:
         log = self._role_dir(role) / "history.jsonl"
         if not log.is_file():
             return []
-        return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        events = []
+        for line in log.read_text().splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line torn by a crash mid-append
+        return events
 
     def _log(self, role: str, event: dict) -> None:
         directory = self._role_dir(role)

@@ -24,6 +24,7 @@ from serving.log_writer import SegmentWriter
 from serving.model_server import BatchedModel, texts_in
 
 logger = logging.getLogger("cascade")
+LOG_BATCH = 512  # records per fsync of the log writer
 
 
 @serve.deployment
@@ -43,7 +44,7 @@ class LogWriter:
     def __init__(self, directory: str, max_bytes: int, max_seconds: float):
         self.writer = SegmentWriter(Path(directory), max_bytes, max_seconds)
 
-    @serve.batch(max_batch_size=512, batch_wait_timeout_s=0.002, batch_size_fn=texts_in)
+    @serve.batch(max_batch_size=LOG_BATCH, batch_wait_timeout_s=0.002, batch_size_fn=texts_in)
     async def append(self, calls: list[list[EscalationRecord]]) -> list[int]:
         """Write every call's records, fsync once, and acknowledge each call."""
         await asyncio.to_thread(self.writer.append, [r for call in calls for r in call])
@@ -125,7 +126,8 @@ class Ingress:
         return await self.teacher.predict.remote(texts)
 
     async def _append_log(self, records: list[EscalationRecord]) -> int:
-        return await self.log_writer.append.remote(records)
+        chunks = [records[i : i + LOG_BATCH] for i in range(0, len(records), LOG_BATCH)]  # each fits one writer batch
+        return sum(await asyncio.gather(*(self.log_writer.append.remote(chunk) for chunk in chunks)))
 
     @api.post("/v1/classify", response_model=ClassifyResponse, responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
     async def classify(self, body: ClassifyRequest) -> Response:

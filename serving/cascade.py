@@ -97,12 +97,14 @@ class Cascade:
         confidence = policy.scores(student.probs)
         unsure = policy.escalate_mask(student.probs, threshold)
         reasons = np.where(unsure, "unsure", "confident").tolist()
-        if self.budget is not None and unsure.any():
+        if self.budget is not None:  # every request counts toward the window, confident ones too
             admitted = self.budget.admit(int(unsure.sum()), n)
             ranked = np.flatnonzero(unsure)[np.argsort(confidence[unsure], kind="stable")]  # least confident first
             capped[ranked[admitted:]] = True
             unsure &= ~capped
-        audited = ~unsure & ~capped & self.auditor.sample(n) if self.auditor is not None else np.zeros(n, dtype=bool)
+        # audits are skipped while the budget turns unsure items away: they would exceed it
+        auditing = self.auditor is not None and not capped.any()
+        audited = ~unsure & self.auditor.sample(n) if auditing else np.zeros(n, dtype=bool)
         for i in np.flatnonzero(audited):
             reasons[i] = "audit"
         return unsure | audited, reasons, confidence, capped

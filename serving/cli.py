@@ -173,7 +173,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
     from distill.config import RefreshConfig
     from distill.data import load_splits
-    from distill.refresh import refresh
+    from distill.refresh import refresh, refresh_lock, watch
 
     registry = _registry(args)
     splits = load_splits(args.data, args.text_column, args.label_column)
@@ -184,8 +184,36 @@ def cmd_refresh(args: argparse.Namespace) -> int:
         train=replace(defaults.train, epochs=args.epochs if args.epochs else (defaults.train.epochs if not args.from_scratch else 15), seed=args.seed),
     )
     log_dir = args.log or _home(args) / "escalations"
-    report = refresh(registry, _home(args), splits, log_dir, config, args.data, progress=not args.quiet)
+    if args.watch:
+        print(f"watching {log_dir}: a round every {args.every_records} new records or {args.every_minutes} minutes; Ctrl-C stops", flush=True)
+        try:
+            watch(registry, _home(args), splits, log_dir, config, args.data, args.every_records, args.every_minutes,
+                  on_round=lambda report: print(json.dumps(report), flush=True))
+        except KeyboardInterrupt:
+            return 0
+    with refresh_lock(_home(args)):
+        report = refresh(registry, _home(args), splits, log_dir, config, args.data, progress=not args.quiet)
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from serving.config import load_config
+    from serving.simulate import plot_rounds, simulate
+
+    config = load_config(args.config, home=args.home or Path(".cascade-simulation"), port=args.port, data=args.data)
+    config = config.model_copy(update={"student": config.student.model_copy(update={"poll_registry_s": 0.5})})
+    say = (lambda _: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
+    report = simulate(config, config.data, args.rounds, args.seed_fraction, say)
+    plot_rounds(report, args.out)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"teacher alone: {report['teacher_accuracy']:.4f}")
+        print("| round | teacher share | cascade test accuracy | cost / 1,000 | refresh |\n|---|---|---|---|---|")
+        for r in report["rounds"]:
+            print(f"| {r['round']} | {r['teacher_share']:.2%} | {r['cascade_accuracy']:.4f} | {r['cost_per_1000']:.0f} | {r['refresh']} |")
+        print(f"plot: {args.out}")
     return 0
 
 
@@ -358,7 +386,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=RefreshConfig.tolerance, help="accuracy the gate forgives (default: 0)")
     p.add_argument("--goal", default=DEFAULT_GOAL, help=f"policy goal the gate checks (default: {DEFAULT_GOAL})")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--watch", action="store_true", help="keep running: a round every --every-records new records or --every-minutes, whichever first")
+    p.add_argument("--every-records", type=int, default=1000, help="with --watch: new records that trigger a round (default: 1000)")
+    p.add_argument("--every-minutes", type=float, default=60.0, help="with --watch: minutes after which new records trigger a round (default: 60)")
     p.set_defaults(func=cmd_refresh)
+
+    p = sub.add_parser("simulate", help="the refresh loop's story: teacher share falling round after round", description="Distil a seed student on a slice of train, stream the rest of train through the running cascade in rounds, refresh after each, and report per round the teacher's share, the cascade's test accuracy and the cost per 1,000 requests (table, --json, PNG).")
+    p.add_argument("--home", type=Path, default=None, help="a registry for the simulation (default: ./.cascade-simulation)")
+    p.add_argument("--data", default=None, help="data set (default: banking77)")
+    p.add_argument("--config", type=Path, default=None, help="serving config file")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default: 8000)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of traffic and refresh (default: 5)")
+    p.add_argument("--seed-fraction", type=float, default=0.1, help="share of train the seed student is distilled on (default: 0.1)")
+    p.add_argument("--out", type=Path, default=Path("simulation.png"), help="PNG to write (default: simulation.png)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("models", help="list, promote or roll back registered model versions", description="Inspect the registry and move the current pointer of a role.")
     _common(p, data=False)

@@ -3,6 +3,7 @@ the student when it runs inside the ingress process (``placement: ingress``)."""
 
 import asyncio
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ class BatchedModel:
         self.follow_current = False
         self.poll_registry_s = 5.0
         self._watcher: asyncio.Task | None = None
+        self._swap_lock = threading.Lock()  # configure() and the registry watcher never interleave
 
     def configure(self, user_config: dict[str, Any]) -> None:
         """Apply a model reference and batching settings (loading the model if it changed)."""
@@ -54,22 +56,30 @@ class BatchedModel:
         self._batched.set_max_batch_size(self.max_batch_size)
         self._batched.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.002)))
 
-    def _swap_to(self, source: str) -> None:
-        """Load ``source`` (if it is not the model in use), warm it up, then swap references."""
-        if source == self.source:
-            return
-        model = HFClassifier.load(source, device=self.device)
-        model.predict_proba(["warm up"])
-        self.model, self.source = model, source
-        logger.info("%s now serving %s", self.role, model.version)
+    def _swap_to(self, source: str | None, following: bool = False) -> None:
+        """Load ``source`` (None: the registry's current version) if it is not the model in use,
+        warm it up, then swap references. A model with other labels is refused: the ingress
+        routes with the label list it started with."""
+        with self._swap_lock:
+            if following and not self.follow_current:
+                return  # pinned to a version meanwhile
+            if source is None:
+                source = Registry(self.home / "registry").resolve(self.role, None)
+            if source == self.source:
+                return
+            model = HFClassifier.load(source, device=self.device)
+            if self.model is not None and model.labels != self.model.labels:
+                raise ValueError(f"{model.version} has other labels than {self.model.version}; not swapped")
+            model.predict_proba(["warm up"])
+            self.model, self.source = model, source
+            logger.info("%s now serving %s", self.role, model.version)
 
     async def _follow_registry(self) -> None:
         """Poll the registry's current pointer and hot-swap when it moves."""
-        registry = Registry(self.home / "registry")
         while self.follow_current and self.poll_registry_s > 0:
             await asyncio.sleep(self.poll_registry_s)
             try:
-                await asyncio.to_thread(self._swap_to, registry.resolve(self.role, None))
+                await asyncio.to_thread(self._swap_to, None, True)
             except Exception as err:  # a bad new version must not take the serving one down
                 logger.error("%s: cannot swap to the registry's current version: %r", self.role, err)
 
@@ -81,6 +91,8 @@ class BatchedModel:
         outputs = await asyncio.gather(*(self._batched(chunk) for chunk in chunks))
         if len(outputs) == 1:
             return outputs[0]
+        if len({o.version for o in outputs}) > 1:  # a swap fell between the chunks: answer with one version
+            return await self.predict(texts)
         return ModelOutput(np.concatenate([o.probs for o in outputs]), outputs[0].version, outputs[0].policy)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, batch_size_fn=texts_in)

@@ -85,6 +85,48 @@ def test_refresh_round_records_its_decision(tiny_home, splits, tmp_path):
     gate_events = [e for e in registry.history("student") if e["event"] == "gate"]
     assert gate_events[-1]["version"] == report["version"] and gate_events[-1]["promoted"] == report["promoted"]
     assert registry.current("student") == (report["version"] if report["promoted"] else before)
-    assert registry.meta("student", report["version"]).metrics["decision"] in ("promoted", "rejected")
+    assert registry.meta("student", report["version"]).metrics["gate_passed"] == report["promoted"]
     if report["promoted"]:
         registry.rollback("student")
+
+
+def test_refresh_lock_allows_one_round_at_a_time(tmp_path):
+    from distill.errors import RegistryError
+    from distill.refresh import refresh_lock
+
+    with refresh_lock(tmp_path):
+        with pytest.raises(RegistryError, match="another refresh is running"):
+            with refresh_lock(tmp_path):
+                pass
+    with refresh_lock(tmp_path):
+        pass
+
+
+def test_watch_runs_a_round_once_enough_new_records_arrive(tiny_home, splits, tmp_path):
+    import threading
+
+    from distill.refresh import watch
+
+    registry = Registry(tiny_home / "registry")
+    teacher = HFClassifier.load(registry.current_path("teacher"))
+    texts = [f"new phrasing {i}: {t}" for i, t in enumerate(splits.test.texts[:12])]
+    writer = SegmentWriter(tmp_path / "log")
+    writer.append([record(t, p) for t, p in zip(texts[:4], teacher.predict_proba(texts[:4]))])  # present before watching
+    later = threading.Timer(0.5, lambda: writer.append([record(t, p) for t, p in zip(texts[4:], teacher.predict_proba(texts[4:]))]))
+    later.start()
+    before, reports = registry.current("student"), []
+    watch(registry, tiny_home, splits, tmp_path / "log", RefreshConfig(min_replay=50, train=TrainConfig(epochs=1)), "tiny",
+          every_records=8, every_minutes=60, poll_s=0.2, max_rounds=1, on_round=reports.append)
+    assert len(reports) == 1 and reports[0]["data"]["escalation_rows"] == 12
+    if registry.current("student") != before:
+        registry.rollback("student")
+
+
+def test_since_accepts_a_plain_date_and_rejects_nonsense(splits):
+    from distill.refresh import select_records
+
+    records = [record("old one", [0.9, 0.1], time="2026-01-01T00:00:00+00:00"), record("new one", [0.9, 0.1])]
+    kept, dropped = select_records(records, set(), RefreshConfig(since="2026-06-01"))
+    assert [r.text for r in kept] == ["new one"] and dropped["outside_window"] == 1
+    with pytest.raises(DataError, match="--since"):
+        select_records(records, set(), RefreshConfig(since="last tuesday"))

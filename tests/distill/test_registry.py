@@ -61,3 +61,23 @@ def test_unknown_version_and_role(tmp_path):
         registry.current("critic")
     with pytest.raises(RegistryError, match="cascade bootstrap"):
         registry.current_path("teacher")
+
+
+def test_promote_with_expected_current_is_a_compare_and_swap(tmp_path):
+    registry = Registry(tmp_path)
+    first, second, third = (_register(registry) for _ in range(3))
+    registry.promote("student", first)
+    registry.promote("student", second, expected_current=first)
+    with pytest.raises(RegistryError, match="moved from .* meanwhile"):
+        registry.promote("student", third, expected_current=first)
+    assert registry.current("student") == second
+
+
+def test_a_torn_history_line_does_not_break_rollback(tmp_path):
+    registry = Registry(tmp_path)
+    first, second = _register(registry), _register(registry)
+    registry.promote("student", first)
+    with (tmp_path / "student" / "history.jsonl").open("a") as f:
+        f.write('{"event": "promo')  # a crash mid-append
+    registry.promote("student", second)
+    assert registry.rollback("student") == first

@@ -96,3 +96,21 @@ def test_a_failed_log_write_does_not_fail_the_request():
     cascade = Cascade(student_with(0.5), teacher_says_b, full_disk, LABELS, CostModel())
     response = asyncio.run(cascade.classify(["x"], ClassifyOptions()))
     assert response.predictions[0].tier == "teacher" and response.logged == 0
+
+
+def test_budget_counts_confident_traffic_too():
+    budget = TeacherRateLimiter(max_share=0.1, window_s=60, min_items=1)
+    confident, _ = make(student_with(0.95), budget=budget)
+    for _ in range(90):  # 90 confident items fill the window's denominator
+        run(confident, ["x"])
+    unsure, _ = make(student_with(0.4), budget=budget)
+    answers = [run(unsure, ["y"]).predictions[0] for _ in range(10)]
+    # 100 items in the window, so 10 may reach the teacher: every unsure one here does
+    assert all(p.tier == "teacher" for p in answers)
+
+
+def test_audits_pause_while_the_budget_turns_items_away():
+    budget = TeacherRateLimiter(max_share=0.01, window_s=60, min_items=1)
+    cascade, _ = make(student_with(0.4), budget=budget, auditor=AuditSampler(1.0, seed=0))
+    first = run(cascade, ["x"] * 5).predictions
+    assert sum(p.tier == "teacher" for p in first) == 1 and not any(p.reason == "audit" for p in first)

@@ -1,0 +1,110 @@
+"""``cascade simulate``: the refresh loop's story, end to end on a real service.
+
+1. Distil a seed student from a small slice of the training split (the only data it knows).
+2. Serve the cascade; stream the rest of the training split through it as production traffic,
+   in rounds; the unsure items reach the teacher and land in the escalation log.
+3. After each round, a refresh trains a candidate on the log (plus a replay of the slice),
+   the gate decides, and the running service hot-swaps to a promoted student.
+4. Per round: the teacher's share of that round's traffic, the cost per 1,000 requests, and the
+   cascade's accuracy on the test split with the student that served the round.
+"""
+
+from pathlib import Path
+from typing import Callable
+
+import httpx
+import numpy as np
+
+from distill.backends import HFClassifier
+from distill.bootstrap import ensure_models
+from distill.config import RefreshConfig, StudentSpec
+from distill.data import DataSplits, load_splits, split_validation
+from distill.pipeline import TeacherCache, data_record, distill_student, fit_student_policy, new_student_meta, register_model
+from distill.refresh import refresh
+from router import CostModel, EscalationPolicy, cascade_predictions
+from serving import runner
+from serving.bench import batched_pass
+from serving.config import CascadeConfig
+
+
+def _test_accuracy(student: HFClassifier, teacher_probs: np.ndarray, splits: DataSplits, labels: np.ndarray) -> float:
+    probs = student.predict_proba(splits.test.texts)
+    policy = EscalationPolicy.from_dict(student.meta.policy)
+    return float(np.mean(cascade_predictions(probs, teacher_probs, policy.escalate_mask(probs)) == labels))
+
+
+def _wait_for_student(url: str, version: str, timeout_s: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(f"{url}/v1/models", timeout=30).json()["versions"]["student"] != version:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the service did not swap to {version} within {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+def simulate(config: CascadeConfig, data: str, rounds: int = 5, seed_fraction: float = 0.1, say: Callable[[str], None] = print) -> dict:
+    """Run the simulation (see the module docstring); returns the per-round report."""
+    full = load_splits(data)
+    if full.test is None:
+        raise ValueError("the simulation reports test accuracy: the data set needs a test split")
+    registry = ensure_models(config.home, data, progress=False)
+    teacher = HFClassifier.load(registry.current_path("teacher"))
+    cache = TeacherCache(config.home / "cache")
+    rest, seed = split_validation(full.train, seed_fraction, seed=0)
+    splits = DataSplits(train=seed, validation=full.validation, test=full.test)
+    say(f"simulate: seed student on {len(seed)} rows ({seed_fraction:.0%} of train); {len(rest)} rows of traffic in {rounds} rounds")
+    spec = StudentSpec()
+    student, metrics = distill_student(teacher, seed, spec, cache, progress=False)
+    policy = fit_student_policy(student, teacher, splits.validation, cache, config.routing.goal)
+    register_model(registry, student, new_student_meta(teacher, spec, data_record(data, splits), metrics, policy, parent=None))
+    labels = full.test.label_ids(teacher.labels)
+    teacher_probs = np.exp(cache.log_probs(teacher, full.test))
+    costs = CostModel(config.routing.student_cost, config.routing.teacher_cost)
+    order = np.random.default_rng(0).permutation(len(rest))
+    chunks = np.array_split(order, rounds)
+    url = runner.start(config)
+    report = {"teacher_accuracy": round(float(np.mean(teacher_probs.argmax(1) == labels)), 4), "rounds": []}
+    try:
+        for number, chunk in enumerate(chunks, start=1):
+            current = HFClassifier.load(registry.current_path("student"))
+            _wait_for_student(url, current.version)
+            accuracy = _test_accuracy(current, teacher_probs, splits, labels)
+            predictions, _ = batched_pass(url, [rest.texts[i] for i in chunk], "cascade")
+            share = float(np.mean([p["tier"] == "teacher" for p in predictions]))
+            outcome = refresh(registry, config.home, splits, config.log_path(), RefreshConfig(goal=config.routing.goal), data, progress=False)
+            row = {"round": number, "student": current.version, "traffic": len(chunk), "teacher_share": round(share, 4),
+                   "cascade_accuracy": round(accuracy, 4), "cost_per_1000": round(costs.cost_per_1000(share), 1),
+                   "refresh": "promoted" if outcome["promoted"] else f"rejected ({'; '.join(outcome['reasons'])})"}
+            report["rounds"].append(row)
+            say(f"round {number}: teacher share {share:.2%}, cascade test accuracy {accuracy:.4f}, cost/1000 {row['cost_per_1000']:.0f}; refresh {row['refresh']}")
+    finally:
+        runner.stop()
+    return report
+
+
+def plot_rounds(report: dict, path: Path) -> None:
+    """Teacher share and cascade accuracy per round, with the teacher's accuracy for reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r["round"] for r in report["rounds"]]
+    fig, share_ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    share_ax.plot(rounds, [100 * r["teacher_share"] for r in report["rounds"]], "o-", color="tab:orange", label="teacher share of traffic (%)")
+    share_ax.set_xlabel("round (traffic streamed, then a refresh)")
+    share_ax.set_ylabel("teacher share of traffic (%)", color="tab:orange")
+    share_ax.set_xticks(rounds)
+    accuracy_ax = share_ax.twinx()
+    accuracy_ax.plot(rounds, [r["cascade_accuracy"] for r in report["rounds"]], "s-", color="tab:blue", label="cascade test accuracy")
+    accuracy_ax.axhline(report["teacher_accuracy"], color="tab:red", linestyle=":", label=f"teacher alone ({report['teacher_accuracy']:.2%})")
+    accuracy_ax.set_ylabel("cascade accuracy on test", color="tab:blue")
+    lines = share_ax.get_legend_handles_labels()[0] + accuracy_ax.get_legend_handles_labels()[0]
+    labels = share_ax.get_legend_handles_labels()[1] + accuracy_ax.get_legend_handles_labels()[1]
+    share_ax.legend(lines, labels, loc="center right", fontsize=8)
+    share_ax.set_title("cascade simulate: the student learns from the teacher's escalations")
+    share_ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
