@@ -72,4 +72,5 @@ class RefreshConfig:
     warm_start: bool = True  # start from the current student's weights (else from the teacher's embeddings)
     tolerance: float = 0.0  # the gate accepts accuracy down to current - tolerance
     goal: str = DEFAULT_GOAL  # the policy goal the gate checks
+    workers: int = 0  # 0: train in this process; N: a Ray Train TorchTrainer job with N workers, data through Ray Data
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5))  # warm starts need fewer epochs

@@ -162,7 +162,13 @@ def refresh(registry: Registry, home: Path, splits: DataSplits, log_dir: Path, c
         model, tokenizer = copy.deepcopy(current.model), current.tokenizer
     else:
         model, tokenizer = init_bow_student(teacher, seed=config.train.seed)
-    metrics = train_student(model, tokenizer, data.texts, data.labels, data.teacher_log_probs, config.train, data.weights, progress)
+    if config.workers:
+        from distill.distributed import train_on_ray
+
+        metrics = train_on_ray(model, tokenizer, data.texts, data.labels, data.teacher_log_probs, data.weights,
+                               config.train, config.workers, home / "ray-train")
+    else:
+        metrics = train_student(model, tokenizer, data.texts, data.labels, data.teacher_log_probs, config.train, data.weights, progress)
     candidate = HFClassifier(model, tokenizer, version="candidate")
     decision, policy = gate(candidate, current, teacher, splits, cache, config.goal, config.tolerance)
     meta = ModelMeta(

@@ -180,7 +180,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     defaults = RefreshConfig()
     config = RefreshConfig(
         replay_ratio=args.replay_ratio, margin_floor=args.margin_floor, since=args.since, min_records=args.min_records,
-        warm_start=not args.from_scratch, tolerance=args.tolerance, goal=args.goal,
+        warm_start=not args.from_scratch, tolerance=args.tolerance, goal=args.goal, workers=args.workers,
         train=replace(defaults.train, epochs=args.epochs if args.epochs else (defaults.train.epochs if not args.from_scratch else 15), seed=args.seed),
     )
     log_dir = args.log or _home(args) / "escalations"
@@ -202,7 +202,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from serving.simulate import plot_rounds, simulate
 
     config = load_config(args.config, home=args.home or Path(".cascade-simulation"), port=args.port, data=args.data)
-    config = config.model_copy(update={"student": config.student.model_copy(update={"poll_registry_s": 0.5})})
+    config = config.model_copy(update={
+        "student": config.student.model_copy(update={"poll_registry_s": 0.5}),
+        "routing": config.routing.model_copy(update={"goal": args.goal}),
+    })
     say = (lambda _: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
     report = simulate(config, config.data, args.rounds, args.seed_fraction, say)
     plot_rounds(report, args.out)
@@ -386,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=RefreshConfig.tolerance, help="accuracy the gate forgives (default: 0)")
     p.add_argument("--goal", default=DEFAULT_GOAL, help=f"policy goal the gate checks (default: {DEFAULT_GOAL})")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="train as a Ray Train job with this many workers (default: 0, in this process)")
     p.add_argument("--watch", action="store_true", help="keep running: a round every --every-records new records or --every-minutes, whichever first")
     p.add_argument("--every-records", type=int, default=1000, help="with --watch: new records that trigger a round (default: 1000)")
     p.add_argument("--every-minutes", type=float, default=60.0, help="with --watch: minutes after which new records trigger a round (default: 60)")
@@ -398,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="HTTP port (default: 8000)")
     p.add_argument("--rounds", type=int, default=5, help="rounds of traffic and refresh (default: 5)")
     p.add_argument("--seed-fraction", type=float, default=0.1, help="share of train the seed student is distilled on (default: 0.1)")
+    p.add_argument("--goal", default="accuracy>=teacher", help="policy goal of every student in the run (default: accuracy>=teacher)")
     p.add_argument("--out", type=Path, default=Path("simulation.png"), help="PNG to write (default: simulation.png)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_simulate)

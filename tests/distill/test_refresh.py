@@ -130,3 +130,20 @@ def test_since_accepts_a_plain_date_and_rejects_nonsense(splits):
     assert [r.text for r in kept] == ["new one"] and dropped["outside_window"] == 1
     with pytest.raises(DataError, match="--since"):
         select_records(records, set(), RefreshConfig(since="last tuesday"))
+
+
+@pytest.mark.slow
+def test_refresh_trains_as_a_ray_train_job(tiny_home, splits, tmp_path):
+    registry = Registry(tiny_home / "registry")
+    teacher = HFClassifier.load(registry.current_path("teacher"))
+    texts = list(dict.fromkeys(f"kindly {t}" for t in splits.test.texts))[:20]
+    SegmentWriter(tmp_path / "log").append([record(t, p) for t, p in zip(texts, teacher.predict_proba(texts))])
+    config = RefreshConfig(min_replay=60, workers=2, train=TrainConfig(epochs=2))
+    report = refresh(registry, tiny_home, splits, tmp_path / "log", config, "tiny", progress=False)
+    meta = registry.meta("student", report["version"])
+    assert meta.metrics["workers"] == 2 and meta.metrics["rows"] == 40  # each worker's equal shard of 80 rows
+    candidate = HFClassifier.load(registry.path("student", report["version"]))
+    labels = splits.test.label_ids(teacher.labels)
+    assert (candidate.predict_proba(splits.test.texts).argmax(1) == labels).mean() >= 0.8
+    if report["promoted"]:
+        registry.rollback("student")
