@@ -26,6 +26,12 @@ from transformers import (
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 
+def _classifier_output(logits: torch.Tensor, labels: torch.Tensor | None) -> SequenceClassifierOutput:
+    """What HF sequence classifiers return: logits, and the cross-entropy when labels are given."""
+    loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+    return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
 class MeanPoolConfig(BertConfig):
     """A BERT config plus the pooling choice of the sentence-embedding head."""
 
@@ -67,9 +73,7 @@ class MeanPoolClassifier(PreTrainedModel):
     ) -> SequenceClassifierOutput:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        logits = self.head(self.embed(input_ids, attention_mask) * self.config.logit_scale)
-        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return _classifier_output(self.head(self.embed(input_ids, attention_mask) * self.config.logit_scale), labels)
 
 
 class BagOfWordsConfig(PretrainedConfig):
@@ -127,9 +131,7 @@ class BagOfWordsClassifier(PreTrainedModel):
         labels: torch.Tensor | None = None,
         **_: object,
     ) -> SequenceClassifierOutput:
-        logits = self.mlp(self.embeddings(input_ids))
-        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return _classifier_output(self.mlp(self.embeddings(input_ids)), labels)
 
 
 def register_architectures() -> None:

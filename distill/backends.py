@@ -7,7 +7,6 @@ all: batched, ``inference_mode``, CUDA with half precision when a GPU is present
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -136,9 +135,3 @@ class HFClassifier:
         self.model.save_pretrained(str(directory), safe_serialization=True)
         self.tokenizer.save_pretrained(str(directory))
 
-
-def labels_file(directory: Path) -> list[str]:
-    """The label list a model directory's config holds, in id order."""
-    config = json.loads((directory / "config.json").read_text())
-    id2label = config.get("id2label") or {}
-    return [str(id2label[str(i)]) for i in range(len(id2label))]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -40,7 +40,6 @@ class TextDataset:
     labels: list[str] | None
     label_names: list[str]
     name: str = "data"
-    ids: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.texts:
@@ -74,7 +73,6 @@ class TextDataset:
             labels=[self.labels[i] for i in idx] if self.labels is not None else None,
             label_names=self.label_names,
             name=name or self.name,
-            ids=[self.ids[i] for i in idx] if self.ids else [],
         )
 
     def fingerprint(self) -> str:
