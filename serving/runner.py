@@ -39,7 +39,8 @@ def start(config: CascadeConfig, num_cpus: float | None = None, ready_timeout_s:
 
 
 def stop() -> None:
-    """Shut Serve and Ray down (only if Ray is up: ``serve.shutdown`` would start it again)."""
+    """Shut the local Ray cluster down, and Serve with it. (``serve.shutdown`` first would
+    print a raylet error about its own interrupted graceful shutdown onto stdout, and when Ray
+    is already down it would start Ray again.)"""
     if ray.is_initialized():
-        serve.shutdown()
         ray.shutdown()
