@@ -52,21 +52,18 @@ class TeacherCache:
         return log_probs
 
 
+def new_student(teacher: HFClassifier, spec: StudentSpec):
+    """A fresh, untrained student of ``spec.kind``, initialised from ``teacher``: (model, tokenizer)."""
+    if spec.kind == "bow":
+        return init_bow_student(teacher, spec.hidden_size, seed=spec.train.seed)
+    return init_transformer_student(teacher, spec.layers)
+
+
 def distill_student(
-    teacher: HFClassifier,
-    train: TextDataset,
-    spec: StudentSpec,
-    cache: TeacherCache,
-    progress: bool = True,
-    warm_start: HFClassifier | None = None,
+    teacher: HFClassifier, train: TextDataset, spec: StudentSpec, cache: TeacherCache, progress: bool = True
 ) -> tuple[HFClassifier, dict]:
-    """Train a fresh (or warm-started) student on ``train``; returns it and its training metrics."""
-    if warm_start is not None:
-        model, tokenizer = warm_start.model, warm_start.tokenizer
-    elif spec.kind == "bow":
-        model, tokenizer = init_bow_student(teacher, spec.hidden_size, seed=spec.train.seed)
-    else:
-        model, tokenizer = init_transformer_student(teacher, spec.layers)
+    """Train a fresh student on ``train``; returns it and its training metrics."""
+    model, tokenizer = new_student(teacher, spec)
     labels = train.label_ids(teacher.labels) if train.labels is not None else None
     teacher_log_probs = cache.log_probs(teacher, train) if spec.train.mode != "hard" else None
     model.to(teacher.device)

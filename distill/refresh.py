@@ -28,15 +28,14 @@ from typing import Iterator
 import numpy as np
 
 from distill.backends import HFClassifier
-from distill.config import RefreshConfig
+from distill.config import RefreshConfig, StudentSpec
 from distill.data import DataSplits
 from distill.errors import DataError, DistillError, RegistryError
 from distill.escalations import EscalationRecord, read_records
 from distill.losses import IGNORE
 from distill.metadata import ModelMeta
-from distill.pipeline import TeacherCache, data_record, register_model
+from distill.pipeline import TeacherCache, data_record, new_student, register_model
 from distill.registry import Registry, new_version_id
-from distill.students import init_bow_student
 from distill.train import train_student
 from router import EscalationPolicy, fit_policy
 
@@ -160,8 +159,11 @@ def refresh(registry: Registry, home: Path, splits: DataSplits, log_dir: Path, c
     data = build_dataset(read_records(log_dir), splits, cache.log_probs(teacher, splits.train), teacher.labels, config, config.train.seed)
     if config.warm_start:
         model, tokenizer = copy.deepcopy(current.model), current.tokenizer
-    else:
-        model, tokenizer = init_bow_student(teacher, seed=config.train.seed)
+    else:  # a fresh student of the current one's kind and size
+        known = current.meta.train_config if current.meta else {}
+        spec = StudentSpec(kind=known.get("kind", "bow"), layers=known.get("layers", 2),
+                           hidden_size=known.get("hidden_size", 512), train=config.train)
+        model, tokenizer = new_student(teacher, spec)
     if config.workers:
         from distill.distributed import train_on_ray
 

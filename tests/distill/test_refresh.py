@@ -147,3 +147,19 @@ def test_refresh_trains_as_a_ray_train_job(tiny_home, splits, tmp_path):
     assert (candidate.predict_proba(splits.test.texts).argmax(1) == labels).mean() >= 0.8
     if report["promoted"]:
         registry.rollback("student")
+
+
+def test_refresh_from_scratch_builds_a_student_of_the_current_kind(tiny_home, splits, tmp_path):
+    registry = Registry(tiny_home / "registry")
+    teacher = HFClassifier.load(registry.current_path("teacher"))
+    texts = list(dict.fromkeys(f"hey {t}" for t in splits.test.texts))[:10]
+    SegmentWriter(tmp_path / "log").append([record(t, p) for t, p in zip(texts, teacher.predict_proba(texts))])
+    before = registry.current("student")
+    config = RefreshConfig(min_replay=50, warm_start=False, train=TrainConfig(epochs=2))
+    report = refresh(registry, tiny_home, splits, tmp_path / "log", config, "tiny", progress=False)
+    candidate = HFClassifier.load(registry.path("student", report["version"]))
+    current = HFClassifier.load(registry.path("student", before))
+    assert type(candidate.model) is type(current.model)
+    assert registry.meta("student", report["version"]).train_config["warm_start"] is False
+    if report["promoted"]:
+        registry.rollback("student")
