@@ -115,6 +115,7 @@ class Ingress:
                     budget=TeacherRateLimiter(routing.teacher_budget, routing.budget_window_s) if routing.teacher_budget < 1 else None,
                     auditor=AuditSampler(routing.audit_rate) if routing.audit_rate > 0 else None,
                 )
+                self.cascade.versions = ModelVersions(student=student["version"], teacher=teacher["version"])
         return self.cascade
 
     async def _student_predict(self, texts: list[str]) -> ModelOutput:

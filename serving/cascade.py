@@ -65,6 +65,8 @@ class Cascade:
         self.auditor = auditor  # sends a fraction of confident items to the teacher too
         self.audit = AgreementEstimate()  # the student's agreement with the teacher on audited items
         self._policies: dict[str, EscalationPolicy] = {}
+        # the versions last seen, so every response names both models, even one it did not call
+        self.versions = ModelVersions(student=None, teacher=None)
 
     def policy_for(self, output: ModelOutput) -> EscalationPolicy:
         """The student's fitted policy (parsed once per version), or the default one."""
@@ -155,12 +157,14 @@ class Cascade:
         if audit_agreement:
             self.audit.update(np.array(audit_agreement))
         logged = await self._log(records)
+        self.versions = ModelVersions(
+            student=student.version if student else self.versions.student,
+            teacher=teacher.version if teacher else self.versions.teacher,
+        )
         return ClassifyResponse(
             request_id=request_id,
             predictions=predictions,
-            versions=ModelVersions(
-                student=student.version if student else None, teacher=teacher.version if teacher else None
-            ),
+            versions=self.versions,
             logged=logged,
             cost=sum(p.cost for p in predictions),
         )

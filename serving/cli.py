@@ -257,11 +257,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"cascade serving at {url}\n  classify: POST {url}/v1/classify\n  API docs: {url}/docs\n"
           f"  escalation log: {config.log_path()}\nCtrl-C stops it.", flush=True)
     stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    try:
-        stopped.wait()
-    except KeyboardInterrupt:
-        pass
+    # explicit handlers: a shell that starts us in the background sets SIGINT to "ignore"
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    stopped.wait()
     print("stopping ...", flush=True)
     runner.stop()
     return 0

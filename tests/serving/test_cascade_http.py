@@ -60,8 +60,9 @@ def test_confident_items_stay_with_student_unsure_go_to_teacher_and_are_logged(c
 def test_modes_are_honoured(cascade_url):
     teacher = classify(cascade_url, IN_DOMAIN, mode="teacher")["predictions"]
     assert all(p["tier"] == "teacher" and p["reason"] == "forced" and p["cost"] == 50.0 for p in teacher)
-    student = classify(cascade_url, ODD, mode="student")["predictions"]
-    assert all(p["tier"] == "student" and not p["escalated"] for p in student)
+    body = classify(cascade_url, ODD, mode="student")
+    assert all(p["tier"] == "student" and not p["escalated"] for p in body["predictions"])
+    assert body["versions"]["teacher"].startswith("teacher-")  # named even when not called
 
 
 def test_threshold_override_per_request(cascade_url):
