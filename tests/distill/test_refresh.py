@@ -9,7 +9,7 @@ from distill.backends import HFClassifier
 from distill.config import RefreshConfig, StudentSpec, TrainConfig
 from distill.data import load_splits
 from distill.errors import DataError
-from distill.escalations import EscalationRecord, read_records
+from distill.escalations import EscalationRecord
 from distill.losses import IGNORE
 from distill.pipeline import TeacherCache, distill_student
 from distill.refresh import build_dataset, gate, refresh
