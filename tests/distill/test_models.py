@@ -84,3 +84,12 @@ def test_pickle_weights_are_refused(tmp_path, teacher):
 def test_missing_model_directory(tmp_path):
     with pytest.raises(ModelError, match="model not found"):
         HFClassifier.load(tmp_path / "absent")
+
+
+def test_fast_encoding_matches_the_tokenizer_wrapper(teacher, splits):
+    texts = list(splits.test.texts[:20]) + ["word " * 400, "x"]  # one truncated, one short: padding
+    wrapper = teacher.tokenizer(texts, padding=True, truncation=True, max_length=teacher.max_length, return_tensors="pt")
+    fast = teacher.encode(texts)
+    assert fast["input_ids"].shape == (len(texts), teacher.max_length)
+    for key in ("input_ids", "attention_mask"):
+        assert fast[key].equal(wrapper[key])
