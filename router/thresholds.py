@@ -86,21 +86,6 @@ def _goal_met(goal: Goal, tallies: np.ndarray, n: int, teacher_accuracy: float |
     return correct >= (teacher_accuracy if goal.value is None else goal.value)
 
 
-def _lowest_stable(met: np.ndarray) -> int | None:
-    """Where the last unbroken run of True in `met` starts; None when nothing is True.
-
-    Accuracy is not monotone in the threshold: a lucky dip into low confidence can meet the goal on
-    the validation split while a slightly higher threshold misses it. Taking the lowest threshold
-    from which the goal holds at every higher one, up to the highest that meets it, keeps the
-    fitted threshold out of such noise.
-    """
-    meeting = np.flatnonzero(met)
-    if len(meeting) == 0:
-        return None
-    failing = np.flatnonzero(~met[: meeting[-1]])
-    return int(failing[-1]) + 1 if len(failing) else 0
-
-
 def _score_bounds(scores: np.ndarray) -> tuple[float, float]:
     """A threshold that escalates nothing and one that escalates everything (at most 1 for bounded measures)."""
     return min(0.0, float(scores.min())), float(np.nextafter(scores.max(), np.inf))
@@ -127,10 +112,8 @@ def _lower_class_thresholds(goal: Goal, scores: np.ndarray, student_top: np.ndar
         now = tallies[:, np.searchsorted(cls_scores, threshold)]
         counts = np.searchsorted(cls_scores, candidates)
         met = _goal_met(goal, totals[:, None] - now[:, None] + tallies[:, counts], n, teacher_accuracy)
-        # the global threshold meets the goal, so the run must reach it: fewest escalations that keep
-        # the goal at every class threshold from there up
-        best = _lowest_stable(np.append(met, True))
-        if best < len(candidates):
+        if met.any():
+            best = int(np.argmax(met))  # lowest candidate, hence fewest escalations, that keeps the goal
             overrides[int(cls)] = float(candidates[best])
             totals = totals - now + tallies[:, counts[best]]
     return overrides
@@ -144,15 +127,13 @@ def fit_policy(student_probs: np.ndarray, teacher_probs: np.ndarray, labels: np.
     1. Temperature: fitted to `labels` when `calibrate` and labels are given, else 1.
     2. Scores: the measure applied to the calibrated student probabilities.
     3. Global threshold, among the candidates {min(0, lowest score), each distinct score, just above
-       the highest score}: for accuracy and agreement goals the lowest candidate from which every
-       higher candidate meets the goal too, up to the highest one that meets it (accuracy is not
-       monotone in the threshold, so the first candidate that meets it may be a lucky dip); if none
-       meets it, the candidate that escalates everything, and the goal text says "unreachable";
+       the highest score}: for accuracy and agreement goals the lowest candidate that meets the goal
+       (if none does, the one that escalates everything, and the goal text says "unreachable");
        for a TeacherBudget the highest candidate whose escalation share is within the budget.
     4. Per class (`per_class`, accuracy and agreement goals only): classes predicted by the student
        on at least `min_class_support` items are visited most-predicted first (ties by class id);
-       each gets the lowest threshold below the global one from which the goal, evaluated with the
-       overrides chosen so far, holds at every higher threshold too. It is kept only if it escalates fewer of its items.
+       each gets the lowest threshold below the global one at which the goal, evaluated with the
+       overrides chosen so far, still holds. It is kept only if it escalates fewer of its items.
     5. Validation figures: escalation_rate and teacher_agreement, plus cascade_accuracy,
        student_accuracy, teacher_accuracy, ece_before and ece_after when labels are given.
     """
@@ -177,17 +158,16 @@ def fit_policy(student_probs: np.ndarray, teacher_probs: np.ndarray, labels: np.
     tallies = _prefix_tallies(student_top, teacher_top, labels, order)[:, np.searchsorted(sorted_scores, candidates)]
     met = _goal_met(goal, tallies, n, teacher_accuracy)
     text = str(goal)
-    stable = None if isinstance(goal, TeacherBudget) else _lowest_stable(met)
     if isinstance(goal, TeacherBudget):
         best = int(np.flatnonzero(met)[-1])  # the lowest candidate escalates nothing, so one always fits
-    elif stable is not None:
-        best = stable
+    elif met.any():
+        best = int(np.argmax(met))
     else:
         best, text = len(candidates) - 1, f"{goal} (unreachable: escalating all)"
     threshold = float(candidates[best])
 
     overrides: dict[int, float] = {}
-    if per_class and stable is not None:
+    if per_class and met.any():
         overrides = _lower_class_thresholds(goal, scores, student_top, teacher_top, labels, threshold, lower,
                                             tallies[:, best], min_class_support, teacher_accuracy)
         text += ", per-class"
