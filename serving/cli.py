@@ -204,7 +204,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     config = load_config(args.config, home=args.home or Path(".cascade-simulation"), port=args.port, data=args.data)
     config = config.model_copy(update={
         "student": config.student.model_copy(update={"poll_registry_s": 0.5}),
-        "routing": config.routing.model_copy(update={"goal": args.goal}),
+        "routing": config.routing.model_copy(update={"goal": args.goal, "teacher_timeout_s": args.teacher_timeout}),
     })
     say = (lambda _: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
     report = simulate(config, config.data, args.rounds, args.seed_fraction, say)
@@ -213,9 +213,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(json.dumps(report))
     else:
         print(f"teacher alone: {report['teacher_accuracy']:.4f}")
-        print("| round | teacher share | cascade test accuracy | cost / 1,000 | refresh |\n|---|---|---|---|---|")
+        print("| round | teacher share | degraded | cascade test accuracy | cost / 1,000 | refresh |\n|---|---|---|---|---|---|")
         for r in report["rounds"]:
-            print(f"| {r['round']} | {r['teacher_share']:.2%} | {r['cascade_accuracy']:.4f} | {r['cost_per_1000']:.0f} | {r['refresh']} |")
+            print(f"| {r['round']} | {r['teacher_share']:.2%} | {r['degraded_share']:.2%} | {r['cascade_accuracy']:.4f} | {r['cost_per_1000']:.0f} | {r['refresh']} |")
         print(f"plot: {args.out}")
     return 0
 
@@ -402,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=5, help="rounds of traffic and refresh (default: 5)")
     p.add_argument("--seed-fraction", type=float, default=0.1, help="share of train the seed student is distilled on (default: 0.1)")
     p.add_argument("--goal", default="accuracy>=teacher", help="policy goal of every student in the run (default: accuracy>=teacher)")
+    p.add_argument("--teacher-timeout", type=float, default=120.0,
+                   help="seconds an escalation waits for the teacher (default: 120: a simulation measures learning, "
+                        "so a loaded machine must not turn escalations into degraded answers)")
     p.add_argument("--out", type=Path, default=Path("simulation.png"), help="PNG to write (default: simulation.png)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_simulate)

@@ -72,8 +72,10 @@ def simulate(config: CascadeConfig, data: str, rounds: int = 5, seed_fraction: f
             accuracy = _test_accuracy(current, teacher_probs, splits, labels)
             predictions, _ = batched_pass(url, [rest.texts[i] for i in chunk], "cascade")
             share = float(np.mean([p["tier"] == "teacher" for p in predictions]))
+            degraded = float(np.mean([p["degraded"] for p in predictions]))  # wanted the teacher, did not get it
             outcome = refresh(registry, config.home, splits, config.log_path(), RefreshConfig(goal=config.routing.goal), data, progress=False)
             row = {"round": number, "student": current.version, "traffic": len(chunk), "teacher_share": round(share, 4),
+                   "degraded_share": round(degraded, 4),
                    "cascade_accuracy": round(accuracy, 4), "cost_per_1000": round(costs.cost_per_1000(share), 1),
                    "refresh": "promoted" if outcome["promoted"] else f"rejected ({'; '.join(outcome['reasons'])})"}
             report["rounds"].append(row)
