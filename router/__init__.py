@@ -11,7 +11,7 @@ from router.confidence import MEASURES, confidence, margin, max_probability, neg
 from router.cost import CostModel
 from router.errors import RouterError
 from router.goals import Goal, TargetAccuracy, TargetAgreement, TeacherBudget, parse_goal
-from router.policy import Decision, EscalationPolicy, Tier
+from router.policy import EscalationPolicy
 from router.thresholds import FrontierPoint, cascade_predictions, fit_policy, frontier
 
 __all__ = [
@@ -20,7 +20,6 @@ __all__ = [
     "AuditSampler",
     "CircuitBreaker",
     "CostModel",
-    "Decision",
     "EscalationPolicy",
     "FrontierPoint",
     "Goal",
@@ -29,7 +28,6 @@ __all__ = [
     "TargetAgreement",
     "TeacherBudget",
     "TeacherRateLimiter",
-    "Tier",
     "apply_temperature",
     "cascade_predictions",
     "confidence",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -14,35 +13,7 @@ from router.calibration import apply_temperature
 from router.confidence import BOUNDED_MEASURES, check_measure, confidence
 from router.errors import RouterError
 
-REASONS = ("confident", "unsure", "audit", "forced", "budget")
 _BELOW_ONE = float(np.nextafter(1.0, 0.0))
-
-
-class Tier(str, Enum):
-    """Which model answered."""
-
-    STUDENT = "student"
-    TEACHER = "teacher"
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Where one item goes and why."""
-
-    tier: Tier  # the model that answers
-    reason: str  # one of REASONS
-    degraded: bool = False  # the teacher was wanted but not used
-    cause: str | None = None  # why degraded, e.g. "teacher_budget", "teacher_timeout", "teacher_unavailable"
-    confidence: float = 1.0  # the student's calibrated confidence score
-
-    def __post_init__(self) -> None:
-        """Coerce `tier` to Tier and check `reason`."""
-        try:
-            object.__setattr__(self, "tier", Tier(self.tier))
-        except ValueError:
-            raise RouterError(f"unknown tier {self.tier!r}; expected one of: student, teacher") from None
-        if self.reason not in REASONS:
-            raise RouterError(f"unknown reason {self.reason!r}; expected one of: {', '.join(REASONS)}")
 
 
 @dataclass(frozen=True)

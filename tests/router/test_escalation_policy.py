@@ -1,12 +1,11 @@
-"""EscalationPolicy and Decision: validation, masks, per-request overrides, serialisation."""
+"""EscalationPolicy: validation, masks, per-request overrides, serialisation."""
 
-import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from router import Decision, EscalationPolicy, RouterError, Tier, apply_temperature, confidence
+from router import EscalationPolicy, RouterError, apply_temperature, confidence
 
 
 
@@ -68,13 +67,3 @@ def test_neg_entropy_takes_negative_thresholds():
     assert np.array_equal(policy.escalate_mask(probs), [False, True])
 
 
-def test_decision_coerces_tier_and_checks_reason():
-    decision = Decision(tier="teacher", reason="unsure", confidence=0.4)
-    assert decision.tier is Tier.TEACHER and decision.tier == "teacher"
-    assert not decision.degraded and decision.cause is None
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        decision.reason = "audit"
-    with pytest.raises(RouterError, match="confident"):
-        Decision(tier=Tier.STUDENT, reason="lucky")
-    with pytest.raises(RouterError, match="student, teacher"):
-        Decision(tier="oracle", reason="forced")
