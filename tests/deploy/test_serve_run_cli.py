@@ -1,0 +1,118 @@
+"""The real `serve run` CLI starts the cascade from a Serve config file written by
+`cascade export-serve-config` (the generator of deploy/serve.yaml), pointed at the tiny test
+home and a free port; it answers /v1/classify and stops cleanly on Ctrl-C, its Ray with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from distill.registry import Registry
+from serving.cli import main
+
+pytestmark = pytest.mark.slow
+READY_TIMEOUT_S = 300  # a fresh Ray, then four deployments, on two shared cores
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def session_processes(session_id: int) -> list[str]:
+    """'pid name' of every live process in a session (the serve CLI's, with its Ray)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[3]) == session_id and fields[0] != "Z":  # fields[0] is the state, [3] the session
+            found.append(f"{stat.parent.name} {(stat.parent / 'comm').read_text().strip()}")
+    return found
+
+
+def _default_sigint() -> None:
+    """Let Python in the child raise KeyboardInterrupt on SIGINT even when this test runs with
+    SIGINT ignored (a background job), as `serve run` only stops on KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture(scope="module")
+def serve_run(tiny_home: Path, tmp_path_factory):
+    """`serve run FILE` in its own session; yields (base URL, process, work directory). Like
+    the committed deploy/serve.yaml, the file names no home: $CASCADE_HOME gives it."""
+    work = tmp_path_factory.mktemp("serve-run")
+    port = free_port()
+    source, config_file = work / "cascade.yaml", work / "serve.yaml"
+    source.write_text(yaml.safe_dump({
+        "port": port, "routing": {"threshold": 0.9},
+        "log": {"path": str(work / "escalations")},
+    }))
+    assert main(["export-serve-config", "--config", str(source), "--out", str(config_file)]) == 0
+    assert "home" not in yaml.safe_load(config_file.read_text())["applications"][0]["args"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"CASCADE_HOME": str(tiny_home)}  # a local Ray of its own
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "serve"), "run", str(config_file)],
+        cwd=work, env=env, stdout=(work / "serve.log").open("w"), stderr=subprocess.STDOUT,
+        start_new_session=True, preexec_fn=_default_sigint,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            assert process.poll() is None, f"serve run exited early:\n{(work / 'serve.log').read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=10).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"not ready within {READY_TIMEOUT_S} s:\n{(work / 'serve.log').read_text()[-3000:]}"
+            time.sleep(1)
+        yield url, process, work
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)  # the session holds only what this test started
+                process.wait()
+
+
+def test_serve_run_answers_classify(serve_run, tiny_data, tiny_home):
+    url, _, _ = serve_run
+    labels = json.loads((tiny_data / "labels.json").read_text())
+    response = httpx.post(f"{url}/v1/classify", json={"inputs": ["play some jazz", "wake me up at 7 am"]}, timeout=60)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert [p["label"] for p in predictions] == ["music", "alarm"]
+    assert all(p["label"] in labels and p["tier"] in ("student", "teacher") for p in predictions)
+    registry = Registry(tiny_home / "registry")  # the models of $CASCADE_HOME
+    assert response.json()["versions"] == {"student": registry.current("student"), "teacher": registry.current("teacher")}
+    bad = httpx.post(f"{url}/v1/classify", json={"inputs": []}, timeout=30)
+    assert bad.status_code == 422 and "error" in bad.json()
+
+
+def test_ctrl_c_stops_serve_run_and_its_ray(serve_run):
+    url, process, work = serve_run
+    assert len(session_processes(process.pid)) > 3  # the CLI, and the Ray it started: gcs, raylet, workers
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=90) == 0, (work / "serve.log").read_text()[-3000:]
+    deadline = time.monotonic() + 30
+    while session_processes(process.pid) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert session_processes(process.pid) == []
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{url}/healthz", timeout=5)
