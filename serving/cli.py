@@ -295,14 +295,17 @@ def cmd_export_serve_config(args: argparse.Namespace) -> int:
 
     if args.set and not args.kuberay:
         raise ConfigError("--set sets KubeRay options: it needs --kuberay")
+    if args.check and not args.out:
+        raise ConfigError("--check compares with the --out file: give --out")
     config = load_config(args.config)
     document = rayservice(config, kuberay_options(args.set)) if args.kuberay else serve_config(config)
-    source = ["cascade", "export-serve-config"] + ["--kuberay"] * args.kuberay + (["--config", str(args.config)] if args.config else [])
-    source += [a for assignment in args.set for a in ("--set", assignment)]
-    regenerate = shlex.join(source + (["--out", str(args.out)] if args.out else []))
+    flags = ["--kuberay"] * args.kuberay + (["--config", str(args.config)] if args.config else [])
+    flags += [flag for assignment in args.set for flag in ("--set", assignment)]
+    flags += ["--out", str(args.out)] if args.out else []
+    regenerate = shlex.join(["cascade", "export-serve-config", *flags])
     text = render(document, regenerate)
     if args.check:
-        if args.out is None or not args.out.is_file() or args.out.read_text() != text:
+        if not args.out.is_file() or args.out.read_text() != text:
             print(f"{args.out} is stale: regenerate it with `{regenerate}`", file=sys.stderr)
             return 1
         print(f"{args.out} is up to date")
@@ -313,6 +316,7 @@ def cmd_export_serve_config(args: argparse.Namespace) -> int:
     else:
         print(text, end="")
     return 0
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand; defaults come from the config classes."""
