@@ -58,6 +58,7 @@ class KubeRayOptions(BaseModel):
     image: str = "distill-cascade:latest"  # built from the repository's Dockerfile
     home_mount: str = "/var/lib/cascade"  # CASCADE_HOME in every pod (the Dockerfile's too)
     home_claim: str = "cascade-home"  # a ReadWriteMany PersistentVolumeClaim holding the registry and the log
+    fs_group: int = 10001  # the Dockerfile's user: the volume is made writable for this group
     metrics_port: int = Field(8080, ge=1, le=65535)  # each node's Prometheus metrics export port
     head_cpu: str = "2"
     head_memory: str = "8Gi"
@@ -103,6 +104,7 @@ def _container(name: str, options: KubeRayOptions, ports: dict[str, int], resour
 
 def _pod(container: dict[str, Any], options: KubeRayOptions, gpu: bool) -> dict[str, Any]:
     spec: dict[str, Any] = {
+        "securityContext": {"fsGroup": options.fs_group},
         "containers": [container],
         "volumes": [{"name": "cascade-home", "persistentVolumeClaim": {"claimName": options.home_claim}}],
     }

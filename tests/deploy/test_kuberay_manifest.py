@@ -106,7 +106,8 @@ def test_the_metrics_port_is_exposed_on_every_node(manifest):
 
 
 def test_the_image_matches_the_manifest(manifest):
-    """The Dockerfile installs the manifest's Ray version and points CASCADE_HOME at the shared volume."""
+    """The Dockerfile installs the manifest's Ray version, points CASCADE_HOME at the shared
+    volume and runs as the group that may write to it."""
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert manifest["spec"]["rayClusterConfig"]["rayVersion"] == ray.__version__
     assert re.search(rf"^ARG RAY_VERSION={re.escape(ray.__version__)}$", dockerfile, re.M)
@@ -115,3 +116,6 @@ def test_the_image_matches_the_manifest(manifest):
     container = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert {"name": "CASCADE_HOME", "value": home} in container["env"]
     assert {"name": "cascade-home", "mountPath": home} in container["volumeMounts"]
+    (user,) = re.findall(r"^USER \d+:(\d+)$", dockerfile, re.M)
+    pod = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert pod["securityContext"]["fsGroup"] == int(user)
