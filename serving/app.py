@@ -24,6 +24,7 @@ from serving.model_server import BatchedModel, texts_in
 
 logger = logging.getLogger("cascade")
 LOG_BATCH = 512  # records per fsync of the log writer
+DEFAULT_AUTOSCALING = {"min_replicas": 1, "max_replicas": 2}  # num_replicas "auto" without an autoscaling config
 
 
 @serve.deployment
@@ -211,7 +212,7 @@ def _model_deployment(role: str, settings: ModelDeploymentConfig, config: Cascad
         "user_config": _user_config(settings),
     }
     if settings.num_replicas == "auto":
-        options["autoscaling_config"] = settings.autoscaling or {"min_replicas": 1, "max_replicas": 2}
+        options["autoscaling_config"] = settings.autoscaling or DEFAULT_AUTOSCALING
     else:
         options["num_replicas"] = settings.num_replicas
     device = settings.device or ("cuda" if settings.num_gpus > 0 else "cpu")

@@ -96,7 +96,11 @@ def test_rayservice_refuses_more_gpus_than_the_workers_have():
     config = CascadeConfig.model_validate({"student": {"placement": "deployment", "num_gpus": 1, "num_replicas": 2}, "teacher": {"num_gpus": 0.5}})
     with pytest.raises(ConfigError, match="2.5 GPUs"):
         rayservice(config, KubeRayOptions(worker_gpus=1, max_workers=2))
-    assert rayservice(config, KubeRayOptions(worker_gpus=2, max_workers=2))["kind"] == "RayService"
+    manifest = rayservice(config, KubeRayOptions(worker_gpus=2, max_workers=2))
+    assert manifest["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"]  # 1 worker, up to 2
+    auto = CascadeConfig.model_validate({"student": {"placement": "deployment", "num_gpus": 0.5, "num_replicas": "auto"}})
+    with pytest.raises(ConfigError, match="1.5 GPUs"):  # "auto" scales to 2 replicas by default, beside the teacher
+        rayservice(auto.model_copy(update={"teacher": config.teacher}), KubeRayOptions())
 
 
 def test_export_serve_config_errors_name_the_problem(capsys):
