@@ -24,6 +24,7 @@ from serving.model_server import BatchedModel, texts_in
 
 logger = logging.getLogger("cascade")
 LOG_BATCH = 512  # records per fsync of the log writer
+DEFAULT_AUTOSCALING = {"min_replicas": 1, "max_replicas": 2}  # num_replicas "auto" without an autoscaling config
 
 
 @serve.deployment
@@ -211,7 +212,7 @@ def _model_deployment(role: str, settings: ModelDeploymentConfig, config: Cascad
         "user_config": _user_config(settings),
     }
     if settings.num_replicas == "auto":
-        options["autoscaling_config"] = settings.autoscaling or {"min_replicas": 1, "max_replicas": 2}
+        options["autoscaling_config"] = settings.autoscaling or DEFAULT_AUTOSCALING
     else:
         options["num_replicas"] = settings.num_replicas
     device = settings.device or ("cuda" if settings.num_gpus > 0 else "cpu")
@@ -232,3 +233,20 @@ def build_app(config: CascadeConfig):
         user_config={"student": _user_config(config.student)},
     )
     return ingress.bind(student, teacher, log_writer, config.model_dump(mode="json"))
+
+
+def app_builder(config: CascadeConfig) -> serve.Application:
+    """The application of a Serve config file (``import_path: serving.app:app_builder``, see
+    ``serving.serve_config``), for ``serve run deploy/serve.yaml`` and ``serve deploy``: Serve
+    validates the file's ``args`` as a ``CascadeConfig`` because of the annotation. Unlike
+    ``cascade serve`` it does not bootstrap missing models, which would take minutes inside the
+    cluster on every deploy: a role served from the registry needs a current version, or the
+    deploy fails with a message saying how to build one."""
+    from distill.errors import RegistryError
+    from distill.registry import Registry
+
+    registry = Registry(config.home / "registry")
+    for role, settings in (("student", config.student), ("teacher", config.teacher)):
+        if settings.model is None and registry.current(role) is None:
+            raise RegistryError(f"no current {role} in {registry.root}: run `cascade bootstrap --home {config.home}` before deploying")
+    return build_app(config)
