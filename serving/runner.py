@@ -22,6 +22,8 @@ def start(config: CascadeConfig, num_cpus: float | None = None, ready_timeout_s:
             configure_logging=True,
             logging_level="WARNING",
             log_to_driver=False,
+            _metrics_export_port=config.metrics.port,
+            _system_config={"metrics_report_interval_ms": int(config.metrics.report_interval_s * 1000)},
         )
     serve.start(http_options={"host": config.host, "port": config.port})
     serve.run(build_app(config), name=config.app_name, route_prefix="/")
