@@ -56,7 +56,7 @@ SPECS: dict[str, MetricSpec] = {
         MetricSpec("cascade_shed_requests_total", "counter", "requests refused with 429 because the service was overloaded"),
         MetricSpec("cascade_tier_latency_seconds", "histogram", "one model call seen from the ingress, by tier", ("tier",), LATENCY_BUCKETS),
         MetricSpec("cascade_request_latency_seconds", "histogram", "a classify request end to end in the ingress, by mode", ("mode",), LATENCY_BUCKETS),
-        MetricSpec("cascade_student_confidence", "histogram", "the student's calibrated confidence per routed text", (), CONFIDENCE_BUCKETS),
+        MetricSpec("cascade_student_confidence_ratio", "histogram", "the student's calibrated confidence per routed text", (), CONFIDENCE_BUCKETS),
         MetricSpec("cascade_cost_units_total", "counter", "cost units spent, by tier", ("tier",)),
         MetricSpec("cascade_audits_total", "counter", "confident texts the teacher audited"),
         MetricSpec("cascade_audit_agreements_total", "counter", "audited texts on which the student agreed with the teacher"),
@@ -141,7 +141,7 @@ class IngressMetrics(Recorder):
         super().__init__(
             "cascade_requests_total", "cascade_items_total", "cascade_escalations_total", "cascade_degraded_total",
             "cascade_teacher_budget_rejections_total", "cascade_shed_requests_total", "cascade_tier_latency_seconds",
-            "cascade_request_latency_seconds", "cascade_student_confidence", "cascade_cost_units_total",
+            "cascade_request_latency_seconds", "cascade_student_confidence_ratio", "cascade_cost_units_total",
             "cascade_audits_total", "cascade_audit_agreements_total",
         )
         self.student_cost = student_cost
@@ -162,7 +162,7 @@ class IngressMetrics(Recorder):
             if p.degraded and p.cause:
                 causes[p.cause] = causes.get(p.cause, 0) + 1
             if p.confidence is not None:
-                self.observe("cascade_student_confidence", p.confidence)
+                self.observe("cascade_student_confidence_ratio", p.confidence)
             # the student ran unless the teacher was forced and answered; the rest is the teacher's
             student_part = self.student_cost if mode != "teacher" or p.tier == "student" else 0.0
             cost["student"] += student_part
