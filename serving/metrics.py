@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Literal
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families

@@ -181,7 +181,7 @@ def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
     assert binary, "chromium not found: install Debian's chromium package (.ci/run does)"
     command = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={profile}",
                "--window-size=1400,1000", "--virtual-time-budget=20000", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
 
 
 def test_dashboard_charts_live_figures_in_chromium(live, tmp_path):
