@@ -11,6 +11,7 @@ metrics export port for Prometheus. Ray names them ``ray_<name>``; the shipped s
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Iterable
@@ -22,6 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 from serving.api import ClassifyResponse
+
+logger = logging.getLogger("cascade")
 
 RAY_PREFIX = "ray_"  # what Ray puts before a custom metric's name on export
 
@@ -314,8 +317,11 @@ class ClusterMetricsReader:
 
     async def figures(self) -> DashboardFigures:
         if time.monotonic() - self._urls_at > self.nodes_every_s:
-            self._urls = await asyncio.to_thread(node_metrics_urls)
-            self._urls_at = time.monotonic()
+            try:
+                self._urls = await asyncio.to_thread(node_metrics_urls)
+                self._urls_at = time.monotonic()
+            except Exception as err:  # the GCS briefly unreachable: keep the nodes known so far
+                logger.warning("cannot list the Ray nodes: %r", err)
         async with httpx.AsyncClient(timeout=self.timeout_s) as client:
             answers = await asyncio.gather(*(client.get(url) for url in self._urls), return_exceptions=True)
         texts = [a.text for a in answers if isinstance(a, httpx.Response) and a.status_code == 200]
