@@ -207,6 +207,17 @@ def refresh_lock(home: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextmanager
+def failures_recorded(registry: Registry) -> Iterator[None]:
+    """Record a refresh round that raises as a ``refresh_failed`` event in the student's
+    history (where monitoring counts rounds by outcome), then let the error go on."""
+    try:
+        yield
+    except Exception as err:
+        registry.record("student", {"event": "refresh_failed", "error": f"{type(err).__name__}: {err}"})
+        raise
+
+
 def watch(
     registry: Registry, home: Path, splits: DataSplits, log_dir: Path, config: RefreshConfig, data_spec: str,
     every_records: int = 1000, every_minutes: float = 60.0, poll_s: float = 10.0, max_rounds: int | None = None,
@@ -225,7 +236,7 @@ def watch(
         if not due:
             continue
         try:
-            with refresh_lock(home):
+            with refresh_lock(home), failures_recorded(registry):
                 on_round(refresh(registry, home, splits, log_dir, config, data_spec, progress=False))
         except DistillError as err:  # one failed round (too few usable records, a moved pointer) does not end the watch
             on_round({"error": str(err)})

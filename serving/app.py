@@ -5,21 +5,26 @@ from a ``CascadeConfig``; deployments stay thin and call ``serving.cascade.Casca
 
 import asyncio
 import logging
+import threading
+import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from distill.escalations import EscalationRecord
+from distill.registry import Registry
 from router import AuditSampler, CostModel, TeacherRateLimiter
 from serving.api import ClassifyRequest, ClassifyResponse, ErrorResponse, ModelsResponse, ModelVersions
 from serving.cascade import Cascade, ModelOutput
 from serving.config import CascadeConfig, ModelDeploymentConfig
 from serving.log_writer import SegmentWriter
+from serving.metrics import ClusterMetricsReader, DashboardFigures, IngressMetrics, Recorder, refresh_outcome
 from serving.model_server import BatchedModel, texts_in
 
 logger = logging.getLogger("cascade")
@@ -39,16 +44,43 @@ class ModelServer(BatchedModel):
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1024)
 class LogWriter:
     """The single writer of the escalation log: batches appends from every ingress replica
-    into one fsync."""
+    into one fsync. Being a single replica, it also exports the refresh rounds recorded in the
+    registry history (``cascade refresh`` runs in its own process), so none is counted twice."""
 
-    def __init__(self, directory: str, max_bytes: int, max_seconds: float):
+    def __init__(self, directory: str, max_bytes: int, max_seconds: float, registry: str, refresh_poll_s: float):
         self.writer = SegmentWriter(Path(directory), max_bytes, max_seconds)
+        self.metrics = Recorder("cascade_log_records_total", "cascade_log_bytes_total", "cascade_log_write_errors_total", "cascade_refresh_runs_total")
+        threading.Thread(target=self._export_refresh_runs, args=(Registry(registry), refresh_poll_s), daemon=True).start()
 
     @serve.batch(max_batch_size=LOG_BATCH, batch_wait_timeout_s=0.002, batch_size_fn=texts_in)
     async def append(self, calls: list[list[EscalationRecord]]) -> list[int]:
         """Write every call's records, fsync once, and acknowledge each call."""
-        await asyncio.to_thread(self.writer.append, [r for call in calls for r in call])
+        bytes_before = self.writer.bytes_written
+        try:
+            written = await asyncio.to_thread(self.writer.append, [r for call in calls for r in call])
+        except OSError:
+            self.metrics.inc("cascade_log_write_errors_total")
+            raise
+        self.metrics.inc("cascade_log_records_total", written)
+        self.metrics.inc("cascade_log_bytes_total", self.writer.bytes_written - bytes_before)
         return [len(call) for call in calls]
+
+    def _export_refresh_runs(self, registry: Registry, every_s: float) -> None:
+        """Count the student's refresh rounds by outcome as they are recorded, checking every
+        ``every_s`` seconds (rounds recorded before this replica started are not counted)."""
+        seen = len(registry.history("student"))
+        while True:
+            try:
+                events = registry.history("student")
+            except OSError as err:
+                logger.warning("cannot read the registry history: %r", err)
+                events = []
+            for event in events[seen:]:
+                outcome = refresh_outcome(event)
+                if outcome is not None:
+                    self.metrics.inc("cascade_refresh_runs_total", outcome=outcome)
+            seen = max(seen, len(events))
+            time.sleep(every_s)
 
     def stats(self) -> dict:
         return {"records": self.writer.records_written, "bytes": self.writer.bytes_written}
@@ -83,6 +115,9 @@ class Ingress:
         )
         self.cascade: Cascade | None = None
         self._lock = asyncio.Lock()
+        self.metrics = IngressMetrics(self.config.routing.student_cost)
+        self.cluster_metrics = ClusterMetricsReader()
+        self.dashboard_page = resources.files("serving").joinpath("dashboard.html").read_text()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply the student's settings (model version, batching) when it runs in the ingress."""
@@ -119,12 +154,19 @@ class Ingress:
         return self.cascade
 
     async def _student_predict(self, texts: list[str]) -> ModelOutput:
+        start = time.perf_counter()
         if self.local_student is not None:
-            return await self.local_student.predict(texts)
-        return await self.student.predict.remote(texts)
+            output = await self.local_student.predict(texts)
+        else:
+            output = await self.student.predict.remote(texts)
+        self.metrics.observe("cascade_tier_latency_seconds", time.perf_counter() - start, tier="student")
+        return output
 
     async def _teacher_predict(self, texts: list[str]) -> ModelOutput:
-        return await self.teacher.predict.remote(texts)
+        start = time.perf_counter()
+        output = await self.teacher.predict.remote(texts)
+        self.metrics.observe("cascade_tier_latency_seconds", time.perf_counter() - start, tier="teacher")
+        return output
 
     async def _append_log(self, records: list[EscalationRecord]) -> int:
         chunks = [records[i : i + LOG_BATCH] for i in range(0, len(records), LOG_BATCH)]  # each fits one writer batch
@@ -138,7 +180,10 @@ class Ingress:
         if problem:
             return JSONResponse(status_code=problem[0], content={"error": problem[1]})
         cascade = await self._ready()
+        start = time.perf_counter()
         answer = await cascade.classify(texts, body.options)
+        self.metrics.record_response(answer, body.options.mode, time.perf_counter() - start)
+        self.metrics.record_audits(cascade.audit.audited, cascade.audit.agreed)
         # serialised once by pydantic-core; FastAPI would validate the model a second time
         return Response(answer.model_dump_json(), media_type="application/json")
 
@@ -193,6 +238,18 @@ class Ingress:
             goal=policy.get("goal"),
         )
 
+    @api.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+    async def dashboard(self) -> HTMLResponse:
+        """A self-contained page charting cost, teacher share, latency, throughput, audit
+        agreement and model versions, refreshed from ``/dashboard/data``."""
+        return HTMLResponse(self.dashboard_page)
+
+    @api.get("/dashboard/data", response_model=DashboardFigures)
+    async def dashboard_data(self) -> Response:
+        """Cumulative figures summed over every replica, read from each node's metrics endpoint."""
+        figures = await self.cluster_metrics.figures()
+        return Response(figures.model_dump_json(), media_type="application/json")
+
 
 def _user_config(settings: ModelDeploymentConfig) -> dict[str, Any]:
     """What a model's ``user_config`` carries: changing it swaps the model in place."""
@@ -225,7 +282,10 @@ def build_app(config: CascadeConfig):
     colocated = config.student.placement == "ingress"
     student = None if colocated else _model_deployment("student", config.student, config)
     teacher = _model_deployment("teacher", config.teacher, config)
-    log_writer = LogWriter.bind(str(config.log_path()), config.log.segment_max_bytes, config.log.segment_max_seconds)
+    log_writer = LogWriter.bind(
+        str(config.log_path()), config.log.segment_max_bytes, config.log.segment_max_seconds,
+        str(config.home / "registry"), config.metrics.refresh_poll_s,
+    )
     ingress = Ingress.options(
         num_replicas=config.ingress.num_replicas,
         max_ongoing_requests=config.ingress.max_ongoing_requests,

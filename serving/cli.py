@@ -173,7 +173,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
     from distill.config import RefreshConfig
     from distill.data import load_splits
-    from distill.refresh import refresh, refresh_lock, watch
+    from distill.refresh import failures_recorded, refresh, refresh_lock, watch
 
     registry = _registry(args)
     splits = load_splits(args.data, args.text_column, args.label_column)
@@ -191,7 +191,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
                   on_round=lambda report: print(json.dumps(report), flush=True))
         except KeyboardInterrupt:
             return 0
-    with refresh_lock(_home(args)):
+    with refresh_lock(_home(args)), failures_recorded(registry):
         report = refresh(registry, _home(args), splits, log_dir, config, args.data, progress=not args.quiet)
     print(json.dumps(report, indent=2))
     return 0
@@ -255,6 +255,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"starting the cascade (Ray Serve) on {config.host}:{config.port} ...", flush=True)
     url = runner.start(config)
     print(f"cascade serving at {url}\n  classify: POST {url}/v1/classify\n  API docs: {url}/docs\n"
+          f"  dashboard: {url}/dashboard\n  Prometheus metrics: http://{config.host}:{config.metrics.port}/metrics "
+          f"(Ray names them ray_cascade_*; deploy/prometheus/prometheus.yml stores them as cascade_*)\n"
           f"  escalation log: {config.log_path()}\nCtrl-C stops it.", flush=True)
     stopped = threading.Event()
     # explicit handlers: a shell that starts us in the background sets SIGINT to "ignore"

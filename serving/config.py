@@ -94,6 +94,14 @@ class LogConfig(_Strict):
     segment_max_seconds: float = Field(3600.0, gt=0)  # ... or past this age
 
 
+class MetricsConfig(_Strict):
+    """Prometheus metrics (through Ray's metrics API) and the built-in dashboard."""
+
+    port: int = Field(8080, ge=1, le=65535)  # the node's metrics export port, which Prometheus scrapes (GET /metrics)
+    report_interval_s: float = Field(5.0, ge=1, le=60)  # how often replicas report to the node's metrics agent (Ray allows no less than 1 s)
+    refresh_poll_s: float = Field(10.0, gt=0)  # how often the log writer reads the registry history for refresh outcomes
+
+
 class CascadeConfig(_Strict):
     """Everything `cascade serve` needs."""
 
@@ -108,6 +116,7 @@ class CascadeConfig(_Strict):
     routing: RoutingConfig = RoutingConfig()
     limits: LimitsConfig = LimitsConfig()
     log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     def log_path(self) -> Path:
         """Where escalation segments go."""

@@ -14,6 +14,7 @@ from ray import serve
 from distill.backends import HFClassifier
 from distill.registry import Registry
 from serving.cascade import ModelOutput
+from serving.metrics import ModelInfo
 
 logger = logging.getLogger("cascade")
 
@@ -46,6 +47,7 @@ class BatchedModel:
         self.poll_registry_s = 5.0
         self._watcher: asyncio.Task | None = None
         self._swap_lock = threading.Lock()  # configure() and the registry watcher never interleave
+        self.model_info = ModelInfo(role)
 
     def configure(self, user_config: dict[str, Any]) -> None:
         """Apply a model reference and batching settings (loading the model if it changed)."""
@@ -72,6 +74,7 @@ class BatchedModel:
                 raise ValueError(f"{model.version} has other labels than {self.model.version}; not swapped")
             model.predict_proba(["warm up"])
             self.model, self.source = model, source
+            self.model_info.serving(model.version)
             logger.info("%s now serving %s", self.role, model.version)
 
     async def _follow_registry(self) -> None:
