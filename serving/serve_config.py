@@ -60,7 +60,6 @@ class KubeRayOptions(BaseModel):
     home_mount: str = "/var/lib/cascade"  # CASCADE_HOME in every pod (the Dockerfile's too)
     home_claim: str = "cascade-home"  # a ReadWriteMany PersistentVolumeClaim holding the registry and the log
     fs_group: int = 10001  # the Dockerfile's user: the volume is made writable for this group
-    metrics_port: int = Field(8080, ge=1, le=65535)  # each node's Prometheus metrics export port
     head_cpu: str = "2"
     head_memory: str = "8Gi"
     worker_cpu: str = "4"
@@ -124,15 +123,15 @@ def rayservice(config: CascadeConfig, options: KubeRayOptions) -> dict[str, Any]
         raise ConfigError(f"the student and teacher want {wanted:g} GPUs, the worker group has at most {available}")
     if options.max_workers < options.workers:
         raise ConfigError(f"max_workers ({options.max_workers}) must be >= workers ({options.workers})")
-    metrics = {"metrics-export-port": str(options.metrics_port)}
+    metrics = {"metrics-export-port": str(config.metrics.port)}
     head = _container(
         "ray-head", options,
-        {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "serve": config.port, "metrics": options.metrics_port},
+        {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "serve": config.port, "metrics": config.metrics.port},
         {"cpu": options.head_cpu, "memory": options.head_memory},
     )
     worker = _container(
         "ray-worker", options,
-        {"serve": config.port, "metrics": options.metrics_port},
+        {"serve": config.port, "metrics": config.metrics.port},
         {"cpu": options.worker_cpu, "memory": options.worker_memory, "nvidia.com/gpu": str(options.worker_gpus)},
     )
     return {

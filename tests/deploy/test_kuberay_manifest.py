@@ -97,7 +97,8 @@ def test_a_head_group_and_a_gpu_worker_group_with_the_student_on_a_fractional_gp
 
 def test_the_metrics_port_is_exposed_on_every_node(manifest):
     cluster = manifest["spec"]["rayClusterConfig"]
-    port = KubeRayOptions().metrics_port
+    # the port every node exports metrics on is the serving config's, the one source of truth
+    port = load_config(ROOT / "deploy/kuberay/cascade.yaml").metrics.port
     for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
         assert group["rayStartParams"]["metrics-export-port"] == str(port)
         container = group["template"]["spec"]["containers"][0]
