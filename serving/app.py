@@ -19,6 +19,7 @@ from router import AuditSampler, CostModel, TeacherRateLimiter
 from serving.api import ClassifyRequest, ClassifyResponse, ErrorResponse, ModelsResponse, ModelVersions
 from serving.cascade import Cascade, ModelOutput
 from serving.config import CascadeConfig, ModelDeploymentConfig
+from serving import kserve
 from serving.log_writer import SegmentWriter
 from serving.model_server import BatchedModel, texts_in
 
@@ -82,6 +83,7 @@ class Ingress:
         )
         self.cascade: Cascade | None = None
         self._lock = asyncio.Lock()
+        self.label_only_teachers: set[str] = set()  # versions of black-box teachers that answer with a label alone
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply the student's settings (model version, batching) when it runs in the ingress."""
@@ -115,6 +117,8 @@ class Ingress:
                     auditor=AuditSampler(routing.audit_rate) if routing.audit_rate > 0 else None,
                 )
                 self.cascade.versions = ModelVersions(student=student["version"], teacher=teacher["version"])
+                if teacher["label_only"]:
+                    self.label_only_teachers.add(teacher["version"])
         return self.cascade
 
     async def _student_predict(self, texts: list[str]) -> ModelOutput:
@@ -126,6 +130,9 @@ class Ingress:
         return await self.teacher.predict.remote(texts)
 
     async def _append_log(self, records: list[EscalationRecord]) -> int:
+        # a label-only teacher's one-hot rows are marked as such, so refresh trains on them as labels
+        records = [r.model_copy(update={"teacher_label_only": True}) if r.teacher_version in self.label_only_teachers else r
+                   for r in records]
         chunks = [records[i : i + LOG_BATCH] for i in range(0, len(records), LOG_BATCH)]  # each fits one writer batch
         return sum(await asyncio.gather(*(self.log_writer.append.remote(chunk) for chunk in chunks)))
 
@@ -193,6 +200,58 @@ class Ingress:
         )
 
 
+    # --- the Open Inference Protocol (KServe V2); serving.kserve holds its schemas and translation
+
+    @api.get("/v2", response_model=kserve.ServerMetadata)
+    async def v2_server(self) -> kserve.ServerMetadata:
+        """V2 server metadata."""
+        return kserve.server_metadata()
+
+    @api.get("/v2/health/live")
+    async def v2_live(self) -> dict:
+        """V2 liveness: the ingress is alive."""
+        return {"live": True}
+
+    @api.get("/v2/health/ready", responses={503: {"model": ErrorResponse}})
+    async def v2_ready(self) -> Any:
+        """V2 readiness: both models are loaded and answer."""
+        answer = await self.readyz()
+        return answer if isinstance(answer, Response) else {"ready": True}
+
+    @api.get("/v2/models/{name}/ready", responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+    async def v2_model_ready(self, name: str) -> Any:
+        """V2 model readiness."""
+        try:
+            kserve.check_model(self.config.app_name, name)
+        except kserve.V2Error as err:
+            return err.response()
+        answer = await self.readyz()
+        return answer if isinstance(answer, Response) else {"name": name, "ready": True}
+
+    @api.get("/v2/models/{name}", response_model=kserve.ModelMetadata, responses={404: {"model": ErrorResponse}})
+    async def v2_model(self, name: str) -> Any:
+        """V2 model metadata: the input ``text`` (BYTES) and the outputs."""
+        try:
+            kserve.check_model(self.config.app_name, name)
+        except kserve.V2Error as err:
+            return err.response()
+        return kserve.model_metadata(name, (await self._student_info())["version"])
+
+    @api.post("/v2/models/{name}/infer", responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 413: {"model": ErrorResponse}})
+    async def v2_infer(self, name: str, request: Request) -> Response:
+        """V2 inference: a BYTES tensor of texts through the same cascade as /v1/classify."""
+        try:
+            kserve.check_model(self.config.app_name, name)
+            call = kserve.parse_infer(await request.body(), request.headers.get(kserve.HEADER_LENGTH))
+        except kserve.V2Error as err:
+            return err.response()
+        problem = self._check(call.texts)
+        if problem:
+            return JSONResponse(status_code=problem[0], content={"error": problem[1]})
+        answer = await (await self._ready()).classify(call.texts, call.options)
+        return kserve.infer_response(name, call, answer)
+
+
 def _user_config(settings: ModelDeploymentConfig) -> dict[str, Any]:
     """What a model's ``user_config`` carries: changing it swaps the model in place."""
     return {
@@ -200,6 +259,8 @@ def _user_config(settings: ModelDeploymentConfig) -> dict[str, Any]:
         "max_batch_size": settings.max_batch_size,
         "batch_wait_timeout_s": settings.batch_wait_timeout_s,
         "poll_registry_s": settings.poll_registry_s,
+        # a teacher may be a black-box model over HTTP instead of a registry model
+        "remote": remote.model_dump(mode="json") if (remote := getattr(settings, "remote", None)) else None,
     }
 
 
