@@ -65,7 +65,7 @@ class RemoteTeacherSettings(BaseModel):
     model: str | None = None  # the model name sent to an openai endpoint (required there)
     api_key_env: str | None = None  # environment variable holding the API key (sent as a bearer token)
     labels: list[str] | None = None  # the label list; None: the registry's current student's labels
-    timeout_s: float = Field(10.0, gt=0)  # per HTTP call
+    timeout_s: float = Field(4.0, gt=0)  # per HTTP call (the cascade's routing.teacher_timeout_s bounds the whole escalation)
     retries: int = Field(3, ge=0)  # extra attempts after a retryable failure
     backoff_s: float = Field(0.5, ge=0)  # first retry delay; doubles with each attempt
     concurrency: int = Field(8, ge=1)  # HTTP calls in flight at once, at most

@@ -127,6 +127,16 @@ class CascadeConfig(_Strict):
         """Where escalation segments go."""
         return Path(self.log.path) if self.log.path else self.home / "escalations"
 
+    @model_validator(mode="after")
+    def _remote_teacher_answers_in_time(self) -> "CascadeConfig":
+        remote = self.teacher.remote
+        if remote is not None and remote.timeout_s >= self.routing.teacher_timeout_s:
+            raise ValueError(
+                f"teacher.remote.timeout_s ({remote.timeout_s}) must be below routing.teacher_timeout_s "
+                f"({self.routing.teacher_timeout_s}): the cascade would stop waiting before one call could answer"
+            )
+        return self
+
 
 class ConfigError(ValueError):
     """A config file that cannot be read or does not validate; the message names the field."""

@@ -48,7 +48,7 @@ def remote_cascade(tiny_home, fake_teacher, tmp_path_factory):
         "limits": {"max_items": 64},
         "log": {"path": str(tmp_path_factory.mktemp("remote-escalations"))},
         "teacher": {"num_cpus": 0.25, "remote": {"kind": "openai", "url": f"{fake_teacher.url}/v1", "model": "fake-llm",
-                                                 "timeout_s": 5, "retries": 2, "backoff_s": 0.05, "concurrency": 4}},
+                                                 "timeout_s": 3, "retries": 2, "backoff_s": 0.05, "concurrency": 4}},
     })
     url = runner.start(config, num_cpus=2)
     yield url, config

@@ -156,5 +156,7 @@ def test_serving_config_takes_a_remote_teacher(tmp_path):
     assert config.teacher.remote.retries == 5 and config.teacher.remote.version() == "remote:m@llm:8000"
     with pytest.raises(ConfigError, match="not both"):
         load_config(None, teacher={"remote": remote, "model": "some-version"})
+    with pytest.raises(ConfigError, match=r"teacher.remote.timeout_s \(8.0\) must be below routing.teacher_timeout_s \(5.0\)"):
+        load_config(None, teacher={"remote": remote | {"timeout_s": 8}})
     with pytest.raises(ConfigError, match="teacher.remote.kind"):
         load_config(None, teacher={"remote": remote | {"kind": "grpc"}})
