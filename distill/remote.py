@@ -97,24 +97,27 @@ class _Retryable(Exception):
     """A failure worth another attempt (timeout, connection error, 429, 5xx, unusable answer)."""
 
 
-def _normalise(text: str) -> str:
-    return re.sub(r"[\s_\-]+", " ", text.strip().lower()).strip()
+def _words(text: str) -> str:
+    """Lower case, each run of other characters than letters and digits as one space."""
+    return " ".join(re.sub(r"[\W_]+", " ", text.lower()).split())
 
 
 def parse_label(answer: str, labels: Sequence[str]) -> str | None:
     """The label a model's free-text ``answer`` names, or None when it names none or several.
 
-    Exact match first (ignoring case, quotes, trailing punctuation, and ``_``/``-`` versus
-    spaces), then a ``label: X`` prefix, then the one label that occurs as whole words in the
-    answer; the longest label wins when one contains another ("card" inside "card arrival").
+    Exact match first, then the same ignoring case, punctuation and ``_``/``-`` versus spaces
+    (also after a "label:" or "the answer is" prefix), then the one label that occurs as whole
+    words in the answer; the longest wins when one label contains another ("card" inside
+    "card arrival").
     """
-    by_form = {_normalise(label): label for label in labels}
-    cleaned = _normalise(answer.strip().strip("`'\"*.!").strip())
-    cleaned = re.sub(r"^(the )?(label|answer|intent|category)( is)?\s*:?\s*", "", cleaned).strip("`'\"*.! ")
-    if cleaned in by_form:
-        return by_form[cleaned]
-    spoken = f" {re.sub(r'[^a-z0-9 ]+', ' ', _normalise(answer))} "
-    found = [form for form in by_form if f" {form} " in spoken]
+    if answer.strip() in labels:
+        return answer.strip()
+    by_form = {_words(label): label for label in labels}
+    spoken = _words(answer)
+    for candidate in (spoken, re.sub(r"^(the )?(label|answer|intent|category)( is)? ", "", spoken)):
+        if candidate in by_form:
+            return by_form[candidate]
+    found = [form for form in by_form if form and f" {form} " in f" {spoken} "]
     found = [form for form in found if not any(form != other and f" {form} " in f" {other} " for other in found)]
     return by_form[found[0]] if len(found) == 1 else None
 

@@ -16,10 +16,10 @@ from ray.serve.handle import DeploymentHandle
 
 from distill.escalations import EscalationRecord
 from router import AuditSampler, CostModel, TeacherRateLimiter
+from serving import kserve
 from serving.api import ClassifyRequest, ClassifyResponse, ErrorResponse, ModelsResponse, ModelVersions
 from serving.cascade import Cascade, ModelOutput
 from serving.config import CascadeConfig, ModelDeploymentConfig
-from serving import kserve
 from serving.log_writer import SegmentWriter
 from serving.model_server import BatchedModel, texts_in
 
@@ -67,6 +67,11 @@ async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONRespo
         f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()
     )
     return JSONResponse(status_code=422, content={"error": problems})
+
+
+@api.exception_handler(kserve.V2Error)
+async def _refused_v2_request(_: Request, exc: kserve.V2Error) -> JSONResponse:
+    return exc.response()
 
 
 @serve.deployment
@@ -199,7 +204,6 @@ class Ingress:
             goal=policy.get("goal"),
         )
 
-
     # --- the Open Inference Protocol (KServe V2); serving.kserve holds its schemas and translation
 
     @api.get("/v2", response_model=kserve.ServerMetadata)
@@ -221,33 +225,24 @@ class Ingress:
     @api.get("/v2/models/{name}/ready", responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
     async def v2_model_ready(self, name: str) -> Any:
         """V2 model readiness."""
-        try:
-            kserve.check_model(self.config.app_name, name)
-        except kserve.V2Error as err:
-            return err.response()
+        kserve.check_model(self.config.app_name, name)
         answer = await self.readyz()
         return answer if isinstance(answer, Response) else {"name": name, "ready": True}
 
     @api.get("/v2/models/{name}", response_model=kserve.ModelMetadata, responses={404: {"model": ErrorResponse}})
     async def v2_model(self, name: str) -> Any:
         """V2 model metadata: the input ``text`` (BYTES) and the outputs."""
-        try:
-            kserve.check_model(self.config.app_name, name)
-        except kserve.V2Error as err:
-            return err.response()
+        kserve.check_model(self.config.app_name, name)
         return kserve.model_metadata(name, (await self._student_info())["version"])
 
     @api.post("/v2/models/{name}/infer", responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 413: {"model": ErrorResponse}})
     async def v2_infer(self, name: str, request: Request) -> Response:
         """V2 inference: a BYTES tensor of texts through the same cascade as /v1/classify."""
-        try:
-            kserve.check_model(self.config.app_name, name)
-            call = kserve.parse_infer(await request.body(), request.headers.get(kserve.HEADER_LENGTH))
-        except kserve.V2Error as err:
-            return err.response()
+        kserve.check_model(self.config.app_name, name)
+        call = kserve.parse_infer(await request.body(), request.headers.get(kserve.HEADER_LENGTH))
         problem = self._check(call.texts)
         if problem:
-            return JSONResponse(status_code=problem[0], content={"error": problem[1]})
+            raise kserve.V2Error(*problem)
         answer = await (await self._ready()).classify(call.texts, call.options)
         return kserve.infer_response(name, call, answer)
 

@@ -51,6 +51,8 @@ def test_labels_with_separators_and_overlaps_parse():
     assert parse_label("It is about my card arrival", labels) == "card_arrival"  # the longer label wins over "card"
     assert parse_label("EXCHANGE RATE", labels) == "exchange-rate"
     assert parse_label("card", labels) == "card"
+    assert parse_label("Überweisung.", ["kontostand", "überweisung"]) == "überweisung"  # labels in any language
+    assert parse_label("天気", ["天気", "音楽"]) == "天気"
 
 
 def test_openai_teacher_gives_one_hot_rows_from_the_endpoints_answers(fake_teacher):
