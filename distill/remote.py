@@ -151,7 +151,7 @@ class RemoteClassifier:
         self._openai = None
         key = settings.api_key()
         if settings.kind == "openai":
-            from openai import OpenAI
+            from openai import OpenAI  # imported here: it takes seconds, and only this kind needs it
 
             # the client's own retries are off: this class retries, with its own backoff and budget
             self._openai = OpenAI(base_url=settings.url, api_key=key or "unused", timeout=settings.timeout_s, max_retries=0)
@@ -169,15 +169,15 @@ class RemoteClassifier:
             probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
             probs[np.arange(len(texts)), [self.labels.index(a) for a in answers]] = 1.0
             return probs
-        return self._with_retries(lambda _: self._json_probabilities(list(texts)))
+        return self._with_retries(lambda: self._json_probabilities(list(texts)))
 
-    def _with_retries(self, attempt_call: Callable[[int], T]) -> T:
-        """Run ``attempt_call(attempt)`` inside a concurrency slot, retrying retryable failures
-        with exponential backoff; the last failure becomes a ``RemoteTeacherError``."""
+    def _with_retries(self, call: Callable[[], T]) -> T:
+        """Run ``call()`` inside a concurrency slot, retrying retryable failures with
+        exponential backoff; the last failure becomes a ``RemoteTeacherError``."""
         for attempt in itertools.count():
             try:
                 with self._slots:
-                    return attempt_call(attempt)
+                    return call()
             except _Retryable as err:
                 if attempt >= self.settings.retries:
                     raise RemoteTeacherError(f"remote teacher {self.version}: {err} (after {attempt + 1} attempt(s))") from err
@@ -189,7 +189,7 @@ class RemoteClassifier:
         system = SYSTEM_PROMPT.format(labels="\n".join(self.labels))
         last_answer: list[str] = []
 
-        def ask(_: int) -> str:
+        def ask() -> str:
             messages = [{"role": "system", "content": system}, {"role": "user", "content": text}]
             if last_answer:
                 messages += [{"role": "assistant", "content": last_answer[0]},
@@ -204,7 +204,7 @@ class RemoteClassifier:
         return self._with_retries(ask)
 
     def _chat(self, messages: list[dict]) -> str:
-        import openai
+        import openai  # already loaded by __init__
 
         try:
             completion = self._openai.chat.completions.create(model=self.settings.model, messages=messages, temperature=0)
