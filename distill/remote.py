@@ -64,7 +64,7 @@ class RemoteTeacherSettings(BaseModel):
     url: str = Field(min_length=1)  # openai: the API base (…/v1); json: the endpoint itself
     model: str | None = None  # the model name sent to an openai endpoint (required there)
     api_key_env: str | None = None  # environment variable holding the API key (sent as a bearer token)
-    labels: list[str] | None = None  # the label list; None: the registry's current student's labels
+    labels: list[str] | None = None  # the label list, in the student's order; None: the registry's current student's labels
     timeout_s: float = Field(4.0, gt=0)  # per HTTP call (the cascade's routing.teacher_timeout_s bounds the whole escalation)
     retries: int = Field(3, ge=0)  # extra attempts after a retryable failure
     backoff_s: float = Field(0.5, ge=0)  # first retry delay; doubles with each attempt

@@ -154,6 +154,20 @@ def test_escalations_are_logged_with_the_remote_teachers_label(remote_cascade, f
         assert record.teacher_probs == [1.0 if label == record.teacher_label else 0.0 for label in labels]
 
 
+def test_a_failing_remote_teacher_degrades_to_the_student_and_logs_nothing(remote_cascade, fake_teacher):
+    url, config = remote_cascade
+    before = len(read_records(config.log_path()))
+    fake_teacher.script = [503] * 200  # every call fails, retries included
+    try:
+        body = classify(url, ODD)
+    finally:
+        fake_teacher.script = []
+    escalated = [p for p in body["predictions"] if p["escalated"]]
+    assert escalated, "odd texts are unsure"
+    assert all(p["degraded"] and p["cause"] == "teacher_unavailable" and p["tier"] == "student" for p in escalated)
+    assert body["logged"] == 0 and len(read_records(config.log_path())) == before
+
+
 def test_a_student_is_distilled_label_only_from_the_remote_teachers_log(remote_cascade, tiny_home, tiny_data, tmp_path, capsys, labels):
     from serving.cli import main
 
