@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 MODEL = "cascade-remote"
 IN_DOMAIN = ["play some jazz", "set an alarm for 7 am", "what is the weather tomorrow", "transfer 50 dollars to savings"]
 ODD = ["zebra quantum pancake", "the of and a", "purple", "yes", "banana telescope"]
+NOVEL = [f"{a} {b}" for a, b in zip(["violin", "granite", "orbit", "lantern", "meadow", "copper"], ["falcon", "harbor", "prism", "tundra", "velvet", "quartz"])]
 
 
 def free_port() -> int:
@@ -171,7 +172,8 @@ def test_a_failing_remote_teacher_degrades_to_the_student_and_logs_nothing(remot
 def test_a_student_is_distilled_label_only_from_the_remote_teachers_log(remote_cascade, tiny_home, tiny_data, tmp_path, capsys, labels):
     from serving.cli import main
 
-    _, config = remote_cascade
+    url, config = remote_cascade
+    assert classify(url, NOVEL, mode="teacher")["logged"] == len(NOVEL)  # more to learn from than the earlier tests logged
     records = [r for r in read_records(config.log_path()) if r.teacher_label_only]
     assert records, "the earlier tests log escalations"
     home = tmp_path / "home"
@@ -190,6 +192,8 @@ def test_a_student_is_distilled_label_only_from_the_remote_teachers_log(remote_c
     taught = np.array([labels.index(rule_label(t, labels)) for t in texts])
     probs = candidate.predict_proba(texts)
     assert probs.shape == (len(texts), len(labels)) and np.allclose(probs.sum(1), 1, atol=1e-5)
-    # it learned the teacher's labels for the escalated texts, which its parent did not know
-    learned, before = np.mean(probs.argmax(1) == taught), np.mean(parent.predict_proba(texts).argmax(1) == taught)
-    assert learned > before or learned == 1.0, (learned, before)
+    # it learned the teacher's labels where its parent disagreed with the teacher
+    differ = parent.predict_proba(texts).argmax(1) != taught
+    assert differ.sum() >= 2, "the logged texts must hold something the parent did not know"
+    learned = np.mean(probs.argmax(1)[differ] == taught[differ])
+    assert learned >= 0.5, f"agrees with the teacher on {learned:.0%} of the {differ.sum()} texts its parent got otherwise"
