@@ -31,6 +31,7 @@ class Classifier(Protocol):
 
     labels: list[str]
     version: str
+    label_only: bool  # True: rows are the model's top label, one-hot (a black-box teacher), not probabilities
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Probabilities, shape (len(texts), len(labels)), rows summing to one."""
@@ -71,6 +72,8 @@ class HFClassifier:
     >>> model.predict_proba(["where is my card?"]).shape  # doctest: +SKIP
     (1, 77)
     """
+
+    label_only = False  # its rows are real probabilities
 
     def __init__(
         self,

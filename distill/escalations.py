@@ -31,6 +31,7 @@ class EscalationRecord(BaseModel):
     teacher_label: str
     student_probs: list[float] | None  # in the label order of the models (they share one)
     teacher_probs: list[float]  # the soft labels distillation learns from
+    teacher_label_only: bool = False  # a black-box teacher gave its label alone: teacher_probs is one-hot, not soft
     student_version: str | None
     teacher_version: str
 

@@ -6,7 +6,9 @@
    top-2 margin is under a floor (noise); plus a replay sample of the base training split
    (ground truth and cached teacher outputs) against forgetting. Escalations are a biased
    sample of hard inputs, so their total weight is capped.
-2. Train a candidate, warm-started from the current student (or from scratch).
+2. Train a candidate, warm-started from the current student (or from scratch). When records
+   come from a black-box teacher that gave labels alone (``teacher_label_only``), the round
+   trains label-only (the teacher's top label, ``losses.label_only_loss``) instead of soft.
 3. Gate on the validation split, which no training run sees: the candidate must be at least
    as accurate as the current student (minus a tolerance) and, at its freshly fitted policy,
    reach the goal with no more escalation than the current student's policy.
@@ -20,7 +22,7 @@ import copy
 import fcntl
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -112,7 +114,8 @@ def build_dataset(records: list[EscalationRecord], splits: DataSplits, base_log_
     escalation_weight = min(1.0, config.max_escalation_weight / (1 - config.max_escalation_weight) * n_replay / len(kept)) if share > config.max_escalation_weight else 1.0
     weights = np.concatenate([np.full(len(kept), escalation_weight), np.ones(n_replay)]).astype(np.float32)
     stats = {"escalation_rows": len(kept), "replay_rows": int(n_replay), "escalation_weight": round(escalation_weight, 4),
-             "audit_rows": sum(r.reason == "audit" for r in kept), "dropped": dropped}
+             "audit_rows": sum(r.reason == "audit" for r in kept), "label_only_rows": sum(r.teacher_label_only for r in kept),
+             "teacher_versions": sorted({r.teacher_version for r in kept}), "dropped": dropped}
     return RefreshData(texts, labels, log_probs, weights, stats)
 
 
@@ -157,26 +160,30 @@ def refresh(registry: Registry, home: Path, splits: DataSplits, log_dir: Path, c
     current = HFClassifier.load(registry.current_path("student"))
     cache = TeacherCache(home / "cache")
     data = build_dataset(read_records(log_dir), splits, cache.log_probs(teacher, splits.train), teacher.labels, config, config.train.seed)
+    train_config = config.train
+    if data.stats["label_only_rows"] and train_config.mode == "soft":
+        # a black-box teacher's records hold its label alone (one-hot rows), not soft labels: learn them as labels
+        train_config = replace(train_config, mode="label-only")
     if config.warm_start:
         model, tokenizer = copy.deepcopy(current.model), current.tokenizer
     else:  # a fresh student of the current one's kind and size
         known = current.meta.train_config if current.meta else {}
         spec = StudentSpec(kind=known.get("kind", "bow"), layers=known.get("layers", 2),
-                           hidden_size=known.get("hidden_size", 512), train=config.train)
+                           hidden_size=known.get("hidden_size", 512), train=train_config)
         model, tokenizer = new_student(teacher, spec)
     if config.workers:
         from distill.distributed import train_on_ray
 
         metrics = train_on_ray(model, tokenizer, data.texts, data.labels, data.teacher_log_probs, data.weights,
-                               config.train, config.workers, home / "ray-train")
+                               train_config, config.workers, home / "ray-train")
     else:
-        metrics = train_student(model, tokenizer, data.texts, data.labels, data.teacher_log_probs, config.train, data.weights, progress)
+        metrics = train_student(model, tokenizer, data.texts, data.labels, data.teacher_log_probs, train_config, data.weights, progress)
     candidate = HFClassifier(model, tokenizer, version="candidate")
     decision, policy = gate(candidate, current, teacher, splits, cache, config.goal, config.tolerance)
     meta = ModelMeta(
         version=new_version_id("student"), role="student", kind=current.meta.kind if current.meta else "student",
         parent=current.version, teacher=teacher.version, data=data_record(data_spec, splits) | {"refresh": data.stats},
-        train_config={**(current.meta.train_config if current.meta else {}), **asdict(config.train), "warm_start": config.warm_start},
+        train_config={**(current.meta.train_config if current.meta else {}), **asdict(train_config), "warm_start": config.warm_start},
         metrics=metrics | {"gate": decision.figures, "gate_passed": decision.promote},
         policy=policy.to_dict(),
     )

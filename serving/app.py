@@ -20,7 +20,8 @@ from ray.serve.handle import DeploymentHandle
 from distill.escalations import EscalationRecord
 from distill.registry import Registry
 from router import AuditSampler, CostModel, TeacherRateLimiter
-from serving.api import ClassifyRequest, ClassifyResponse, ErrorResponse, ModelsResponse, ModelVersions
+from serving import kserve
+from serving.api import ClassifyOptions, ClassifyRequest, ClassifyResponse, ErrorResponse, ModelsResponse, ModelVersions
 from serving.cascade import Cascade, ModelOutput
 from serving.config import CascadeConfig, ModelDeploymentConfig
 from serving.log_writer import SegmentWriter
@@ -101,6 +102,11 @@ async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONRespo
     return JSONResponse(status_code=422, content={"error": problems})
 
 
+@api.exception_handler(kserve.V2Error)
+async def _refused_v2_request(_: Request, exc: kserve.V2Error) -> JSONResponse:
+    return exc.response()
+
+
 @serve.deployment
 @serve.ingress(api)
 class Ingress:
@@ -118,6 +124,7 @@ class Ingress:
         self.metrics = IngressMetrics(self.config.routing.student_cost)
         self.cluster_metrics = ClusterMetricsReader()
         self.dashboard_page = resources.files("serving").joinpath("dashboard.html").read_text()
+        self.label_only_teachers: set[str] = set()  # versions of black-box teachers that answer with a label alone
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply the student's settings (model version, batching) when it runs in the ingress."""
@@ -151,6 +158,8 @@ class Ingress:
                     auditor=AuditSampler(routing.audit_rate) if routing.audit_rate > 0 else None,
                 )
                 self.cascade.versions = ModelVersions(student=student["version"], teacher=teacher["version"])
+                if teacher["label_only"]:
+                    self.label_only_teachers.add(teacher["version"])
         return self.cascade
 
     async def _student_predict(self, texts: list[str]) -> ModelOutput:
@@ -169,6 +178,9 @@ class Ingress:
         return output
 
     async def _append_log(self, records: list[EscalationRecord]) -> int:
+        # a label-only teacher's one-hot rows are marked as such, so refresh trains on them as labels
+        records = [r.model_copy(update={"teacher_label_only": True}) if r.teacher_version in self.label_only_teachers else r
+                   for r in records]
         chunks = [records[i : i + LOG_BATCH] for i in range(0, len(records), LOG_BATCH)]  # each fits one writer batch
         return sum(await asyncio.gather(*(self.log_writer.append.remote(chunk) for chunk in chunks)))
 
@@ -179,13 +191,18 @@ class Ingress:
         problem = self._check(texts)
         if problem:
             return JSONResponse(status_code=problem[0], content={"error": problem[1]})
-        cascade = await self._ready()
-        start = time.perf_counter()
-        answer = await cascade.classify(texts, body.options)
-        self.metrics.record_response(answer, body.options.mode, time.perf_counter() - start)
-        self.metrics.record_audits(cascade.audit.audited, cascade.audit.agreed)
+        answer = await self._answer(texts, body.options)
         # serialised once by pydantic-core; FastAPI would validate the model a second time
         return Response(answer.model_dump_json(), media_type="application/json")
+
+    async def _answer(self, texts: list[str], options: ClassifyOptions) -> ClassifyResponse:
+        """Run the cascade and record the request's metrics: one path for /v1 and /v2."""
+        cascade = await self._ready()
+        start = time.perf_counter()
+        answer = await cascade.classify(texts, options)
+        self.metrics.record_response(answer, options.mode, time.perf_counter() - start)
+        self.metrics.record_audits(cascade.audit.audited, cascade.audit.agreed)
+        return answer
 
     def _check(self, texts: list[str]) -> tuple[int, str] | None:
         limits = self.config.limits
@@ -250,6 +267,47 @@ class Ingress:
         figures = await self.cluster_metrics.figures()
         return Response(figures.model_dump_json(), media_type="application/json")
 
+    # --- the Open Inference Protocol (KServe V2); serving.kserve holds its schemas and translation
+
+    @api.get("/v2", response_model=kserve.ServerMetadata)
+    async def v2_server(self) -> kserve.ServerMetadata:
+        """V2 server metadata."""
+        return kserve.server_metadata()
+
+    @api.get("/v2/health/live")
+    async def v2_live(self) -> dict:
+        """V2 liveness: the ingress is alive."""
+        return {"live": True}
+
+    @api.get("/v2/health/ready", responses={503: {"model": ErrorResponse}})
+    async def v2_ready(self) -> Any:
+        """V2 readiness: both models are loaded and answer."""
+        answer = await self.readyz()
+        return answer if isinstance(answer, Response) else {"ready": True}
+
+    @api.get("/v2/models/{name}/ready", responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+    async def v2_model_ready(self, name: str) -> Any:
+        """V2 model readiness."""
+        kserve.check_model(self.config.app_name, name)
+        answer = await self.readyz()
+        return answer if isinstance(answer, Response) else {"name": name, "ready": True}
+
+    @api.get("/v2/models/{name}", response_model=kserve.ModelMetadata, responses={404: {"model": ErrorResponse}})
+    async def v2_model(self, name: str) -> Any:
+        """V2 model metadata: the input ``text`` (BYTES) and the outputs."""
+        kserve.check_model(self.config.app_name, name)
+        return kserve.model_metadata(name, (await self._student_info())["version"])
+
+    @api.post("/v2/models/{name}/infer", responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 413: {"model": ErrorResponse}})
+    async def v2_infer(self, name: str, request: Request) -> Response:
+        """V2 inference: a BYTES tensor of texts through the same cascade as /v1/classify."""
+        kserve.check_model(self.config.app_name, name)
+        call = kserve.parse_infer(await request.body(), request.headers.get(kserve.HEADER_LENGTH))
+        problem = self._check(call.texts)
+        if problem:
+            raise kserve.V2Error(*problem)
+        return kserve.infer_response(name, call, await self._answer(call.texts, call.options))
+
 
 def _user_config(settings: ModelDeploymentConfig) -> dict[str, Any]:
     """What a model's ``user_config`` carries: changing it swaps the model in place."""
@@ -258,6 +316,8 @@ def _user_config(settings: ModelDeploymentConfig) -> dict[str, Any]:
         "max_batch_size": settings.max_batch_size,
         "batch_wait_timeout_s": settings.batch_wait_timeout_s,
         "poll_registry_s": settings.poll_registry_s,
+        # a teacher may be a black-box model over HTTP instead of a registry model
+        "remote": remote.model_dump(mode="json") if (remote := getattr(settings, "remote", None)) else None,
     }
 
 

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from distill.config import DEFAULT_GOAL
+from distill.remote import RemoteTeacherSettings
 from distill.settings import default_home
 
 
@@ -55,6 +56,19 @@ class StudentDeploymentConfig(ModelDeploymentConfig):
     def _gpu_needs_a_deployment(self) -> "StudentDeploymentConfig":
         if self.placement == "ingress" and self.num_gpus > 0:
             raise ValueError("a student on a GPU (num_gpus > 0) needs placement: deployment")
+        return self
+
+
+class TeacherDeploymentConfig(ModelDeploymentConfig):
+    """The teacher: a model from the registry (``model``), or a black-box model over HTTP
+    (``remote``: an OpenAI-compatible chat endpoint or a JSON endpoint returning probabilities)."""
+
+    remote: RemoteTeacherSettings | None = None  # set: the teacher deployment calls this endpoint instead of loading a model
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TeacherDeploymentConfig":
+        if self.remote is not None and self.model is not None:
+            raise ValueError("give the teacher a `model` or a `remote` endpoint, not both")
         return self
 
 
@@ -111,7 +125,7 @@ class CascadeConfig(_Strict):
     port: int = Field(8000, ge=1, le=65535)
     app_name: str = "cascade"
     student: StudentDeploymentConfig = StudentDeploymentConfig()
-    teacher: ModelDeploymentConfig = ModelDeploymentConfig(num_cpus=0.5, max_batch_size=64, max_ongoing_requests=128)
+    teacher: TeacherDeploymentConfig = TeacherDeploymentConfig(num_cpus=0.5, max_batch_size=64, max_ongoing_requests=128)
     ingress: IngressConfig = IngressConfig()
     routing: RoutingConfig = RoutingConfig()
     limits: LimitsConfig = LimitsConfig()
@@ -121,6 +135,16 @@ class CascadeConfig(_Strict):
     def log_path(self) -> Path:
         """Where escalation segments go."""
         return Path(self.log.path) if self.log.path else self.home / "escalations"
+
+    @model_validator(mode="after")
+    def _remote_teacher_answers_in_time(self) -> "CascadeConfig":
+        remote = self.teacher.remote
+        if remote is not None and remote.timeout_s >= self.routing.teacher_timeout_s:
+            raise ValueError(
+                f"teacher.remote.timeout_s ({remote.timeout_s}) must be below routing.teacher_timeout_s "
+                f"({self.routing.teacher_timeout_s}): the cascade would stop waiting before one call could answer"
+            )
+        return self
 
 
 class ConfigError(ValueError):

@@ -13,6 +13,7 @@ from ray import serve
 
 from distill.backends import HFClassifier
 from distill.registry import Registry
+from distill.remote import RemoteClassifier, RemoteTeacherSettings, model_labels
 from serving.cascade import ModelOutput
 from serving.metrics import ModelInfo
 
@@ -40,7 +41,7 @@ class BatchedModel:
         self.device = device
         if threads:
             torch.set_num_threads(threads)
-        self.model: HFClassifier | None = None
+        self.model: HFClassifier | RemoteClassifier | None = None
         self.source: str | None = None
         self.max_batch_size = 32
         self.follow_current = False
@@ -50,10 +51,15 @@ class BatchedModel:
         self.model_info = ModelInfo(role)
 
     def configure(self, user_config: dict[str, Any]) -> None:
-        """Apply a model reference and batching settings (loading the model if it changed)."""
-        self.follow_current = user_config.get("model") is None
+        """Apply a model reference (or a ``remote`` teacher's settings) and batching settings,
+        loading the model if it changed."""
+        remote = user_config.get("remote")
+        self.follow_current = user_config.get("model") is None and remote is None
         self.poll_registry_s = float(user_config.get("poll_registry_s", self.poll_registry_s))
-        self._swap_to(Registry(self.home / "registry").resolve(self.role, user_config.get("model")))
+        if remote is not None:
+            self._use_remote(RemoteTeacherSettings.model_validate(remote))
+        else:
+            self._swap_to(Registry(self.home / "registry").resolve(self.role, user_config.get("model")))
         self.max_batch_size = int(user_config.get("max_batch_size", self.max_batch_size))
         self._batched.set_max_batch_size(self.max_batch_size)
         self._batched.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.002)))
@@ -76,6 +82,21 @@ class BatchedModel:
             self.model, self.source = model, source
             self.model_info.serving(model.version)
             logger.info("%s now serving %s", self.role, model.version)
+
+    def _use_remote(self, settings: RemoteTeacherSettings) -> None:
+        """Serve a black-box model over HTTP. Its labels are the configured ones, else those of
+        the registry's current student (the cascade needs one label list). No warm-up call: a
+        remote model that is down at start-up degrades escalations to the student, it does not
+        stop the application."""
+        with self._swap_lock:
+            if self.source == settings.model_dump_json():
+                return
+            labels = settings.labels or model_labels(Registry(self.home / "registry").current_path("student"))
+            if self.model is not None and labels != self.model.labels:
+                raise ValueError(f"{settings.version()} has other labels than {self.model.version}; not swapped")
+            # a replaced remote client is left to the garbage collector: a batch may still be using it
+            self.model, self.source = RemoteClassifier(settings, labels), settings.model_dump_json()
+            logger.info("%s now serving %s", self.role, self.model.version)
 
     async def _follow_registry(self) -> None:
         """Poll the registry's current pointer and hot-swap when it moves."""
@@ -113,4 +134,5 @@ class BatchedModel:
     def info(self) -> dict:
         """Labels, version and (for a student) the fitted policy of the loaded model."""
         meta = self.model.meta
-        return {"labels": self.model.labels, "version": self.model.version, "policy": meta.policy if meta else None}
+        return {"labels": self.model.labels, "version": self.model.version, "policy": meta.policy if meta else None,
+                "label_only": self.model.label_only}
