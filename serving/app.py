@@ -117,7 +117,9 @@ class Ingress:
         self.student, self.teacher, self.log_writer = student, teacher, log_writer
         # with placement "ingress" the student runs in this process, configured by reconfigure()
         self.local_student = (
-            BatchedModel("student", str(self.config.home), "cpu", self.config.student.threads) if student is None else None
+            BatchedModel("student", str(self.config.home), "cpu", self.config.student.threads, inline=True)
+            if student is None
+            else None
         )
         self.cascade: Cascade | None = None
         self._lock = asyncio.Lock()

@@ -35,8 +35,11 @@ class BatchedModel:
     rolled-back) version, in every replica, with no restart and no coordination.
     """
 
-    def __init__(self, role: str, home: str, device: str | None = None, threads: int | None = None):
+    def __init__(self, role: str, home: str, device: str | None = None, threads: int | None = None, inline: bool = False):
         self.role = role
+        # a sub-millisecond model (the student inside the ingress) runs on the event loop: a hop to a
+        # worker thread, and the GIL hand-offs while the loop is busy, cost more than its forward pass
+        self.inline = inline
         self.home = Path(home)
         self.device = device
         if threads:
@@ -123,7 +126,7 @@ class BatchedModel:
     async def _batched(self, calls: list[list[str]]) -> list[ModelOutput]:
         model = self.model  # one model for the whole batch, even if a swap happens meanwhile
         flat = [text for call in calls for text in call]
-        probs = await asyncio.to_thread(model.predict_proba, flat)
+        probs = model.predict_proba(flat) if self.inline else await asyncio.to_thread(model.predict_proba, flat)
         policy = model.meta.policy if model.meta else None
         out, start = [], 0
         for call in calls:
