@@ -51,6 +51,9 @@ class StudentDeploymentConfig(ModelDeploymentConfig):
 
     placement: Literal["deployment", "ingress"] = "ingress"
     threads: int | None = Field(1, ge=1)  # one thread: the student's forward pass is tiny
+    # no wait: texts that arrive during a sub-millisecond pass form the next batch anyway, and
+    # waiting to fill one only adds latency to every request (see the bench figures in the README)
+    batch_wait_timeout_s: float = Field(0.0, ge=0, le=10)
 
     @model_validator(mode="after")
     def _gpu_needs_a_deployment(self) -> "StudentDeploymentConfig":
