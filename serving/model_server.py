@@ -107,6 +107,12 @@ class BatchedModel:
             start += len(call)
         return out
 
+    async def reload(self) -> str:
+        """Re-read the registry's current pointer now (when following it) and swap if it moved;
+        returns the version in use."""
+        await asyncio.to_thread(self._swap_to, None, True)
+        return self.model.version
+
     def info(self) -> dict:
         """Labels, version and (for a student) the fitted policy of the loaded model."""
         meta = self.model.meta
