@@ -72,10 +72,10 @@ class Answer:
 
 @dataclass
 class Load:
-    """``clients`` threads posting ``inputs`` in a loop until stopped; every answer kept."""
+    """``clients`` threads posting ``body`` to /v1/classify in a loop until stopped; every answer kept."""
 
     url: str
-    inputs: list[str]
+    body: dict
     clients: int = 6
     answers: list[Answer] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -86,8 +86,10 @@ class Load:
             while not self._stop.is_set():
                 sent = time.monotonic()
                 try:
-                    response = client.post(f"{self.url}/v1/classify", json={"inputs": self.inputs})
+                    response = client.post(f"{self.url}/v1/classify", json=self.body)
                     status, body = response.status_code, response.json()
+                    if status == 429:
+                        body["retry-after"] = response.headers.get("retry-after")
                 except httpx.HTTPError:
                     status, body = 0, None  # no answer at all counts as a failure
                 self.answers.append(Answer(sent, time.monotonic(), status, body))
