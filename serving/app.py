@@ -12,7 +12,9 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.config import BackpressureConfig
+from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
@@ -84,6 +86,18 @@ api = FastAPI(
     version="1",
 )
 api.add_middleware(RequestGuard)  # sheds past the in-flight bound; body byte cap and UTF-8 check before parsing
+
+
+class StudentUnavailable(Exception):
+    """The student deployment's replica died or is restarting; every request needs the student."""
+
+
+STUDENT_GONE = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, DeploymentUnavailableError)
+
+
+@api.exception_handler(StudentUnavailable)
+async def _student_unavailable(_: Request, exc: StudentUnavailable) -> JSONResponse:
+    return JSONResponse(status_code=503, content={"error": str(exc)}, headers={"Retry-After": "1"})
 
 
 @api.exception_handler(HTTPException)
@@ -169,7 +183,10 @@ class Ingress:
     async def _student_predict(self, texts: list[str]) -> ModelOutput:
         if self.local_student is not None:
             return await self.local_student.predict(texts)
-        return await self.student.predict.remote(texts)
+        try:
+            return await self.student.predict.remote(texts)
+        except STUDENT_GONE as err:  # its replica died or is restarting: the client may retry
+            raise StudentUnavailable(f"student unavailable, retry shortly: {type(err).__name__}") from err
 
     async def _teacher_predict(self, texts: list[str]) -> ModelOutput:
         return await self.teacher.predict.remote(texts)

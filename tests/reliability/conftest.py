@@ -88,7 +88,7 @@ class Load:
                 try:
                     response = client.post(f"{self.url}/v1/classify", json=self.body)
                     status, body = response.status_code, response.json()
-                    if status == 429:
+                    if status != 200:
                         body["retry-after"] = response.headers.get("retry-after")
                 except httpx.HTTPError:
                     status, body = 0, None  # no answer at all counts as a failure

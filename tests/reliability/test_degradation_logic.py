@@ -103,7 +103,7 @@ def test_a_request_larger_than_the_queue_still_reaches_an_idle_teacher():
     assert all(p.tier == "teacher" for p in predictions)
 
 
-def test_a_failing_log_write_fails_no_request_and_is_counted():
+def test_a_failing_log_write_fails_no_request_and_is_counted(caplog):
     async def full_disk(records):
         raise OSError(28, "No space left on device")
 
@@ -112,6 +112,7 @@ def test_a_failing_log_write_fails_no_request_and_is_counted():
     assert response.logged == 0 and all(p.tier == "teacher" for p in response.predictions)
     assert cascade.reliability_stats()["log_write_errors"] == 1
     assert cascade.reliability_stats()["unlogged_records"] == 2
+    assert any(r.levelname == "ERROR" and "No space left" in r.getMessage() for r in caplog.records)
 
 
 def test_texts_are_redacted_before_they_are_logged():

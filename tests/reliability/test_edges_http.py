@@ -9,6 +9,7 @@ import os
 import resource
 import subprocess
 import time
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -206,18 +207,22 @@ def test_full_disk_fails_logging_loudly_but_no_request(app, log_dir):
     url = app[0]
     before = httpx.get(f"{url}/v1/stats").json()["reliability"]["log_write_errors"]
     with full_disk(*log_dir) as how:
-        bodies = [httpx.post(f"{url}/v1/classify", json={"inputs": ODD}, timeout=30) for _ in range(3)]
-    assert [b.status_code for b in bodies] == [200] * 3
+        # the segment's last, partly used page may still take a record or two: send enough to run out
+        bodies = [httpx.post(f"{url}/v1/classify", json={"inputs": ODD}, timeout=30) for _ in range(6)]
+    assert [b.status_code for b in bodies] == [200] * 6
+    on_disk = Counter(r.request_id for r in read_records(log_dir[0]))
+    unlogged = 0
     for body in (b.json() for b in bodies):
-        assert body["logged"] == 0, "nothing was written, so nothing may be acknowledged as logged"
         assert any(p["tier"] == "teacher" for p in body["predictions"]), "the answers themselves are unaffected"
+        assert body["logged"] == on_disk[body["request_id"]], "logged must count exactly the records on disk"
+        unlogged += body["logged"] == 0
+    assert unlogged >= 4
     stats = httpx.get(f"{url}/v1/stats").json()["reliability"]
-    assert stats["log_write_errors"] - before == 3 and stats["unlogged_records"] >= 3
-    logged_ids = {r.request_id for r in read_records(log_dir[0])}
-    assert not logged_ids & {b.json()["request_id"] for b in bodies}
+    assert stats["log_write_errors"] - before == unlogged and stats["unlogged_records"] >= unlogged
     after = httpx.post(f"{url}/v1/classify", json={"inputs": ODD}, timeout=30).json()
     assert after["logged"] == sum(p["escalated"] for p in after["predictions"]) > 0, "logging resumes once space is back"
-    print(f"\nfull disk ({how}): 3 requests answered 200 with logged 0, {stats['log_write_errors'] - before} log write errors counted; logging resumed after")
+    print(f"\nfull disk ({how}): 6 requests answered 200, {unlogged} with logged 0 and as many log write errors counted; "
+          "logging resumed after")
 
 
 def test_past_the_in_flight_bound_requests_are_shed_with_retry_after(app):

@@ -1,7 +1,10 @@
-"""Teacher faults under load, on the real application: the teacher replica's process is
-stopped (SIGSTOP: slower than its timeout) and later killed (SIGKILL: Serve restarts it), from
-outside, while clients keep sending. No answer may be non-2xx; every unsure item the teacher
-did not answer must be the student's answer marked degraded with the right cause."""
+"""Replica faults under load, on the real application (the student in its own deployment): the
+teacher replica's process is stopped (SIGSTOP: slower than its timeout) and later killed
+(SIGKILL: Serve restarts it), from outside, while clients keep sending. No answer may be
+non-2xx; every unsure item the teacher did not answer must be the student's answer marked
+degraded with the right cause. Then the student replica is killed: every request needs it, so
+the requests it had in hand fail with 503 and Retry-After (never a 500) until Serve has
+restarted it; failures and recovery time are counted."""
 
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ def cascade(tiny_home, tmp_path_factory):
     config = reliability_config(
         tiny_home, tmp_path_factory.mktemp("faults-log"),
         routing={"teacher_timeout_s": 0.5, "breaker_failures": 3, "breaker_reset_s": 1.0},
+        student={"placement": "deployment", "num_cpus": 0.25},
     )
     with running_cascade(config) as url:
         yield url
@@ -96,3 +100,25 @@ def test_teacher_killed_under_load_is_restarted(cascade):
     causes = sorted({p["cause"] for p in degraded})
     print(f"\nteacher killed under {load.clients} clients: {len(statuses)} requests, 0 non-2xx, {len(degraded)} unsure items "
           f"degraded ({causes}), 0 failed requests; teacher answering again {recovery_s:.1f} s after the kill (new pid {new_pids[0]})")
+
+
+def test_student_killed_under_load_is_restarted(cascade):
+    [pid] = replica_pids("Student")
+    with Load(cascade, {"inputs": IN_DOMAIN}) as load:
+        time.sleep(2)
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        deadline = killed_at + 90
+        while not any(a.sent > killed_at + 0.5 and a.status == 200 for a in list(load.answers)):
+            assert time.monotonic() < deadline, "the student did not come back within 90 s"
+            time.sleep(0.1)
+        time.sleep(1)
+    failed = [a for a in load.answers if a.status != 200]
+    assert all(a.status == 503 and a.body["retry-after"] == "1" and "student unavailable" in a.body["error"] for a in failed), \
+        {a.status for a in failed}
+    assert all(a.received >= killed_at for a in failed), "only the kill may fail requests"
+    back = min(a.received for a in load.answers if a.sent > killed_at + 0.5 and a.status == 200)
+    new_pids = replica_pids("Student")
+    assert new_pids and pid not in new_pids, "Serve did not restart the student replica"
+    print(f"\nstudent killed under {load.clients} clients: {len(load.answers)} requests, {len(failed)} failed (503 + Retry-After), "
+          f"0 other non-2xx; answering again {back - killed_at:.1f} s after the kill (new pid {new_pids[0]})")
