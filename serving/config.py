@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from distill.config import DEFAULT_GOAL
 from distill.settings import default_home
+from serving.redaction import load_redactor
 
 
 class _Strict(BaseModel):
@@ -102,6 +103,12 @@ class LogConfig(_Strict):
     segment_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # rotate to a new segment past this size
     segment_max_seconds: float = Field(3600.0, gt=0)  # ... or past this age
     redact: str = "default"  # applied to texts before logging: default (card numbers, e-mails), none, or module:function
+
+    @field_validator("redact")
+    @classmethod
+    def _redactor_loads(cls, spec: str) -> str:
+        load_redactor(spec)  # a RedactionError (ValueError) names what is wrong
+        return spec
 
 
 class CascadeConfig(_Strict):

@@ -83,3 +83,11 @@ def test_redactor_specs():
     for bad in ("nonsense", "no_such_module_xyz:f", "string:no_such_function", "string:ascii_letters"):
         with pytest.raises(RedactionError, match="log.redact"):
             load_redactor(bad)
+
+
+def test_config_refuses_an_unusable_redaction_hook():
+    from serving.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="log.redact"):
+        load_config(log={"redact": "no_such_module_xyz:mask"})
+    assert load_config(log={"redact": "none"}).log.redact == "none"
