@@ -218,6 +218,10 @@ class Ingress:
                 return 422, f"inputs[{i}]: empty or whitespace-only text"
             if len(text) > limits.max_text_chars:
                 return 413, f"inputs[{i}]: {len(text)} characters, at most {limits.max_text_chars}"
+            try:
+                text.encode("utf-8")  # a JSON escape such as \ud800 can smuggle in a lone surrogate
+            except UnicodeEncodeError as err:
+                return 422, f"inputs[{i}]: not valid Unicode at character {err.start} (a lone surrogate)"
         return None
 
     @api.get("/healthz")
