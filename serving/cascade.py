@@ -91,28 +91,29 @@ class Cascade:
         return policy
 
     async def _ask_teacher(self, texts: list[str]) -> tuple[ModelOutput | None, str | None]:
-        """The teacher's output, or None and the cause: the breaker is open, the teacher queue
-        is full, or the call timed out or failed (which the breaker counts)."""
-        if self.breaker is not None and not self.breaker.allow():
-            return None, "teacher_circuit_open"
+        """The teacher's output, or None and the cause: the teacher queue is full, the breaker
+        is open, or the call timed out or failed (which the breaker counts)."""
         cap = self.teacher_max_in_flight
         if cap is not None and self.teacher_in_flight > 0 and self.teacher_in_flight + len(texts) > cap:
             return None, "teacher_overloaded"  # a request larger than the cap still goes alone
+        if self.breaker is not None and not self.breaker.allow():  # asked last: a half-open probe must run
+            return None, "teacher_circuit_open"
+        output, cause = None, None
         self.teacher_in_flight += len(texts)
         try:
             output = await asyncio.wait_for(self.teacher(texts), self.teacher_timeout_s)
         except asyncio.TimeoutError:
-            output, cause = None, "teacher_timeout"
+            cause = "teacher_timeout"
         except Exception as err:  # any failure of the teacher degrades to the student's answer
             logger.warning("teacher call failed: %r", err)
-            output, cause = None, "teacher_unavailable"
+            cause = "teacher_unavailable"
         finally:
             self.teacher_in_flight -= len(texts)
-        if self.breaker is not None and output is not None:
-            self.breaker.record_success()
-        elif self.breaker is not None:
+        if self.breaker is not None and cause:
             self.breaker.record_failure()
-        return (output, None) if output is not None else (None, cause)
+        elif self.breaker is not None:
+            self.breaker.record_success()
+        return output, cause
 
     def _route(self, student: ModelOutput | None, n: int, options: ClassifyOptions) -> tuple[np.ndarray, list[str], np.ndarray | None, np.ndarray]:
         """Which items the teacher sees, each item's reason, the student's confidence, and
