@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import IN_DOMAIN, ODD, Load, reliability_config, replica_pids, running_cascade
+from fault_tools import IN_DOMAIN, ODD, Load, reliability_config, replica_pids, running_cascade
 from distill.escalations import read_records
 from distill.registry import Registry
 

@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from conftest import IN_DOMAIN, ODD, Load, reliability_config, replica_pids, running_cascade
+from fault_tools import IN_DOMAIN, ODD, Load, reliability_config, replica_pids, running_cascade
 
 pytestmark = pytest.mark.slow
 
