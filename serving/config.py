@@ -71,6 +71,15 @@ class IngressConfig(_Strict):
     max_queued_requests: int = Field(512, ge=-1)  # -1: no bound (not advised)
     retry_after_s: int = Field(1, ge=0)  # the Retry-After of a shed request
 
+    @model_validator(mode="after")
+    def _shedding_leaves_room(self) -> "IngressConfig":
+        if self.max_in_flight >= self.max_ongoing_requests:
+            raise ValueError(
+                f"max_in_flight ({self.max_in_flight}) must be < max_ongoing_requests ({self.max_ongoing_requests}), "
+                "or requests queue unshed and health checks find no room"
+            )
+        return self
+
 
 class RoutingConfig(_Strict):
     """How the ingress decides which items the teacher sees."""

@@ -91,3 +91,10 @@ def test_config_refuses_an_unusable_redaction_hook():
     with pytest.raises(ConfigError, match="log.redact"):
         load_config(log={"redact": "no_such_module_xyz:mask"})
     assert load_config(log={"redact": "none"}).log.redact == "none"
+
+
+def test_config_keeps_the_shedding_bound_below_the_replica_capacity():
+    from serving.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="max_in_flight"):
+        load_config(ingress={"max_in_flight": 256, "max_ongoing_requests": 256})
