@@ -12,7 +12,7 @@ Mode = Literal["cascade", "student", "teacher"]
 class ClassifyOptions(BaseModel):
     """Per-request choices."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: "3" is not a top_k, true is not a threshold
 
     mode: Mode = Field("cascade", description="cascade: student, escalating unsure items; student or teacher: that model only")
     threshold: float | None = Field(None, ge=0, le=1, description="override the fitted escalation threshold for this request")
@@ -22,7 +22,7 @@ class ClassifyOptions(BaseModel):
 class ClassifyRequest(BaseModel):
     """``inputs`` is one text or a list of texts."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": "my card has not arrived", "options": {"top_k": 3}}]})
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"inputs": "my card has not arrived", "options": {"top_k": 3}}]})
 
     inputs: str | list[str] = Field(description="a text or a non-empty list of texts")
     options: ClassifyOptions = ClassifyOptions()

@@ -9,28 +9,47 @@ import threading
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.config import BackpressureConfig
+from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
 
+from distill.errors import RegistryError
 from distill.escalations import EscalationRecord
 from distill.registry import Registry
-from router import AuditSampler, CostModel, TeacherRateLimiter
-from serving import kserve
+from router import AuditSampler, CircuitBreaker, CostModel, TeacherRateLimiter
+from serving import admin, kserve
 from serving.api import ClassifyOptions, ClassifyRequest, ClassifyResponse, ErrorResponse, ModelsResponse, ModelVersions
 from serving.cascade import Cascade, ModelOutput
 from serving.config import CascadeConfig, ModelDeploymentConfig
+from serving.guards import AdminToken, GuardSettings, InFlightLimit, RequestGuard
 from serving.log_writer import SegmentWriter
 from serving.metrics import ClusterMetricsReader, DashboardFigures, IngressMetrics, Recorder, refresh_outcome
 from serving.model_server import BatchedModel, texts_in
+from serving.redaction import load_redactor
 
 logger = logging.getLogger("cascade")
 LOG_BATCH = 512  # records per fsync of the log writer
 DEFAULT_AUTOSCALING = {"min_replicas": 1, "max_replicas": 2}  # num_replicas "auto" without an autoscaling config
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (401, 403, 409, 422)}
+
+
+def _require_admin(request: Request, authorization: str | None = Header(None, description="Bearer <$CASCADE_ADMIN_TOKEN>")) -> None:
+    """Let an admin request through only with the bearer token (checked before its body)."""
+    refusal = request.app.state.guard.admin_token.refusal(authorization)
+    if refusal is not None:
+        status, message = refusal
+        raise HTTPException(status, message, headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
+
+
+ADMIN = Depends(_require_admin)
 
 
 @serve.deployment
@@ -52,15 +71,19 @@ class LogWriter:
         self.writer = SegmentWriter(Path(directory), max_bytes, max_seconds)
         self.metrics = Recorder("cascade_log_records_total", "cascade_log_bytes_total", "cascade_log_write_errors_total", "cascade_refresh_runs_total")
         threading.Thread(target=self._export_refresh_runs, args=(Registry(registry), refresh_poll_s), daemon=True).start()
+        self.write_errors = 0  # failed batch writes (a full disk, say); nothing of them was acknowledged
 
     @serve.batch(max_batch_size=LOG_BATCH, batch_wait_timeout_s=0.002, batch_size_fn=texts_in)
     async def append(self, calls: list[list[EscalationRecord]]) -> list[int]:
         """Write every call's records, fsync once, and acknowledge each call."""
+        records = [r for call in calls for r in call]
         bytes_before = self.writer.bytes_written
         try:
-            written = await asyncio.to_thread(self.writer.append, [r for call in calls for r in call])
-        except OSError:
+            written = await asyncio.to_thread(self.writer.append, records)
+        except OSError as err:
+            self.write_errors += 1
             self.metrics.inc("cascade_log_write_errors_total")
+            logger.error("escalation log: writing %d record(s) to %s failed: %s", len(records), self.writer.directory, err)
             raise
         self.metrics.inc("cascade_log_records_total", written)
         self.metrics.inc("cascade_log_bytes_total", self.writer.bytes_written - bytes_before)
@@ -84,7 +107,7 @@ class LogWriter:
             time.sleep(every_s)
 
     def stats(self) -> dict:
-        return {"records": self.writer.records_written, "bytes": self.writer.bytes_written}
+        return {"records": self.writer.records_written, "bytes": self.writer.bytes_written, "write_errors": self.write_errors}
 
 
 api = FastAPI(
@@ -92,6 +115,25 @@ api = FastAPI(
     description="A distilled student answers; unsure items go to the teacher; every escalation is logged for the next student.",
     version="1",
 )
+api.add_middleware(RequestGuard)  # sheds past the in-flight bound; body byte cap and UTF-8 check before parsing
+
+
+class StudentUnavailable(Exception):
+    """The student deployment's replica died or is restarting; every request needs the student."""
+
+
+STUDENT_GONE = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, DeploymentUnavailableError)
+
+
+@api.exception_handler(StudentUnavailable)
+async def _student_unavailable(_: Request, exc: StudentUnavailable) -> JSONResponse:
+    return JSONResponse(status_code=503, content={"error": str(exc)}, headers={"Retry-After": "1"})
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    """Every error the framework raises (unknown path, wrong method, ...) as ``{"error": ...}``."""
+    return JSONResponse(status_code=exc.status_code, content={"error": str(exc.detail)}, headers=exc.headers)
 
 
 @api.exception_handler(RequestValidationError)
@@ -126,12 +168,27 @@ class Ingress:
         self.metrics = IngressMetrics(self.config.routing.student_cost)
         self.cluster_metrics = ClusterMetricsReader()
         self.dashboard_page = resources.files("serving").joinpath("dashboard.html").read_text()
-        self.label_only_teachers: set[str] = set()  # versions of black-box teachers that answer with a label alone
+        self.in_flight = InFlightLimit(
+            self.config.ingress.max_in_flight, on_shed=lambda: self.metrics.inc("cascade_shed_requests_total")
+        )
+        self.admin_token = AdminToken.from_environment()
+        self.redact = load_redactor(self.config.log.redact)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply the student's settings (model version, batching) when it runs in the ingress."""
         if self.local_student is not None:
             self.local_student.configure(user_config["student"])
+        self._guard_requests()
+
+    def _guard_requests(self) -> None:
+        """Hand this replica's limits to the ``RequestGuard`` middleware of its FastAPI app (the
+        app exists only once Serve has wrapped this object, after ``__init__``)."""
+        self.app.state.guard = GuardSettings(
+            max_body_bytes=self.config.limits.max_body_bytes,
+            in_flight=self.in_flight,
+            retry_after_s=self.config.ingress.retry_after_s,
+            admin_token=self.admin_token,
+        )
 
     async def _student_info(self) -> dict:
         if self.local_student is not None:
@@ -158,10 +215,11 @@ class Ingress:
                     teacher_timeout_s=routing.teacher_timeout_s,
                     budget=TeacherRateLimiter(routing.teacher_budget, routing.budget_window_s) if routing.teacher_budget < 1 else None,
                     auditor=AuditSampler(routing.audit_rate) if routing.audit_rate > 0 else None,
+                    breaker=CircuitBreaker(routing.breaker_failures, routing.breaker_reset_s),
+                    teacher_max_in_flight=routing.teacher_max_in_flight,
+                    redact=self.redact,
                 )
                 self.cascade.versions = ModelVersions(student=student["version"], teacher=teacher["version"])
-                if teacher["label_only"]:
-                    self.label_only_teachers.add(teacher["version"])
         return self.cascade
 
     async def _student_predict(self, texts: list[str]) -> ModelOutput:
@@ -169,7 +227,10 @@ class Ingress:
         if self.local_student is not None:
             output = await self.local_student.predict(texts)
         else:
-            output = await self.student.predict.remote(texts)
+            try:
+                output = await self.student.predict.remote(texts)
+            except STUDENT_GONE as err:  # its replica died or is restarting: the client may retry
+                raise StudentUnavailable(f"student unavailable, retry shortly: {type(err).__name__}") from err
         self.metrics.observe("cascade_tier_latency_seconds", time.perf_counter() - start, tier="student")
         return output
 
@@ -180,9 +241,6 @@ class Ingress:
         return output
 
     async def _append_log(self, records: list[EscalationRecord]) -> int:
-        # a label-only teacher's one-hot rows are marked as such, so refresh trains on them as labels
-        records = [r.model_copy(update={"teacher_label_only": True}) if r.teacher_version in self.label_only_teachers else r
-                   for r in records]
         chunks = [records[i : i + LOG_BATCH] for i in range(0, len(records), LOG_BATCH)]  # each fits one writer batch
         return sum(await asyncio.gather(*(self.log_writer.append.remote(chunk) for chunk in chunks)))
 
@@ -217,6 +275,10 @@ class Ingress:
                 return 422, f"inputs[{i}]: empty or whitespace-only text"
             if len(text) > limits.max_text_chars:
                 return 413, f"inputs[{i}]: {len(text)} characters, at most {limits.max_text_chars}"
+            try:
+                text.encode("utf-8")  # a JSON escape such as \ud800 can smuggle in a lone surrogate
+            except UnicodeEncodeError as err:
+                return 422, f"inputs[{i}]: not valid Unicode at character {err.start} (a lone surrogate)"
         return None
 
     @api.get("/healthz")
@@ -239,7 +301,12 @@ class Ingress:
         cascade = await self._ready()
         low, high = cascade.audit.interval()
         return {"audit": {"audited": cascade.audit.audited, "agreed": cascade.audit.agreed,
-                          "agreement": cascade.audit.value, "interval_95": [round(low, 4), round(high, 4)]}}
+                          "agreement": cascade.audit.value, "interval_95": [round(low, 4), round(high, 4)]},
+                "reliability": self._reliability_stats(cascade)}
+
+    def _reliability_stats(self, cascade: Cascade) -> dict:
+        """This replica's fault counters: shed requests, degraded items by cause, log write errors."""
+        return {"shed_requests": self.in_flight.shed, "in_flight": self.in_flight.in_flight, **cascade.reliability_stats()}
 
     @api.get("/v1/models", response_model=ModelsResponse)
     async def models(self) -> ModelsResponse:
@@ -311,6 +378,40 @@ class Ingress:
         return kserve.infer_response(name, call, await self._answer(call.texts, call.options))
 
 
+    @api.post("/v1/admin/promote", response_model=admin.PointerResponse, responses=ADMIN_ERRORS, dependencies=[ADMIN])
+    async def admin_promote(self, body: admin.PromoteRequest) -> Any:
+        """Point a role at a registered version; model servers swap to it within poll_registry_s (or at reload)."""
+        return await self._registry_move(admin.promote, body)
+
+    @api.post("/v1/admin/rollback", response_model=admin.PointerResponse, responses=ADMIN_ERRORS, dependencies=[ADMIN])
+    async def admin_rollback(self, body: admin.RollbackRequest) -> Any:
+        """Move a role's pointer back to its previous version."""
+        return await self._registry_move(admin.rollback, body)
+
+    async def _registry_move(self, move: Callable[[Path, Any], admin.PointerResponse], body: Any) -> Any:
+        try:
+            return await asyncio.to_thread(move, self.config.home, body)
+        except RegistryError as err:
+            return JSONResponse(status_code=409, content={"error": str(err)})
+
+    @api.post("/v1/admin/threshold", response_model=admin.ThresholdResponse, responses=ADMIN_ERRORS, dependencies=[ADMIN])
+    async def admin_threshold(self, body: admin.ThresholdRequest) -> admin.ThresholdResponse:
+        """Set this ingress replica's service-wide escalation threshold (null: the student's fitted one)."""
+        cascade = await self._ready()
+        previous, cascade.threshold = cascade.threshold, body.threshold
+        return admin.ThresholdResponse(threshold=body.threshold, previous=previous)
+
+    @api.post("/v1/admin/reload", response_model=admin.ReloadResponse, responses=ADMIN_ERRORS, dependencies=[ADMIN])
+    async def admin_reload(self) -> Any:
+        """Make the model servers re-read the registry's current pointers now, not at their next poll."""
+        student = self.local_student.reload() if self.local_student is not None else self.student.reload.remote()
+        try:
+            versions = await asyncio.gather(student, self.teacher.reload.remote())
+        except Exception as err:  # a version that cannot load: the serving one stays
+            return JSONResponse(status_code=409, content={"error": f"reload failed, serving versions kept: {err}"})
+        return admin.ReloadResponse(student=versions[0], teacher=versions[1])
+
+
 def _user_config(settings: ModelDeploymentConfig) -> dict[str, Any]:
     """What a model's ``user_config`` carries: changing it swaps the model in place."""
     return {
@@ -351,6 +452,8 @@ def build_app(config: CascadeConfig):
     ingress = Ingress.options(
         num_replicas=config.ingress.num_replicas,
         max_ongoing_requests=config.ingress.max_ongoing_requests,
+        max_queued_requests=config.ingress.max_queued_requests,
+        backpressure_config=BackpressureConfig(status_code=429, retry_after_s=config.ingress.retry_after_s),
         ray_actor_options={"num_cpus": config.ingress.num_cpus},
         user_config={"student": _user_config(config.student)},
     )

@@ -4,15 +4,18 @@ into it, and tests can drive it with ordinary async functions.
 For one request: (1) the student scores every text (unless mode is teacher); (2) the policy
 marks unsure items, the teacher budget may turn some away (answered by the student, marked
 degraded), and audit sampling adds a few confident ones; (3) those go to the teacher in one
-batched call with a timeout; (4) every item the teacher answered or audited becomes an
-escalation record, written durably before the response; (5) each item's answer says which
-tier answered, why, and what it cost. Audited items keep the student's answer.
+batched call with a timeout, unless the circuit breaker is open or the teacher queue is full
+(then the student answers them, degraded with that cause); (4) every item the teacher answered
+or audited becomes an escalation record (its text redacted), written durably before the
+response; (5) each item's answer says which tier answered, why, and what it cost. Audited
+items keep the student's answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence
 from uuid import uuid4
@@ -20,7 +23,7 @@ from uuid import uuid4
 import numpy as np
 
 from distill.escalations import EscalationRecord
-from router import AgreementEstimate, AuditSampler, CostModel, EscalationPolicy, TeacherRateLimiter
+from router import AgreementEstimate, AuditSampler, CircuitBreaker, CostModel, EscalationPolicy, TeacherRateLimiter
 from serving.api import ClassifyOptions, ClassifyResponse, LabelScore, ModelVersions, Prediction
 
 logger = logging.getLogger("cascade")
@@ -33,10 +36,12 @@ class ModelOutput:
     probs: np.ndarray
     version: str
     policy: dict | None = None  # the student's fitted escalation policy
+    label_only: bool = False  # rows are a black-box teacher's one-hot labels, not probabilities
 
 
 Predict = Callable[[list[str]], Awaitable[ModelOutput]]
 AppendLog = Callable[[list[EscalationRecord]], Awaitable[int]]
+Redact = Callable[[str], str]
 
 
 class Cascade:
@@ -53,6 +58,9 @@ class Cascade:
         teacher_timeout_s: float = 5.0,
         budget: TeacherRateLimiter | None = None,
         auditor: AuditSampler | None = None,
+        breaker: CircuitBreaker | None = None,
+        teacher_max_in_flight: int | None = None,
+        redact: Redact | None = None,
     ):
         self.student = student
         self.teacher = teacher
@@ -64,6 +72,13 @@ class Cascade:
         self.budget = budget  # caps the teacher's share of items over a sliding window
         self.auditor = auditor  # sends a fraction of confident items to the teacher too
         self.audit = AgreementEstimate()  # the student's agreement with the teacher on audited items
+        self.breaker = breaker  # stops calling a teacher that keeps failing or timing out
+        self.teacher_max_in_flight = teacher_max_in_flight  # the teacher queue's bound, in items
+        self.teacher_in_flight = 0  # items sent to the teacher and not yet answered
+        self.redact = redact  # applied to every text before it is logged
+        self.degraded = Counter()  # degraded items by cause, since start
+        self.log_write_errors = 0  # failed escalation log writes
+        self.unlogged_records = 0  # records those failed writes did not log
         self._policies: dict[str, EscalationPolicy] = {}
         # the versions last seen, so every response names both models, even one it did not call
         self.versions = ModelVersions(student=None, teacher=None)
@@ -77,14 +92,29 @@ class Cascade:
         return policy
 
     async def _ask_teacher(self, texts: list[str]) -> tuple[ModelOutput | None, str | None]:
-        """The teacher's output, or None and the cause when it timed out or failed."""
+        """The teacher's output, or None and the cause: the teacher queue is full, the breaker
+        is open, or the call timed out or failed (which the breaker counts)."""
+        cap = self.teacher_max_in_flight
+        if cap is not None and self.teacher_in_flight > 0 and self.teacher_in_flight + len(texts) > cap:
+            return None, "teacher_overloaded"  # a request larger than the cap still goes alone
+        if self.breaker is not None and not self.breaker.allow():  # asked last: a half-open probe must run
+            return None, "teacher_circuit_open"
+        output, cause = None, None
+        self.teacher_in_flight += len(texts)
         try:
-            return await asyncio.wait_for(self.teacher(texts), self.teacher_timeout_s), None
+            output = await asyncio.wait_for(self.teacher(texts), self.teacher_timeout_s)
         except asyncio.TimeoutError:
-            return None, "teacher_timeout"
+            cause = "teacher_timeout"
         except Exception as err:  # any failure of the teacher degrades to the student's answer
             logger.warning("teacher call failed: %r", err)
-            return None, "teacher_unavailable"
+            cause = "teacher_unavailable"
+        finally:
+            self.teacher_in_flight -= len(texts)
+        if self.breaker is not None and cause:
+            self.breaker.record_failure()
+        elif self.breaker is not None:
+            self.breaker.record_success()
+        return output, cause
 
     def _route(self, student: ModelOutput | None, n: int, options: ClassifyOptions) -> tuple[np.ndarray, list[str], np.ndarray | None, np.ndarray]:
         """Which items the teacher sees, each item's reason, the student's confidence, and
@@ -135,6 +165,9 @@ class Cascade:
                 audit_agreement.append(label_index == int(np.argmax(teacher_probs)))
             wanted_teacher = (i in teacher_row and reason != "audit") or capped[i]
             degraded = wanted_teacher and not answered_by_teacher
+            item_cause = ("teacher_budget" if capped[i] else cause) if degraded else None
+            if degraded:
+                self.degraded[item_cause] += 1
             cost = (self.costs.student_units if student is not None else 0.0) + (
                 self.costs.teacher_units if teacher_probs is not None else 0.0
             )
@@ -145,7 +178,7 @@ class Cascade:
                     tier="teacher" if answered_by_teacher else "student",
                     escalated=i in teacher_row and reason != "audit",
                     degraded=degraded,
-                    cause=("teacher_budget" if capped[i] else cause) if degraded else None,
+                    cause=item_cause,
                     reason=reason,
                     confidence=round(float(confidence[i]), 6) if confidence is not None else None,
                     cost=cost,
@@ -180,7 +213,7 @@ class Cascade:
     ) -> EscalationRecord:
         return EscalationRecord(
             request_id=request_id,
-            text=text,
+            text=self.redact(text) if self.redact else text,
             reason=reason,
             student_label=self.labels[int(np.argmax(student.probs[i]))] if student else None,
             teacher_label=self.labels[int(np.argmax(teacher.probs[row]))],
@@ -188,6 +221,7 @@ class Cascade:
             teacher_probs=teacher.probs[row].tolist(),
             student_version=student.version if student else None,
             teacher_version=teacher.version,
+            teacher_label_only=teacher.label_only,  # refresh then trains on it as a label
         )
 
     async def _log(self, records: list[EscalationRecord]) -> int:
@@ -197,5 +231,17 @@ class Cascade:
         try:
             return await self.append_log(records)
         except Exception as err:
+            self.log_write_errors += 1
+            self.unlogged_records += len(records)
             logger.error("escalation log write failed; %d record(s) not logged: %r", len(records), err)
             return 0
+
+    def reliability_stats(self) -> dict:
+        """Plain counters of this replica's faults since start, for ``/v1/stats``."""
+        return {
+            "degraded": dict(self.degraded),
+            "breaker": self.breaker.state if self.breaker else None,
+            "teacher_in_flight": self.teacher_in_flight,
+            "log_write_errors": self.log_write_errors,
+            "unlogged_records": self.unlogged_records,
+        }

@@ -320,6 +320,36 @@ def cmd_export_serve_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from distill.data import load_splits
+    from serving.config import load_config
+    from serving.soak import soak
+
+    config = load_config(args.config, home=args.home, port=args.port, data=args.data)
+    texts = load_splits(config.data, args.text_column, args.label_column).get("test").texts
+    url = args.url
+    if url is None:
+        from distill.bootstrap import ensure_models
+        from serving import runner
+
+        ensure_models(config.home, config.data, progress=False)
+        print(f"soak: starting the cascade on {config.host}:{config.port} ...", file=sys.stderr, flush=True)
+        url = runner.start(config)
+    try:
+        print(f"soak: {args.clients} clients, {args.batch} text(s) per request, {args.seconds:.0f} s against {url}", file=sys.stderr, flush=True)
+        report = soak(url, texts, clients=args.clients, seconds=args.seconds, batch=args.batch)
+    finally:
+        if args.url is None:
+            runner.stop()
+    if args.json:
+        print(report.model_dump_json())
+    else:
+        print(f"{report.requests} requests in {report.seconds} s ({report.requests_per_s}/s), errors {report.errors} {report.statuses}\n"
+              f"latency p50 {report.p50_ms} ms, p99 {report.p99_ms} ms, max {report.max_ms} ms\n"
+              f"items {report.items}, escalated {report.escalated}, degraded {report.degraded or 0}")
+    return 1 if report.errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand; defaults come from the config classes."""
     from distill.config import DEFAULT_GOAL, RefreshConfig, StudentSpec, TrainConfig
@@ -416,6 +446,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the whole report as one JSON object")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("soak", help="hold the cascade under steady concurrent load; report errors, p50/p99, degraded items", description="Drive N concurrent clients (one async Python process) against a running cascade (--url) or one started here, for a fixed time; report non-2xx answers and transport errors, latency percentiles and degraded items by cause. Exits 1 if any request failed.")
+    p.add_argument("--url", default=None, help="a running cascade (default: start one from --config/--home/--data)")
+    p.add_argument("--clients", type=int, default=16, help="concurrent clients (default: 16)")
+    p.add_argument("--seconds", type=float, default=60.0, help="duration (default: 60)")
+    p.add_argument("--batch", type=int, default=1, help="texts per request (default: 1)")
+    p.add_argument("--config", type=Path, default=None, help="serving config file (same as cascade serve)")
+    p.add_argument("--port", type=int, default=None, help="HTTP port when starting one (default: 8000)")
+    p.add_argument("--home", type=Path, default=None, help="registry and cache directory")
+    p.add_argument("--data", default=None, help="data set whose test texts are sent (default: banking77)")
+    p.add_argument("--text-column", default=None)
+    p.add_argument("--label-column", default=None)
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=cmd_soak)
 
     p = sub.add_parser("refresh", help="retrain the student from the escalation log; gate; promote if better", description="One refresh round: escalation records (teacher soft labels) plus a replay of the base training data train a candidate student; it is promoted only if, on the validation split, it is at least as accurate as the current student and meets the goal with no more escalation. The decision is recorded either way; running cascades pick up a promotion within poll_registry_s.")
     _common(p)

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from distill.config import DEFAULT_GOAL
 from distill.remote import RemoteTeacherSettings
 from distill.settings import default_home
+from serving.redaction import load_redactor
 
 
 class _Strict(BaseModel):
@@ -81,6 +82,20 @@ class IngressConfig(_Strict):
     num_replicas: int = Field(1, ge=1)
     num_cpus: float = Field(0.25, ge=0)
     max_ongoing_requests: int = Field(256, ge=1)
+    # overload: past max_in_flight classify requests in a replica, 429 + Retry-After (counted in /v1/stats);
+    # past max_queued_requests waiting for a replica, Serve's proxy answers 429 + Retry-After itself
+    max_in_flight: int = Field(128, ge=1)
+    max_queued_requests: int = Field(512, ge=-1)  # -1: no bound (not advised)
+    retry_after_s: int = Field(1, ge=0)  # the Retry-After of a shed request
+
+    @model_validator(mode="after")
+    def _shedding_leaves_room(self) -> "IngressConfig":
+        if self.max_in_flight >= self.max_ongoing_requests:
+            raise ValueError(
+                f"max_in_flight ({self.max_in_flight}) must be < max_ongoing_requests ({self.max_ongoing_requests}), "
+                "or requests queue unshed and health checks find no room"
+            )
+        return self
 
 
 class RoutingConfig(_Strict):
@@ -94,6 +109,9 @@ class RoutingConfig(_Strict):
     audit_rate: float = Field(0.0, ge=0, le=1)  # share of confident items also sent to the teacher, for an unbiased agreement estimate
     student_cost: float = Field(1.0, ge=0)  # cost units per student call
     teacher_cost: float = Field(50.0, ge=0)  # cost units per teacher call
+    breaker_failures: int = Field(5, ge=1)  # consecutive teacher failures or timeouts that open the circuit breaker
+    breaker_reset_s: float = Field(10.0, gt=0)  # open this long, then one probe call decides
+    teacher_max_in_flight: int = Field(256, ge=1)  # teacher items in flight per ingress replica; past it: degraded, teacher_overloaded
 
 
 class LimitsConfig(_Strict):
@@ -101,6 +119,7 @@ class LimitsConfig(_Strict):
 
     max_items: int = Field(256, ge=1)  # texts per request
     max_text_chars: int = Field(10_000, ge=1)  # characters per text
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)  # request body; larger gets 413 before parsing
 
 
 class LogConfig(_Strict):
@@ -109,6 +128,13 @@ class LogConfig(_Strict):
     path: str | None = None  # directory of JSONL segments; None = <home>/escalations
     segment_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # rotate to a new segment past this size
     segment_max_seconds: float = Field(3600.0, gt=0)  # ... or past this age
+    redact: str = "default"  # applied to texts before logging: default (card numbers, e-mails), none, or module:function
+
+    @field_validator("redact")
+    @classmethod
+    def _redactor_loads(cls, spec: str) -> str:
+        load_redactor(spec)  # a RedactionError (ValueError) names what is wrong
+        return spec
 
 
 class MetricsConfig(_Strict):

@@ -120,7 +120,8 @@ class BatchedModel:
             return outputs[0]
         if len({o.version for o in outputs}) > 1:  # a swap fell between the chunks: answer with one version
             return await self.predict(texts)
-        return ModelOutput(np.concatenate([o.probs for o in outputs]), outputs[0].version, outputs[0].policy)
+        first = outputs[0]
+        return ModelOutput(np.concatenate([o.probs for o in outputs]), first.version, first.policy, first.label_only)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, batch_size_fn=texts_in)
     async def _batched(self, calls: list[list[str]]) -> list[ModelOutput]:
@@ -130,12 +131,17 @@ class BatchedModel:
         policy = model.meta.policy if model.meta else None
         out, start = [], 0
         for call in calls:
-            out.append(ModelOutput(probs[start : start + len(call)], model.version, policy))
+            out.append(ModelOutput(probs[start : start + len(call)], model.version, policy, model.label_only))
             start += len(call)
         return out
+
+    async def reload(self) -> str:
+        """Re-read the registry's current pointer now (when following it) and swap if it moved;
+        returns the version in use."""
+        await asyncio.to_thread(self._swap_to, None, True)
+        return self.model.version
 
     def info(self) -> dict:
         """Labels, version and (for a student) the fitted policy of the loaded model."""
         meta = self.model.meta
-        return {"labels": self.model.labels, "version": self.model.version, "policy": meta.policy if meta else None,
-                "label_only": self.model.label_only}
+        return {"labels": self.model.labels, "version": self.model.version, "policy": meta.policy if meta else None}

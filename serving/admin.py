@@ -1,0 +1,68 @@
+"""Admin operations over HTTP (promote, rollback, threshold, reload): their request and
+response bodies, and the registry moves behind them. Every admin route needs the bearer token
+of ``serving.guards.AdminToken``; the ingress checks it before calling anything here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from distill.metadata import Role
+from distill.registry import Registry
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PromoteRequest(_Body):
+    role: Role = "student"
+    # a registered version id: a plain name, so it can never reach outside the registry
+    version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="a registered version (see `cascade models list`)")
+    expected_current: str | None = Field(None, description="refuse (409) if the current version is not this one")
+
+
+class RollbackRequest(_Body):
+    role: Role = "student"
+
+
+class ThresholdRequest(_Body):
+    threshold: float | None = Field(ge=0, le=1, description="the service-wide escalation threshold; null: the student's fitted one")
+
+
+class PointerResponse(BaseModel):
+    """Where a role's current pointer stands after a promotion or rollback; model servers that
+    follow the registry swap to it within their ``poll_registry_s``, or at once on reload."""
+
+    role: Role
+    current: str
+    previous: str | None
+
+
+class ThresholdResponse(BaseModel):
+    threshold: float | None
+    previous: float | None
+
+
+class ReloadResponse(BaseModel):
+    """The versions in use after the model servers re-read the registry's pointers."""
+
+    student: str
+    teacher: str
+
+
+def promote(home: Path, request: PromoteRequest) -> PointerResponse:
+    """Move ``request.role``'s current pointer to ``request.version`` (compare-and-swap when
+    ``expected_current`` is given). Raises ``RegistryError``."""
+    registry = Registry(home / "registry")
+    previous = registry.current(request.role)
+    registry.promote(request.role, request.version, note="admin api", expected_current=request.expected_current)
+    return PointerResponse(role=request.role, current=request.version, previous=previous)
+
+
+def rollback(home: Path, request: RollbackRequest) -> PointerResponse:
+    """Move ``request.role``'s pointer back to its previous version. Raises ``RegistryError``."""
+    registry = Registry(home / "registry")
+    previous = registry.current(request.role)
+    return PointerResponse(role=request.role, current=registry.rollback(request.role), previous=previous)

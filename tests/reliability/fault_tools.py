@@ -1,0 +1,106 @@
+"""Helpers for the reliability tests: a real cascade on a local Ray cluster per module, the
+process ids of its replicas (for SIGSTOP and SIGKILL from outside, with no hook in the
+product), and a load generator that records every answer."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+
+from serving.config import CascadeConfig
+
+IN_DOMAIN = ["play some jazz", "set an alarm for 7 am", "what is the weather tomorrow", "transfer 50 dollars to savings"]
+ODD = ["zebra quantum pancake", "the of and a", "purple", "music alarm weather balance", "yes"]
+
+
+def unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def reliability_config(home: Path, log_path: Path, **sections: Any) -> CascadeConfig:
+    """A cascade on the tiny models: a fixed threshold makes the ODD texts unsure."""
+    raw: dict[str, Any] = {"home": str(home), "port": unused_port(), "log": {"path": str(log_path)},
+                           "routing": {"threshold": 0.9}, "limits": {"max_items": 64}}
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value}
+    return CascadeConfig.model_validate(raw)
+
+
+@contextmanager
+def running_cascade(config: CascadeConfig) -> Iterator[str]:
+    """Start Ray and the application, yield its URL, shut everything down."""
+    from serving import runner
+
+    try:
+        yield runner.start(config, num_cpus=2)
+    finally:
+        runner.stop()
+
+
+def replica_pids(deployment: str) -> list[int]:
+    """Process ids of a deployment's live replicas, found through Ray's named actors."""
+    import ray
+
+    pids = []
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == "serve" and f"#{deployment}#" in actor["name"]:
+            handle = ray.get_actor(actor["name"], namespace="serve")
+            try:
+                pids.append(ray.get(handle.__ray_call__.remote(lambda _: os.getpid()), timeout=10))
+            except Exception:  # a replica that is dying or not started yet
+                continue
+    return pids
+
+
+@dataclass
+class Answer:
+    sent: float
+    received: float
+    status: int
+    body: dict | None
+
+
+@dataclass
+class Load:
+    """``clients`` threads posting ``body`` to /v1/classify in a loop until stopped; every answer kept."""
+
+    url: str
+    body: dict
+    clients: int = 6
+    answers: list[Answer] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def _client(self) -> None:
+        with httpx.Client(timeout=60) as client:
+            while not self._stop.is_set():
+                sent = time.monotonic()
+                try:
+                    response = client.post(f"{self.url}/v1/classify", json=self.body)
+                    status, body = response.status_code, response.json()
+                    if status != 200:
+                        body["retry-after"] = response.headers.get("retry-after")
+                except httpx.HTTPError:
+                    status, body = 0, None  # no answer at all counts as a failure
+                self.answers.append(Answer(sent, time.monotonic(), status, body))
+
+    def __enter__(self) -> "Load":
+        self._threads = [threading.Thread(target=self._client) for _ in range(self.clients)]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()

@@ -1,0 +1,242 @@
+"""The real application at its edges: bad input, a property-based fuzz run, admin calls with and
+without the token, redaction in the log, a full disk under the escalation log, and shedding
+past the in-flight bound. One Ray Serve application for the module."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import time
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fault_tools import IN_DOMAIN, ODD, Load, reliability_config, replica_pids, running_cascade
+from distill.escalations import read_records
+from distill.registry import Registry
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "test-admin-token-7"
+MAX_BODY = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def log_dir(tmp_path_factory):
+    """The escalation log's directory: on a 4 MiB tmpfs when this machine lets us mount one (a
+    disk that really fills up), else a plain directory (the full-disk test then caps the writer's
+    file size instead)."""
+    mount = tmp_path_factory.mktemp("small-disk")
+    mounted = shutil.which("mount") is not None and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode == 0
+    yield mount / "escalations", mounted
+    if mounted:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture(scope="module")
+def app(tiny_home, log_dir):
+    config = reliability_config(
+        tiny_home, log_dir[0], limits={"max_body_bytes": MAX_BODY, "max_text_chars": 2000}, ingress={"max_in_flight": 4}
+    )
+    os.environ["CASCADE_ADMIN_TOKEN"] = TOKEN  # read by the ingress at start, in the Ray workers this process starts
+    try:
+        with running_cascade(config) as url:
+            yield url, config
+    finally:
+        del os.environ["CASCADE_ADMIN_TOKEN"]
+
+
+def post(url: str, path: str, **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}{path}", timeout=60, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "content, status, fragment",
+    [
+        (b'{"inputs": "caf\xe9 au lait"}', 400, "not valid UTF-8"),
+        (json.dumps({"inputs": "x" * (MAX_BODY + 1)}).encode(), 413, f"more than {MAX_BODY} bytes"),
+        (json.dumps({"inputs": "x" * 2001}).encode(), 413, "2001 characters, at most 2000"),
+        (b'{"inputs": ["ok", 7]}', 422, "inputs"),
+        (b'{"inputs": null}', 422, "inputs"),
+        (b'["play some jazz"]', 422, "body"),
+        (b'{"inputs": "\\t\\n  "}', 422, "empty or whitespace"),
+        (b'{"inputs": ["ok", "zebra \\ud800"]}', 422, "inputs[1]: not valid Unicode at character 6"),
+        (b'{"inputs": "x", "options": {"threshold": -0.1}}', 422, "threshold"),
+        (b'{"inputs": "x", "options": {"threshold": "high"}}', 422, "threshold"),
+        (b'{"inputs": "x", "options": {"mode": "oracle"}}', 422, "mode"),
+        (b'{"inputs": "x", "options": {"top_k": "3"}}', 422, "top_k"),
+        (b'{"inputs": "x", "options": []}', 422, "options"),
+        (json.dumps({"inputs": ["a"] * 65}).encode(), 413, "at most 64"),
+        (b"", 422, "body"),
+    ],
+)
+def test_bad_input_gets_a_4xx_json_error_naming_the_problem(app, content, status, fragment):
+    response = post(app[0], "/v1/classify", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    assert fragment in response.json()["error"]
+
+
+def test_framework_errors_are_json_too(app):
+    missing = httpx.get(f"{app[0]}/v1/nothing-here")
+    assert missing.status_code == 404 and missing.json() == {"error": "Not Found"}
+    wrong_method = httpx.get(f"{app[0]}/v1/classify")
+    assert wrong_method.status_code == 405 and wrong_method.json() == {"error": "Method Not Allowed"}
+
+
+def test_a_body_without_content_length_is_capped_too(app):
+    chunks = iter([b'{"inputs": "', b"x" * MAX_BODY, b'"}'])
+    response = post(app[0], "/v1/classify", content=chunks, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "bytes" in response.json()["error"]
+
+
+TEXTS = st.text(st.characters(exclude_categories=()), max_size=30)  # surrogates too: JSON escapes can carry them
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | TEXTS,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+ALMOST_VALID = st.fixed_dictionaries(
+    {"inputs": st.one_of(TEXTS, st.text(max_size=200), st.lists(TEXTS, max_size=70), JSON_VALUES)},
+    optional={"options": st.one_of(
+        st.fixed_dictionaries({}, optional={
+            "mode": st.one_of(st.sampled_from(["cascade", "student", "teacher", "Teacher", ""]), JSON_VALUES),
+            "threshold": st.one_of(st.floats(), st.integers(-2, 2), JSON_VALUES),
+            "top_k": st.one_of(st.integers(-5, 200), JSON_VALUES),
+        }),
+        JSON_VALUES,
+    )},
+)
+BODIES = st.one_of(
+    ALMOST_VALID.map(lambda body: json.dumps(body).encode()),  # json.dumps writes NaN and Infinity, as careless clients do
+    JSON_VALUES.map(lambda value: json.dumps(value).encode()),
+    st.binary(max_size=300),
+)
+fuzz_cases: list[int] = []
+
+
+@settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=BODIES)
+def test_fuzzed_bodies_never_get_a_5xx(app, body):
+    response = post(app[0], "/v1/classify", content=body, headers={"content-type": "application/json"})
+    fuzz_cases.append(response.status_code)
+    assert response.status_code < 500, (body, response.text)
+    if response.status_code == 200:
+        sent = json.loads(body)["inputs"]
+        assert len(response.json()["predictions"]) == (1 if isinstance(sent, str) else len(sent))
+    else:
+        assert 400 <= response.status_code < 500 and isinstance(response.json()["error"], str)
+
+
+def test_fuzz_run_size():
+    """Reports the fuzz run (runs after it in file order)."""
+    statuses = {s: fuzz_cases.count(s) for s in sorted(set(fuzz_cases))}
+    print(f"\nfuzz: {len(fuzz_cases)} cases, status counts {statuses}, 0 5xx")
+    assert len(fuzz_cases) >= 400 and all(s < 500 for s in fuzz_cases)
+    assert 200 in statuses and 422 in statuses, "the fuzz run must reach both valid and invalid bodies"
+
+
+def test_admin_calls_need_the_token(app, tiny_home):
+    url = app[0]
+    registry = Registry(tiny_home / "registry")
+    current = registry.current("student")
+    other = registry.derive("student", current).version
+    calls = [("/v1/admin/promote", {"version": other}), ("/v1/admin/rollback", {}),
+             ("/v1/admin/threshold", {"threshold": 0.5}), ("/v1/admin/reload", None)]
+    for path, body in calls:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            response = post(url, path, json=body, headers=headers)
+            assert response.status_code == 401 and "error" in response.json(), (path, headers)
+    assert registry.current("student") == current, "a refused call changed something"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    promoted = post(url, "/v1/admin/promote", json={"version": other}, headers=auth)
+    assert promoted.status_code == 200 and promoted.json() == {"role": "student", "current": other, "previous": current}
+    assert post(url, "/v1/admin/reload", headers=auth).json()["student"] == other
+    assert httpx.post(f"{url}/v1/classify", json={"inputs": "play some jazz"}).json()["versions"]["student"] == other
+    rolled = post(url, "/v1/admin/rollback", json={"role": "student"}, headers=auth)
+    assert rolled.status_code == 200 and rolled.json()["current"] == current
+    assert post(url, "/v1/admin/reload", headers=auth).json()["student"] == current
+    assert post(url, "/v1/admin/promote", json={"version": "../../teacher"}, headers=auth).status_code == 422
+    unknown = post(url, "/v1/admin/promote", json={"version": "student-nope"}, headers=auth)
+    assert unknown.status_code == 409 and "student-nope" in unknown.json()["error"]
+    threshold = post(url, "/v1/admin/threshold", json={"threshold": 0.0}, headers=auth)
+    assert threshold.json() == {"threshold": 0.0, "previous": 0.9}
+    assert all(p["tier"] == "student" for p in httpx.post(f"{url}/v1/classify", json={"inputs": ODD}).json()["predictions"])
+    assert post(url, "/v1/admin/threshold", json={"threshold": 0.9}, headers=auth).status_code == 200
+    assert post(url, "/v1/admin/threshold", json={"threshold": 1.5}, headers=auth).status_code == 422
+
+
+def test_card_numbers_and_emails_are_masked_in_the_log(app, log_dir):
+    text = "zebra card 4111 1111 1111 1111 mail ann@example.org"
+    body = httpx.post(f"{app[0]}/v1/classify", json={"inputs": text, "options": {"mode": "teacher"}}, timeout=30).json()
+    assert body["logged"] == 1
+    [record] = [r for r in read_records(log_dir[0]) if r.request_id == body["request_id"]]
+    assert record.text == "zebra card [CARD] mail [EMAIL]"
+
+
+@contextmanager
+def full_disk(log_dir: Path, mounted: bool):
+    """Make the log's disk refuse writes for real: fill the tmpfs, or (no tmpfs) cap the log
+    writer process's file size at 0 with RLIMIT_FSIZE."""
+    if mounted:
+        filler = log_dir.parent / "filler"
+        with filler.open("wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+            except OSError:
+                pass
+        try:
+            yield "tmpfs filled (ENOSPC)"
+        finally:
+            filler.unlink()
+    else:
+        [pid] = replica_pids("LogWriter")
+        old = resource.prlimit(pid, resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+        try:
+            yield "RLIMIT_FSIZE 0 on the log writer (EFBIG)"
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, old)
+
+
+def test_full_disk_fails_logging_loudly_but_no_request(app, log_dir):
+    url = app[0]
+    # 20 records (about 9 KB) a request: more than the open segment's last page can still take
+    body = {"inputs": ODD * 4, "options": {"mode": "teacher"}}
+    before = httpx.get(f"{url}/v1/stats").json()["reliability"]
+    with full_disk(*log_dir) as how:
+        answers = [httpx.post(f"{url}/v1/classify", json=body, timeout=30) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200] * 3
+    on_disk = Counter(r.request_id for r in read_records(log_dir[0]))
+    for answer in (a.json() for a in answers):
+        assert all(p["tier"] == "teacher" for p in answer["predictions"]), "the answers themselves are unaffected"
+        assert answer["logged"] == 0 == on_disk[answer["request_id"]], "nothing written, nothing acknowledged"
+    stats = httpx.get(f"{url}/v1/stats").json()["reliability"]
+    assert stats["log_write_errors"] - before["log_write_errors"] == 3
+    assert stats["unlogged_records"] - before["unlogged_records"] == 60
+    after = httpx.post(f"{url}/v1/classify", json=body, timeout=30).json()
+    assert after["logged"] == 20, "logging resumes once space is back"
+    assert sum(r.request_id == after["request_id"] for r in read_records(log_dir[0])) == 20
+    print(f"\nfull disk ({how}): 3 requests answered 200 with logged 0, 3 log write errors and 60 unlogged records counted; "
+          "logging resumed after")
+
+
+def test_past_the_in_flight_bound_requests_are_shed_with_retry_after(app):
+    url = app[0]
+    shed_before = httpx.get(f"{url}/v1/stats").json()["reliability"]["shed_requests"]
+    with Load(url, {"inputs": (IN_DOMAIN + ODD) * 7, "options": {"mode": "teacher"}}, clients=12) as load:
+        time.sleep(4)
+    statuses = [a.status for a in load.answers]
+    shed = [a for a in load.answers if a.status == 429]
+    assert set(statuses) <= {200, 429} and shed and statuses.count(200) > 0
+    assert all(a.body["retry-after"] == "1" and "overloaded" in a.body["error"] for a in shed)
+    assert httpx.get(f"{url}/v1/stats").json()["reliability"]["shed_requests"] - shed_before == len(shed)
+    print(f"\noverload: {len(statuses)} requests from 12 clients at max_in_flight 4: {len(shed)} shed with 429 + Retry-After, rest 200")
