@@ -281,7 +281,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     split = load_splits(config.data, args.text_column, args.label_column).get(args.split)
     texts, labels = split.texts[: args.limit or None], split.labels[: args.limit or None]
     say = (lambda _: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
-    report = run_bench(config, texts, labels, seconds=args.seconds, progress=say)
+    if args.pairs < 0:
+        raise ConfigError(f"--pairs must be 0 or more; got {args.pairs}")
+    report = run_bench(config, texts, labels, seconds=args.seconds, pairs=args.pairs, progress=say)
     table = markdown_table(report)
     if args.out:
         args.out.write_text(table + "\n")
@@ -442,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("test", "validation"), default="test")
     p.add_argument("--limit", type=int, default=0, help="use only the first N texts (default: all)")
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each single-text load run (default: 10)")
+    p.add_argument("--pairs", type=int, default=3,
+                   help="alternating echo/cascade runs at 16 clients whose median ratio is the reported check (default: 3; 0: none)")
     p.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
     p.add_argument("--json", action="store_true", help="print the whole report as one JSON object")
     p.add_argument("-q", "--quiet", action="store_true")
