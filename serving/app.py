@@ -378,7 +378,6 @@ class Ingress:
             raise kserve.V2Error(*problem)
         return kserve.infer_response(name, call, await self._answer(call.texts, call.options))
 
-
     @api.post("/v1/admin/promote", response_model=admin.PointerResponse, responses=ADMIN_ERRORS, dependencies=[ADMIN])
     async def admin_promote(self, body: admin.PromoteRequest) -> Any:
         """Point a role at a registered version; model servers swap to it within poll_registry_s (or at reload)."""
@@ -468,9 +467,6 @@ def app_builder(config: CascadeConfig) -> serve.Application:
     ``cascade serve`` it does not bootstrap missing models, which would take minutes inside the
     cluster on every deploy: a role served from the registry needs a current version, or the
     deploy fails with a message saying how to build one."""
-    from distill.errors import RegistryError
-    from distill.registry import Registry
-
     registry = Registry(config.home / "registry")
     for role, settings in (("student", config.student), ("teacher", config.teacher)):
         if settings.model is None and registry.current(role) is None:
