@@ -181,7 +181,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     config = RefreshConfig(
         replay_ratio=args.replay_ratio, margin_floor=args.margin_floor, since=args.since, min_records=args.min_records,
         warm_start=not args.from_scratch, tolerance=args.tolerance, goal=args.goal, workers=args.workers,
-        train=replace(defaults.train, epochs=args.epochs if args.epochs else (defaults.train.epochs if not args.from_scratch else 15), seed=args.seed),
+        train=replace(defaults.train, epochs=args.epochs, seed=args.seed),
     )
     log_dir = args.log or _home(args) / "escalations"
     if args.watch:
@@ -207,7 +207,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "routing": config.routing.model_copy(update={"goal": args.goal, "teacher_timeout_s": args.teacher_timeout}),
     })
     say = (lambda _: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
-    report = simulate(config, config.data, args.rounds, args.seed_fraction, say)
+    report = simulate(config, config.data, args.rounds, args.seed_fraction, not args.no_shadow, say)
     plot_rounds(report, args.out)
     if args.json:
         print(json.dumps(report))
@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", default=None, help="only records at or after this ISO time")
     p.add_argument("--min-records", type=int, default=RefreshConfig.min_records, help="refuse to train on fewer usable records (default: 1)")
     p.add_argument("--from-scratch", action="store_true", help="train from the teacher's embeddings instead of warm-starting from the current student")
-    p.add_argument("--epochs", type=int, default=0, help="training epochs (default: 5 warm, 15 from scratch)")
+    p.add_argument("--epochs", type=int, default=RefreshConfig().train.epochs, help=f"training epochs (default: {RefreshConfig().train.epochs})")
     p.add_argument("--tolerance", type=float, default=RefreshConfig.tolerance, help="accuracy the gate forgives (default: 0)")
     p.add_argument("--goal", default=DEFAULT_GOAL, help=f"policy goal the gate checks (default: {DEFAULT_GOAL})")
     p.add_argument("--seed", type=int, default=0)
@@ -491,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=5, help="rounds of traffic and refresh (default: 5)")
     p.add_argument("--seed-fraction", type=float, default=0.1, help="share of train the seed student is distilled on (default: 0.1)")
     p.add_argument("--goal", default="accuracy>=teacher", help="policy goal of every student in the run (default: accuracy>=teacher)")
+    p.add_argument("--no-shadow", action="store_true",
+                   help="let the seed student answer from round 1 (default: it starts in shadow, every round-1 item goes to the teacher "
+                        "and is logged, since a few hundred rows are too little evidence for a threshold)")
     p.add_argument("--teacher-timeout", type=float, default=120.0,
                    help="seconds an escalation waits for the teacher (default: 120: a simulation measures learning, "
                         "so a loaded machine must not turn escalations into degraded answers)")

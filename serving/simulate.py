@@ -1,6 +1,11 @@
 """``cascade simulate``: the refresh loop's story, end to end on a real service.
 
 1. Distil a seed student from a small slice of the training split (the only data it knows).
+   With ``shadow`` (the default) it starts in shadow: its policy escalates everything, so the
+   teacher answers round 1 and every item of it is logged. A student that has seen a few hundred
+   rows gives a threshold too little evidence: on the validation split it answers the items
+   it is surest of with no loss against the teacher, and still loses some of them on test.
+   From its first refresh on, the student takes the share its fitted policy earns.
 2. Serve the cascade; stream the rest of the training split through it as production traffic,
    in rounds; the unsure items reach the teacher and land in the escalation log.
 3. After each round, a refresh trains a candidate on the log (plus a replay of the slice),
@@ -9,6 +14,7 @@
    cascade's accuracy on the test split with the student that served the round.
 """
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -43,7 +49,8 @@ def _wait_for_student(url: str, version: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.5)
 
 
-def simulate(config: CascadeConfig, data: str, rounds: int = 5, seed_fraction: float = 0.1, say: Callable[[str], None] = print) -> dict:
+def simulate(config: CascadeConfig, data: str, rounds: int = 5, seed_fraction: float = 0.1, shadow: bool = True,
+             say: Callable[[str], None] = print) -> dict:
     """Run the simulation (see the module docstring); returns the per-round report."""
     full = load_splits(data)
     if full.test is None:
@@ -57,6 +64,8 @@ def simulate(config: CascadeConfig, data: str, rounds: int = 5, seed_fraction: f
     spec = StudentSpec()
     student, metrics = distill_student(teacher, seed, spec, cache, progress=False)
     policy = fit_student_policy(student, teacher, splits.validation, cache, config.routing.goal)
+    if shadow:  # threshold 1.0 escalates every item (see module docstring)
+        policy = replace(policy, threshold=1.0, class_thresholds={}, goal=f"shadow: escalate all until the first refresh (fitted: {policy.goal})")
     register_model(registry, student, new_student_meta(teacher, spec, data_record(data, splits), metrics, policy, parent=None))
     labels = full.test.label_ids(teacher.labels)
     teacher_probs = np.exp(cache.log_probs(teacher, full.test))
@@ -64,7 +73,8 @@ def simulate(config: CascadeConfig, data: str, rounds: int = 5, seed_fraction: f
     order = np.random.default_rng(0).permutation(len(rest))
     chunks = np.array_split(order, rounds)
     url = runner.start(config)
-    report = {"teacher_accuracy": round(float(np.mean(teacher_probs.argmax(1) == labels)), 4), "rounds": []}
+    report = {"teacher_accuracy": round(float(np.mean(teacher_probs.argmax(1) == labels)), 4),
+              "seed_rows": len(seed), "traffic_rows": len(rest), "rounds": []}
     try:
         for number, chunk in enumerate(chunks, start=1):
             current = HFClassifier.load(registry.current_path("student"))

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,18 +20,13 @@ import yaml
 
 from distill.registry import Registry
 from serving.cli import main
+from ports import free_port
 
 pytestmark = pytest.mark.slow
 READY_TIMEOUT_S = 300  # a fresh Ray, then four deployments, on two shared cores
 # `serve deploy` reaches the cluster through its dashboard, which by default asks for the
 # cluster's token; this throwaway local cluster opts out instead of sharing a token file
 NO_TOKEN = {"RAY_AUTH_MODE": "disabled"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serving_settings(port: int, work: Path) -> dict:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 
 import httpx
 import numpy as np
@@ -20,6 +19,7 @@ from distill.escalations import read_records
 from distill.registry import Registry
 from fake_teacher import rule_label
 from serving.config import CascadeConfig
+from ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -27,12 +27,6 @@ MODEL = "cascade-remote"
 IN_DOMAIN = ["play some jazz", "set an alarm for 7 am", "what is the weather tomorrow", "transfer 50 dollars to savings"]
 ODD = ["zebra quantum pancake", "the of and a", "purple", "yes", "banana telescope"]
 NOVEL = [f"{a} {b}" for a, b in zip(["violin", "granite", "orbit", "lantern", "meadow", "copper"], ["falcon", "harbor", "prism", "tundra", "velvet", "quartz"])]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -17,20 +17,13 @@ import yaml
 
 from distill.registry import Registry
 from serving.config import CascadeConfig
+from ports import free_port
 
 pytestmark = pytest.mark.slow
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 IN_DOMAIN = ["set an alarm for 7 am", "play some jazz", "what is my account balance", "send 50 dollars to my brother"]
 ODD = ["zebra quantum pancake", "the of and a", "purple", "music alarm weather balance", "yes"]  # some are unsure
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ product), and a load generator that records every answer."""
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -16,20 +15,15 @@ from typing import Any, Iterator
 import httpx
 
 from serving.config import CascadeConfig
+from ports import free_port
 
 IN_DOMAIN = ["play some jazz", "set an alarm for 7 am", "what is the weather tomorrow", "transfer 50 dollars to savings"]
 ODD = ["zebra quantum pancake", "the of and a", "purple", "music alarm weather balance", "yes"]
 
 
-def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def reliability_config(home: Path, log_path: Path, **sections: Any) -> CascadeConfig:
     """A cascade on the tiny models: a fixed threshold makes the ODD texts unsure."""
-    raw: dict[str, Any] = {"home": str(home), "port": unused_port(), "log": {"path": str(log_path)},
+    raw: dict[str, Any] = {"home": str(home), "port": free_port(), "log": {"path": str(log_path)},
                            "routing": {"threshold": 0.9}, "limits": {"max_items": 64}}
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value}

@@ -1,0 +1,81 @@
+"""`cascade simulate` end to end on the tiny data set, through the real command in its own
+process (its own Ray and Serve): the seed student starts in shadow, so round 1's traffic all
+reaches the teacher and lands in the escalation log; later rounds are served by refreshed
+students; the report, its JSON form and the PNG hold what the issue names."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distill.data import load_splits
+from distill.escalations import read_records
+from distill.registry import Registry
+from serving.config import load_config
+from ports import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def simulation(tiny_home: Path, tiny_data: Path, tmp_path_factory) -> tuple[dict, Path, Path]:
+    """One two-round simulation on a copy of the tiny registry; (report, home, PNG)."""
+    work = tmp_path_factory.mktemp("simulate")
+    home = work / "home"
+    shutil.copytree(tiny_home, home)  # the teacher is reused; the seed student is registered here
+    config = work / "cascade.yaml"
+    config.write_text(json.dumps({"metrics": {"port": free_port()}}))
+    png = work / "rounds.png"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
+    done = subprocess.run(
+        [sys.executable, "-m", "serving.cli", "simulate", "--home", str(home), "--data", str(tiny_data),
+         "--config", str(config), "--port", str(free_port()), "--rounds", "2", "--out", str(png), "--json"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout), home, png
+
+
+def test_report_has_the_documented_json_shape(simulation, tiny_data):
+    report, _, png = simulation
+    assert 0 < report["teacher_accuracy"] <= 1
+    # the seed slice and the traffic are the training split, less the validation rows carved from it
+    splits = load_splits(str(tiny_data))
+    assert report["seed_rows"] + report["traffic_rows"] == len(splits.train)
+    assert sum(r["traffic"] for r in report["rounds"]) == report["traffic_rows"]
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    for row in report["rounds"]:
+        assert {"teacher_share", "cascade_accuracy", "cost_per_1000", "degraded_share", "refresh"} <= row.keys()
+        assert 0 <= row["teacher_share"] <= 1 and 0 <= row["cascade_accuracy"] <= 1
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_seed_student_shadows_round_one_and_the_log_holds_all_of_it(simulation):
+    report, home, _ = simulation
+    first = report["rounds"][0]
+    assert first["teacher_share"] == 1.0 and first["degraded_share"] == 0.0
+    # a shadowed round costs what the teacher alone costs (plus the student that scored it)
+    config = load_config(None, home=home)
+    assert first["cost_per_1000"] == pytest.approx(1000 * (config.routing.student_cost + config.routing.teacher_cost))
+    # on a shadowed round the cascade answers as the teacher does: its accuracy is the teacher's
+    assert first["cascade_accuracy"] == report["teacher_accuracy"]
+    seed = Registry(home / "registry").meta("student", first["student"])
+    assert seed.policy["threshold"] == 1.0 and seed.policy["goal"].startswith("shadow")
+    logged = [r for r in read_records(config.log_path()) if r.student_version == first["student"]]
+    assert len(logged) == first["traffic"]
+    assert all(r.reason == "unsure" and len(r.teacher_probs) == 5 for r in logged)
+
+
+def test_round_two_is_served_by_the_refreshed_student(simulation):
+    report, home, _ = simulation
+    first, second = report["rounds"]
+    assert first["refresh"] == "promoted"  # the gate accepts anything that escalates no more than everything
+    assert second["student"] != first["student"]
+    assert Registry(home / "registry").meta("student", second["student"]).parent == first["student"]
+    assert second["teacher_share"] <= first["teacher_share"]
