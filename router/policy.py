@@ -82,11 +82,15 @@ class EscalationPolicy:
         `threshold` is a per-request override: when given, it replaces the global and every
         per-class threshold.
         """
+        return self.scores_and_mask(probs, threshold)[1]
+
+    def scores_and_mask(self, probs: np.ndarray, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The confidence scores and the escalation mask (see `escalate_mask`), scoring once."""
         probs = as_probs(probs)
         scores = self.scores(probs)
         if threshold is not None:
-            return scores < self._check_threshold(threshold, "threshold override")
-        return scores < self.thresholds_for(probs.argmax(axis=1))
+            return scores, scores < self._check_threshold(threshold, "threshold override")
+        return scores, scores < self.thresholds_for(probs.argmax(axis=1))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of the policy; class ids become string keys."""

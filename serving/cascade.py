@@ -126,8 +126,7 @@ class Cascade:
             return np.zeros(n, dtype=bool), ["forced"] * n, None, capped
         policy = self.policy_for(student)
         threshold = options.threshold if options.threshold is not None else self.threshold
-        confidence = policy.scores(student.probs)
-        unsure = policy.escalate_mask(student.probs, threshold)
+        confidence, unsure = policy.scores_and_mask(student.probs, threshold)
         reasons = np.where(unsure, "unsure", "confident").tolist()
         if self.budget is not None:  # every request counts toward the window, confident ones too
             admitted = self.budget.admit(int(unsure.sum()), n)
