@@ -30,13 +30,13 @@ from serving.api import ClassifyOptions, ClassifyRequest, ClassifyResponse, Erro
 from serving.cascade import Cascade, ModelOutput
 from serving.config import CascadeConfig, ModelDeploymentConfig
 from serving.guards import AdminToken, GuardSettings, InFlightLimit, RequestGuard
-from serving.log_writer import SegmentWriter
+from serving.log_writer import GroupCommitLog, SegmentWriter
 from serving.metrics import ClusterMetricsReader, DashboardFigures, IngressMetrics, Recorder, refresh_outcome
-from serving.model_server import BatchedModel, texts_in
+from serving.model_server import BatchedModel
 from serving.redaction import load_redactor
 
 logger = logging.getLogger("cascade")
-LOG_BATCH = 512  # records per fsync of the log writer
+LOG_BATCH = 512  # records per write and fsync of an ingress replica's escalation log, at most
 DEFAULT_AUTOSCALING = {"min_replicas": 1, "max_replicas": 2}  # num_replicas "auto" without an autoscaling config
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (401, 403, 409, 422)}
 
@@ -62,37 +62,18 @@ class ModelServer(BatchedModel):
         self.configure(user_config)
 
 
-@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1024)
-class LogWriter:
-    """The single writer of the escalation log: batches appends from every ingress replica
-    into one fsync. Being a single replica, it also exports the refresh rounds recorded in the
-    registry history (``cascade refresh`` runs in its own process), so none is counted twice."""
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.05})
+class RefreshRuns:
+    """Exports the student's refresh rounds by outcome, read from the registry history (``cascade
+    refresh`` runs in its own process, without Ray). A single replica, so none is counted twice."""
 
-    def __init__(self, directory: str, max_bytes: int, max_seconds: float, registry: str, refresh_poll_s: float):
-        self.writer = SegmentWriter(Path(directory), max_bytes, max_seconds)
-        self.metrics = Recorder("cascade_log_records_total", "cascade_log_bytes_total", "cascade_log_write_errors_total", "cascade_refresh_runs_total")
-        threading.Thread(target=self._export_refresh_runs, args=(Registry(registry), refresh_poll_s), daemon=True).start()
-        self.write_errors = 0  # failed batch writes (a full disk, say); nothing of them was acknowledged
+    def __init__(self, registry: str, poll_s: float):
+        self.metrics = Recorder("cascade_refresh_runs_total")
+        threading.Thread(target=self._export, args=(Registry(registry), poll_s), daemon=True).start()
 
-    @serve.batch(max_batch_size=LOG_BATCH, batch_wait_timeout_s=0.002, batch_size_fn=texts_in)
-    async def append(self, calls: list[list[EscalationRecord]]) -> list[int]:
-        """Write every call's records, fsync once, and acknowledge each call."""
-        records = [r for call in calls for r in call]
-        bytes_before = self.writer.bytes_written
-        try:
-            written = await asyncio.to_thread(self.writer.append, records)
-        except OSError as err:
-            self.write_errors += 1
-            self.metrics.inc("cascade_log_write_errors_total")
-            logger.error("escalation log: writing %d record(s) to %s failed: %s", len(records), self.writer.directory, err)
-            raise
-        self.metrics.inc("cascade_log_records_total", written)
-        self.metrics.inc("cascade_log_bytes_total", self.writer.bytes_written - bytes_before)
-        return [len(call) for call in calls]
-
-    def _export_refresh_runs(self, registry: Registry, every_s: float) -> None:
-        """Count the student's refresh rounds by outcome as they are recorded, checking every
-        ``every_s`` seconds (rounds recorded before this replica started are not counted)."""
+    def _export(self, registry: Registry, every_s: float) -> None:
+        """Count rounds as they are recorded, checking every ``every_s`` seconds (rounds recorded
+        before this replica started are not counted)."""
         seen = len(registry.history("student"))
         while True:
             try:
@@ -106,10 +87,6 @@ class LogWriter:
                     self.metrics.inc("cascade_refresh_runs_total", outcome=outcome)
             seen = max(seen, len(events))
             time.sleep(every_s)
-
-    def stats(self) -> dict:
-        return {"records": self.writer.records_written, "bytes": self.writer.bytes_written, "write_errors": self.write_errors}
-
 
 api = FastAPI(
     title="distill-cascade",
@@ -155,9 +132,10 @@ async def _refused_v2_request(_: Request, exc: kserve.V2Error) -> JSONResponse:
 class Ingress:
     """HTTP front: validates requests, runs ``Cascade.classify``, reports health and models."""
 
-    def __init__(self, student: DeploymentHandle | None, teacher: DeploymentHandle, log_writer: DeploymentHandle, config: dict):
+    def __init__(self, student: DeploymentHandle | None, teacher: DeploymentHandle, refresh_runs: DeploymentHandle, config: dict):
+        # refresh_runs is bound here only so that Serve deploys it with the application
         self.config = CascadeConfig.model_validate(config)
-        self.student, self.teacher, self.log_writer = student, teacher, log_writer
+        self.student, self.teacher = student, teacher
         # with placement "ingress" the student runs in this process, configured by reconfigure()
         self.local_student = (
             BatchedModel("student", str(self.config.home), "cpu", self.config.student.threads, inline=True)
@@ -167,6 +145,12 @@ class Ingress:
         self.cascade: Cascade | None = None
         self._lock = asyncio.Lock()
         self.metrics = IngressMetrics(self.config.routing.student_cost)
+        log = self.config.log
+        # this replica's own segments, written and fsynced by one thread (serving.log_writer)
+        self.log = GroupCommitLog(
+            SegmentWriter(self.config.log_path(), log.segment_max_bytes, log.segment_max_seconds), LOG_BATCH,
+            on_written=self.metrics.record_log_write, on_error=lambda: self.metrics.inc("cascade_log_write_errors_total"),
+        )
         self.cluster_metrics = ClusterMetricsReader()
         self.dashboard_page = resources.files("serving").joinpath("dashboard.html").read_text()
         self.in_flight = InFlightLimit(
@@ -242,8 +226,7 @@ class Ingress:
         return output
 
     async def _append_log(self, records: list[EscalationRecord]) -> int:
-        chunks = [records[i : i + LOG_BATCH] for i in range(0, len(records), LOG_BATCH)]  # each fits one writer batch
-        return sum(await asyncio.gather(*(self.log_writer.append.remote(chunk) for chunk in chunks)))
+        return await self.log.append(records)
 
     @api.post("/v1/classify", response_model=ClassifyResponse, responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
     async def classify(self, body: ClassifyRequest) -> Response:
@@ -445,10 +428,7 @@ def build_app(config: CascadeConfig):
     colocated = config.student.placement == "ingress"
     student = None if colocated else _model_deployment("student", config.student, config)
     teacher = _model_deployment("teacher", config.teacher, config)
-    log_writer = LogWriter.bind(
-        str(config.log_path()), config.log.segment_max_bytes, config.log.segment_max_seconds,
-        str(config.home / "registry"), config.metrics.refresh_poll_s,
-    )
+    refresh_runs = RefreshRuns.bind(str(config.home / "registry"), config.metrics.refresh_poll_s)
     ingress = Ingress.options(
         num_replicas=config.ingress.num_replicas,
         max_ongoing_requests=config.ingress.max_ongoing_requests,
@@ -457,7 +437,7 @@ def build_app(config: CascadeConfig):
         ray_actor_options={"num_cpus": config.ingress.num_cpus},
         user_config={"student": _user_config(config.student)},
     )
-    return ingress.bind(student, teacher, log_writer, config.model_dump(mode="json"))
+    return ingress.bind(student, teacher, refresh_runs, config.model_dump(mode="json"))
 
 
 def app_builder(config: CascadeConfig) -> serve.Application:

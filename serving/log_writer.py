@@ -1,15 +1,26 @@
 """Appends escalation records to JSONL segments, durably: a batch of records is acknowledged
-only after its bytes are written and fsynced. Segments rotate by size or age."""
+only after its bytes are written and fsynced. Segments rotate by size or age.
+
+Every ingress replica writes its own segments (their names carry its process id), through a
+``GroupCommitLog``: one thread writes and fsyncs what concurrent requests appended meanwhile,
+so the answer path neither waits on a disk call in the event loop nor makes a second Ray call
+per escalation."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import queue
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from distill.escalations import EscalationRecord
+
+logger = logging.getLogger("cascade")
 
 
 class SegmentWriter:
@@ -85,3 +96,68 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class GroupCommitLog:
+    """Durable appends from an event loop: ``await append(records)`` returns once the records
+    are written and fsynced, together with whatever other requests appended meanwhile (one
+    fsync for them all, at most ``max_batch`` records per write). A failed write (a full disk)
+    raises OSError in every append it held, and acknowledges none of them.
+
+    ``on_written(records, bytes)`` and ``on_error()`` are called from the writer thread."""
+
+    def __init__(self, writer: SegmentWriter, max_batch: int = 512,
+                 on_written: Callable[[int, int], None] | None = None, on_error: Callable[[], None] | None = None):
+        self.writer = writer
+        self.max_batch = max_batch
+        self.on_written = on_written
+        self.on_error = on_error
+        self._pending: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="escalation-log", daemon=True).start()
+
+    async def append(self, records: Sequence[EscalationRecord]) -> int:
+        """Write ``records`` durably; returns how many were written."""
+        if not records:
+            return 0
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._pending.put((list(records), done, loop))
+        return await done
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._pending.get()]
+            size = len(batch[0][0])
+            while size < self.max_batch:
+                try:
+                    batch.append(self._pending.get_nowait())
+                except queue.Empty:
+                    break
+                size += len(batch[-1][0])
+            self._write(batch)
+
+    def _write(self, batch: list) -> None:
+        records = [record for call in batch for record in call[0]]
+        bytes_before = self.writer.bytes_written
+        try:
+            self.writer.append(records)
+            outcome: Exception | None = None
+        except OSError as err:
+            outcome = err
+            logger.error("escalation log: writing %d record(s) to %s failed: %s", len(records), self.writer.directory, err)
+            if self.on_error:
+                self.on_error()
+        else:
+            if self.on_written:
+                self.on_written(len(records), self.writer.bytes_written - bytes_before)
+        for call_records, done, loop in batch:
+            loop.call_soon_threadsafe(_settle, done, outcome, len(call_records))
+
+
+def _settle(done: asyncio.Future, error: Exception | None, written: int) -> None:
+    if done.cancelled():  # the request went away; its records are on disk (or not) all the same
+        return
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(written)

@@ -139,7 +139,7 @@ class ModelInfo:
 
 class IngressMetrics(Recorder):
     """What the ingress records: requests, items by tier, escalations, degradations, cost,
-    confidence, latencies and audits."""
+    confidence, latencies, audits and its escalation log's writes."""
 
     def __init__(self, student_cost: float):
         super().__init__(
@@ -147,6 +147,7 @@ class IngressMetrics(Recorder):
             "cascade_teacher_budget_rejections_total", "cascade_shed_requests_total", "cascade_tier_latency_seconds",
             "cascade_request_latency_seconds", "cascade_student_confidence_ratio", "cascade_cost_units_total",
             "cascade_audits_total", "cascade_audit_agreements_total",
+            "cascade_log_records_total", "cascade_log_bytes_total", "cascade_log_write_errors_total",
         )
         self.student_cost = student_cost
         self._audits_seen = (0, 0)  # (audited, agreed) already exported
@@ -180,6 +181,11 @@ class IngressMetrics(Recorder):
         self.inc("cascade_teacher_budget_rejections_total", causes.get("teacher_budget", 0))
         for tier, units in cost.items():
             self.inc("cascade_cost_units_total", units, tier=tier)
+
+    def record_log_write(self, records: int, size: int) -> None:
+        """Count one durable write of the escalation log: its records and bytes."""
+        self.inc("cascade_log_records_total", records)
+        self.inc("cascade_log_bytes_total", size)
 
     def record_audits(self, audited: int, agreed: int) -> None:
         """Export the growth of the cascade's running audit tally since the last call."""

@@ -184,8 +184,8 @@ def test_card_numbers_and_emails_are_masked_in_the_log(app, log_dir):
 
 @contextmanager
 def full_disk(log_dir: Path, mounted: bool):
-    """Make the log's disk refuse writes for real: fill the tmpfs, or (no tmpfs) cap the log
-    writer process's file size at 0 with RLIMIT_FSIZE."""
+    """Make the log's disk refuse writes for real: fill the tmpfs, or (no tmpfs) cap the file
+    size of the ingress process, which writes the log, at 0 with RLIMIT_FSIZE."""
     if mounted:
         filler = log_dir.parent / "filler"
         with filler.open("wb", buffering=0) as f:
@@ -199,10 +199,10 @@ def full_disk(log_dir: Path, mounted: bool):
         finally:
             filler.unlink()
     else:
-        [pid] = replica_pids("LogWriter")
+        [pid] = replica_pids("Ingress")
         old = resource.prlimit(pid, resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
         try:
-            yield "RLIMIT_FSIZE 0 on the log writer (EFBIG)"
+            yield "RLIMIT_FSIZE 0 on the ingress, which writes the log (EFBIG)"
         finally:
             resource.prlimit(pid, resource.RLIMIT_FSIZE, old)
 

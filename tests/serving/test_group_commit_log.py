@@ -1,0 +1,82 @@
+"""The ingress's escalation log writer: concurrent appends share writes and fsyncs, each append
+returns once its own records are on disk, and a failed write acknowledges none of the appends
+it held while later ones succeed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+import pytest
+
+from distill.escalations import EscalationRecord, read_records
+from serving.log_writer import GroupCommitLog, SegmentWriter
+
+
+def record(text: str) -> EscalationRecord:
+    return EscalationRecord(request_id=text, text=text, reason="unsure", student_label="a", teacher_label="b",
+                            student_probs=[0.6, 0.4], teacher_probs=[0.1, 0.9], student_version="s", teacher_version="t")
+
+
+class CountingWriter(SegmentWriter):
+    """A SegmentWriter that counts its writes and can be told to fail the next one."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.writes = 0
+        self.fail_next = False
+        self.slow = threading.Event()  # while clear, a write waits: appends pile up behind it
+
+    def append(self, records):
+        self.slow.wait(5)
+        self.writes += 1
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError(28, "No space left on device")
+        return super().append(records)
+
+
+def test_concurrent_appends_share_fsyncs_and_each_returns_its_own_count(tmp_path):
+    writer = CountingWriter(tmp_path)
+    written = []
+    log = GroupCommitLog(writer, on_written=lambda n, size: written.append((n, size)))
+
+    async def main():
+        first = asyncio.ensure_future(log.append([record("first")]))
+        await asyncio.sleep(0.05)  # the first write now waits on `slow`; the rest queue behind it
+        rest = [asyncio.ensure_future(log.append([record(f"r{i}-{j}") for j in range(i)])) for i in range(1, 21)]
+        await asyncio.sleep(0.05)
+        writer.slow.set()
+        return await first, await asyncio.gather(*rest)
+
+    first, counts = asyncio.run(main())
+    assert first == 1 and counts == list(range(1, 21))
+    assert writer.writes == 2, "the 20 queued appends were written (and fsynced) together"
+    assert sum(n for n, _ in written) == 211 and sum(size for _, size in written) == sum(
+        os.path.getsize(p) for p in tmp_path.glob("segment-*.jsonl"))
+    assert sorted(r.request_id for r in read_records(tmp_path)) == sorted(["first"] + [f"r{i}-{j}" for i in range(1, 21) for j in range(i)])
+
+
+def test_a_failed_write_fails_every_append_it_held_and_later_ones_succeed(tmp_path):
+    writer = CountingWriter(tmp_path)
+    writer.slow.set()
+    errors = []
+    log = GroupCommitLog(writer, on_error=lambda: errors.append(1))
+
+    async def main():
+        writer.fail_next = True
+        with pytest.raises(OSError, match="No space"):
+            await log.append([record("lost-1"), record("lost-2")])
+        return await log.append([record("kept")])
+
+    assert asyncio.run(main()) == 1
+    assert errors == [1]
+    assert [r.request_id for r in read_records(tmp_path)] == ["kept"], "nothing of the failed write was acknowledged or kept"
+
+
+def test_an_empty_append_writes_nothing(tmp_path):
+    writer = CountingWriter(tmp_path)
+    writer.slow.set()
+    assert asyncio.run(GroupCommitLog(writer).append([])) == 0
+    assert writer.writes == 0
