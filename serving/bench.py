@@ -201,17 +201,69 @@ def model_only(config: CascadeConfig, texts: Sequence[str]) -> dict:
     }
 
 
+def serve_processes() -> dict[str, int]:
+    """Process id of every Serve replica on this machine by deployment name (the proxy as
+    "proxy"), for CPU accounting; empty where /proc cannot be read."""
+    import os
+
+    import ray
+
+    if not Path("/proc/self/stat").exists():
+        return {}
+    found = {}
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        name = actor["name"]
+        if actor["namespace"] != "serve" or not (name.startswith("SERVE_REPLICA") or name.startswith("SERVE_PROXY")):
+            continue
+        label = name.split("#")[1] if "#" in name else "proxy"
+        handle = ray.get_actor(name, namespace="serve")
+        found[label] = ray.get(handle.__ray_call__.remote(lambda _: os.getpid()), timeout=30)
+    return found
+
+
+def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User plus system CPU seconds each process has used so far."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for label, pid in pids.items():
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        used[label] = (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
+def _measured_run(url: str, texts: Sequence[str], service: str, seconds: float, pids: dict[str, int], used_by: Sequence[str]) -> dict:
+    """One 16-client single-text run, with the CPU milliseconds per request of each process it uses."""
+    before = _cpu_seconds(pids)
+    result = single_text_load(url, texts, service, 16, seconds)
+    after = _cpu_seconds(pids)
+    requests = max(result["requests_per_s"] * seconds, 1.0)
+    result["cpu_ms_per_request"] = {label: round((after[label] - before[label]) * 1000 / requests, 2) for label in used_by}
+    return result
+
+
 def paired_ratio(echo_url: str, url: str, texts: Sequence[str], seconds: float, pairs: int, progress=print) -> dict:
-    """Cascade over echo in single-text req/s at 16 clients, measured in alternating pairs: on a
-    small machine whatever else runs drifts by more than the effect, but it hits both runs of a
-    pair alike, so the median of the pairs' ratios is the figure to trust."""
-    ratios = []
+    """Cascade over echo in single-text req/s at 16 clients, measured in pairs whose order
+    alternates: on a small shared machine whatever else runs drifts by more than the effect, but
+    it hits both runs of a pair alike, so the median of the pairs' ratios is the figure to trust.
+    Each run also reports the CPU milliseconds per request of each Serve process it uses (from
+    /proc), a cost that drifts less than throughput: its ratio is the structural one."""
+    pids = serve_processes()
+    uses = {"echo": [p for p in pids if p in ("proxy", "Echo")], "cascade": [p for p in pids if p not in ("Echo", "RefreshRuns")]}
+    ratios: list[float] = []
+    cpu: dict[str, list[dict]] = {"echo": [], "cascade": []}
     for number in range(1, pairs + 1):
-        progress(f"bench: pair {number}/{pairs}: echo then cascade, 16 clients, {seconds:.0f} s each")
-        echo = single_text_load(echo_url, texts, "echo", 16, seconds)["requests_per_s"]
-        cascade = single_text_load(url, texts, "cascade", 16, seconds)["requests_per_s"]
-        ratios.append(round(cascade / echo, 2))
-    return {"ratios": ratios, "median": float(np.median(ratios))}
+        order = ("echo", "cascade") if number % 2 else ("cascade", "echo")
+        progress(f"bench: pair {number}/{pairs}: {order[0]} then {order[1]}, 16 clients, {seconds:.0f} s each")
+        runs = {name: _measured_run(echo_url if name == "echo" else url, texts, name, seconds, pids, uses[name]) for name in order}
+        ratios.append(round(runs["cascade"]["requests_per_s"] / runs["echo"]["requests_per_s"], 2))
+        for name in cpu:
+            cpu[name].append(runs[name]["cpu_ms_per_request"])
+    median_cpu = {name: {label: round(float(np.median([run[label] for run in runs])), 2) for label in uses[name]} for name, runs in cpu.items()}
+    totals = {name: round(sum(per.values()), 2) for name, per in median_cpu.items()}
+    return {"ratios": ratios, "median": float(np.median(ratios)), "cpu_ms_per_request": median_cpu, "cpu_ms_per_request_total": totals,
+            "cpu_ratio": round(totals["echo"] / totals["cascade"], 2) if pids else None}
 
 
 def run_bench(config: CascadeConfig, texts: Sequence[str], labels: Sequence[str], seconds: float = 10.0,

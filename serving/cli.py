@@ -287,7 +287,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     table = markdown_table(report)
     if args.out:
         args.out.write_text(table + "\n")
-    print(json.dumps(report) if args.json else table + "\n\n" + json.dumps(report["checks"]))
+    print(json.dumps(report) if args.json else table + "\n\n" + json.dumps(report["checks"]) + "\n" + json.dumps(report["paired_single_16"]))
     return 0
 
 
@@ -444,8 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("test", "validation"), default="test")
     p.add_argument("--limit", type=int, default=0, help="use only the first N texts (default: all)")
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each single-text load run (default: 10)")
-    p.add_argument("--pairs", type=int, default=3,
-                   help="alternating echo/cascade runs at 16 clients whose median ratio is the reported check (default: 3; 0: none)")
+    p.add_argument("--pairs", type=int, default=6,
+                   help="echo/cascade run pairs at 16 clients, in alternating order, whose median ratio is the reported check; "
+                        "each run also reports the CPU ms per request of each Serve process (default: 6; 0: none)")
     p.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
     p.add_argument("--json", action="store_true", help="print the whole report as one JSON object")
     p.add_argument("-q", "--quiet", action="store_true")

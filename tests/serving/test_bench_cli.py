@@ -1,0 +1,60 @@
+"""`cascade bench` end to end on the tiny data set, through the real command in its own process:
+every service measured over HTTP, the checks the issue names, and the paired echo/cascade runs
+with each Serve process's CPU per request."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ports import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def report(tiny_home: Path, tiny_data: Path, tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("bench")
+    config = work / "cascade.yaml"
+    config.write_text(json.dumps({"metrics": {"port": free_port()}, "log": {"path": str(work / "escalations")}}))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
+    done = subprocess.run(
+        [sys.executable, "-m", "serving.cli", "bench", "--home", str(tiny_home), "--data", str(tiny_data), "--config", str(config),
+         "--port", str(free_port()), "--seconds", "2", "--pairs", "2", "--json", "--out", str(work / "bench.md")],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout) | {"table": (work / "bench.md").read_text()}
+
+
+def test_every_service_is_measured_over_http(report):
+    services = report["services"]
+    assert set(services) == {"echo", "student", "teacher", "cascade"}
+    for name, result in services.items():
+        assert result["batch_texts_per_s"] > 0
+        for clients in (1, 16):
+            assert result[f"single_{clients}"]["requests_per_s"] > 0 and result[f"single_{clients}"]["errors"] == 0
+        if name != "echo":
+            assert 0 <= result["accuracy"] <= 1 and result["model_only_texts_per_s"] > 0
+    assert services["teacher"]["teacher_share"] == 1.0 and services["student"]["teacher_share"] == 0.0
+    assert 0 <= services["cascade"]["teacher_share"] <= 1
+    for name in services:
+        assert f"| {name} |" in report["table"]
+
+
+def test_checks_and_pairs_with_cpu_per_request(report):
+    checks, paired = report["checks"], report["paired_single_16"]
+    assert checks["cascade_accuracy_minus_teacher"] == pytest.approx(
+        report["services"]["cascade"]["accuracy"] - report["services"]["teacher"]["accuracy"], abs=1e-4)
+    assert len(paired["ratios"]) == 2 and checks["cascade_over_echo_single_16"] == paired["median"]
+    # echo runs on the proxy and its own replica; the cascade on the proxy, the ingress and the teacher
+    assert set(paired["cpu_ms_per_request"]["echo"]) == {"proxy", "Echo"}
+    assert {"proxy", "Ingress", "Teacher"} <= set(paired["cpu_ms_per_request"]["cascade"])
+    assert paired["cpu_ms_per_request"]["cascade"]["Ingress"] > 0 and paired["cpu_ms_per_request"]["echo"]["Echo"] > 0
+    totals = paired["cpu_ms_per_request_total"]
+    assert paired["cpu_ratio"] == pytest.approx(totals["echo"] / totals["cascade"], abs=0.01)
