@@ -102,7 +102,8 @@ class GroupCommitLog:
     """Durable appends from an event loop: ``await append(records)`` returns once the records
     are written and fsynced, together with whatever other requests appended meanwhile (one
     fsync for them all, at most ``max_batch`` records per write). A failed write (a full disk)
-    raises OSError in every append it held, and acknowledges none of them.
+    raises its error (an OSError for a full disk) in every append it held, and acknowledges none
+    of them.
 
     ``on_written(records, bytes)`` and ``on_error()`` are called from the writer thread."""
 
@@ -137,21 +138,28 @@ class GroupCommitLog:
             self._write(batch)
 
     def _write(self, batch: list) -> None:
+        """Write one batch and settle its appends. Any failure (a full disk, a record that cannot
+        be serialised) fails the whole batch and leaves the thread running for the next."""
         records = [record for call in batch for record in call[0]]
         bytes_before = self.writer.bytes_written
+        outcome: Exception | None = None
         try:
             self.writer.append(records)
-            outcome: Exception | None = None
-        except OSError as err:
+        except Exception as err:
             outcome = err
-            logger.error("escalation log: writing %d record(s) to %s failed: %s", len(records), self.writer.directory, err)
-            if self.on_error:
-                self.on_error()
-        else:
-            if self.on_written:
+            logger.error("escalation log: writing %d record(s) to %s failed: %r", len(records), self.writer.directory, err)
+        try:
+            if outcome is None and self.on_written:
                 self.on_written(len(records), self.writer.bytes_written - bytes_before)
+            elif outcome is not None and self.on_error:
+                self.on_error()
+        except Exception as err:  # a metrics hiccup must not stop the log
+            logger.warning("escalation log: counting a write failed: %r", err)
         for call_records, done, loop in batch:
-            loop.call_soon_threadsafe(_settle, done, outcome, len(call_records))
+            try:
+                loop.call_soon_threadsafe(_settle, done, outcome, len(call_records))
+            except RuntimeError:  # that request's event loop is closed: nobody waits for the answer
+                pass
 
 
 def _settle(done: asyncio.Future, error: Exception | None, written: int) -> None:

@@ -25,15 +25,15 @@ class CountingWriter(SegmentWriter):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.writes = 0
-        self.fail_next = False
+        self.fail_next: Exception | None = None
         self.slow = threading.Event()  # while clear, a write waits: appends pile up behind it
 
     def append(self, records):
         self.slow.wait(5)
         self.writes += 1
-        if self.fail_next:
-            self.fail_next = False
-            raise OSError(28, "No space left on device")
+        if self.fail_next is not None:
+            error, self.fail_next = self.fail_next, None
+            raise error
         return super().append(records)
 
 
@@ -58,17 +58,18 @@ def test_concurrent_appends_share_fsyncs_and_each_returns_its_own_count(tmp_path
     assert sorted(r.request_id for r in read_records(tmp_path)) == sorted(["first"] + [f"r{i}-{j}" for i in range(1, 21) for j in range(i)])
 
 
-def test_a_failed_write_fails_every_append_it_held_and_later_ones_succeed(tmp_path):
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), ValueError("a record that cannot be serialised")])
+def test_a_failed_write_fails_every_append_it_held_and_later_ones_succeed(tmp_path, error):
     writer = CountingWriter(tmp_path)
     writer.slow.set()
     errors = []
     log = GroupCommitLog(writer, on_error=lambda: errors.append(1))
 
     async def main():
-        writer.fail_next = True
-        with pytest.raises(OSError, match="No space"):
+        writer.fail_next = error
+        with pytest.raises(type(error)):
             await log.append([record("lost-1"), record("lost-2")])
-        return await log.append([record("kept")])
+        return await log.append([record("kept")])  # the writer thread outlived the failure
 
     assert asyncio.run(main()) == 1
     assert errors == [1]
