@@ -1,6 +1,7 @@
-"""The Ray Serve application: a FastAPI ingress, a student and a teacher deployment (one
-``ModelServer`` class, batched), and the escalation log writer. ``build_app`` assembles it
-from a ``CascadeConfig``; deployments stay thin and call ``serving.cascade.Cascade``."""
+"""The Ray Serve application: a FastAPI ingress (which also writes the escalation log), a
+student and a teacher deployment (one ``ModelServer`` class, batched), and ``RefreshRuns``,
+which exports refresh rounds. ``build_app`` assembles it from a ``CascadeConfig``; deployments
+stay thin and call ``serving.cascade.Cascade``."""
 
 
 import asyncio
@@ -36,7 +37,7 @@ from serving.model_server import BatchedModel
 from serving.redaction import load_redactor
 
 logger = logging.getLogger("cascade")
-LOG_BATCH = 512  # records per write and fsync of an ingress replica's escalation log, at most
+LOG_BATCH = 512  # an ingress replica's log write takes further appends while it holds fewer records
 DEFAULT_AUTOSCALING = {"min_replicas": 1, "max_replicas": 2}  # num_replicas "auto" without an autoscaling config
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (401, 403, 409, 422)}
 
@@ -87,6 +88,7 @@ class RefreshRuns:
                     self.metrics.inc("cascade_refresh_runs_total", outcome=outcome)
             seen = max(seen, len(events))
             time.sleep(every_s)
+
 
 api = FastAPI(
     title="distill-cascade",

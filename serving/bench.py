@@ -91,10 +91,12 @@ def wrk_single(url: str, texts: Sequence[str], service: str, connections: int, s
             capture_output=True, text=True, check=True, env={"BENCH_BODIES": str(bodies), "PATH": "/usr/bin:/bin"},
         ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     errors = sum(int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|Socket errors:.*?timeout)\s*:?\s*(\d+)", out))
     p50 = _wrk_seconds(re.search(r"\s50%\s+(\S+)", out).group(1))
     p99 = _wrk_seconds(re.search(r"\s99%\s+(\S+)", out).group(1))
-    return {"requests_per_s": round(rps, 1), "p50_ms": round(p50 * 1000, 1), "p99_ms": round(p99 * 1000, 1), "errors": errors, "client": "wrk"}
+    return {"requests": requests, "requests_per_s": round(rps, 1), "p50_ms": round(p50 * 1000, 1), "p99_ms": round(p99 * 1000, 1),
+            "errors": errors, "client": "wrk"}
 
 
 async def _python_single(url: str, texts: Sequence[str], service: str, connections: int, seconds: float) -> dict:
@@ -117,6 +119,7 @@ async def _python_single(url: str, texts: Sequence[str], service: str, connectio
         await asyncio.gather(*(worker(k) for k in range(connections)))
         elapsed = time.perf_counter() - started
     return {
+        "requests": len(latencies),
         "requests_per_s": round(len(latencies) / elapsed, 1),
         "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1),
         "p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1),
@@ -201,44 +204,56 @@ def model_only(config: CascadeConfig, texts: Sequence[str]) -> dict:
     }
 
 
-def serve_processes() -> dict[str, int]:
-    """Process id of every Serve replica on this machine by deployment name (the proxy as
-    "proxy"), for CPU accounting; empty where /proc cannot be read."""
+def serve_processes() -> dict[str, list[int]]:
+    """Process ids of the Serve replicas running on this machine, by deployment name (the
+    proxy as "proxy"), for CPU accounting; empty where /proc cannot be read."""
     import os
 
     import ray
 
     if not Path("/proc/self/stat").exists():
         return {}
-    found = {}
+    here = ray.util.get_node_ip_address()
+    found: dict[str, list[int]] = {}
     for actor in ray.util.list_named_actors(all_namespaces=True):
         name = actor["name"]
-        if actor["namespace"] != "serve" or not (name.startswith("SERVE_REPLICA") or name.startswith("SERVE_PROXY")):
+        if actor["namespace"] != "serve" or not name.startswith(("SERVE_REPLICA", "SERVE_PROXY")):
             continue
-        label = name.split("#")[1] if "#" in name else "proxy"
-        handle = ray.get_actor(name, namespace="serve")
-        found[label] = ray.get(handle.__ray_call__.remote(lambda _: os.getpid()), timeout=30)
+        try:
+            pid, node = ray.get(ray.get_actor(name, namespace="serve").__ray_call__.remote(
+                lambda _: (os.getpid(), ray.util.get_node_ip_address())), timeout=30)
+        except Exception:  # a replica that is stopping or not started yet
+            continue
+        if node == here:
+            found.setdefault(name.split("#")[1] if "#" in name else "proxy", []).append(pid)
     return found
 
 
-def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    """User plus system CPU seconds each process has used so far."""
+def _cpu_seconds(processes: dict[str, list[int]]) -> dict[str, float]:
+    """User plus system CPU seconds each deployment's processes have used so far (a process
+    that has exited counts as nothing, so a run during a replica restart reads low)."""
     import os
 
     tick = os.sysconf("SC_CLK_TCK")
     used = {}
-    for label, pid in pids.items():
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        used[label] = (int(fields[11]) + int(fields[12])) / tick
+    for label, pids in processes.items():
+        used[label] = 0.0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            used[label] += (int(fields[11]) + int(fields[12])) / tick
     return used
 
 
-def _measured_run(url: str, texts: Sequence[str], service: str, seconds: float, pids: dict[str, int], used_by: Sequence[str]) -> dict:
-    """One 16-client single-text run, with the CPU milliseconds per request of each process it uses."""
-    before = _cpu_seconds(pids)
+def _measured_run(url: str, texts: Sequence[str], service: str, seconds: float, processes: dict[str, list[int]],
+                  used_by: Sequence[str]) -> dict:
+    """One 16-client single-text run, with the CPU milliseconds per request of each deployment it uses."""
+    before = _cpu_seconds(processes)
     result = single_text_load(url, texts, service, 16, seconds)
-    after = _cpu_seconds(pids)
-    requests = max(result["requests_per_s"] * seconds, 1.0)
+    after = _cpu_seconds(processes)
+    requests = max(result["requests"], 1)
     result["cpu_ms_per_request"] = {label: round((after[label] - before[label]) * 1000 / requests, 2) for label in used_by}
     return result
 

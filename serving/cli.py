@@ -16,6 +16,17 @@ from serving.config import ConfigError
 EPILOG = "Models and caches live in --home (default $CASCADE_HOME or ./.cascade)."
 
 
+def _at_least_one(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _common(parser: argparse.ArgumentParser, data: bool = True) -> None:
     parser.add_argument("--home", type=Path, default=None, help="registry and cache directory (default: $CASCADE_HOME or ./.cascade)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -372,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("soft", "label-only", "hard"), default="soft", help="soft: teacher probabilities; label-only: a black-box teacher's top label; hard: ground truth only")
     p.add_argument("--hard-labels-only", action="store_true", help="same as --mode hard: the no-teacher baseline")
     defaults = TrainConfig()
-    p.add_argument("--epochs", type=int, default=defaults.epochs, help=f"passes over the data (default: {defaults.epochs})")
+    p.add_argument("--epochs", type=_at_least_one, default=defaults.epochs, help=f"passes over the data (default: {defaults.epochs})")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"rows per step (default: {defaults.batch_size})")
     p.add_argument("--lr", type=float, default=defaults.lr, help=f"peak learning rate (default: {defaults.lr})")
     p.add_argument("--temperature", type=float, default=defaults.temperature, help=f"distillation temperature T (default: {defaults.temperature})")
@@ -474,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", default=None, help="only records at or after this ISO time")
     p.add_argument("--min-records", type=int, default=RefreshConfig.min_records, help="refuse to train on fewer usable records (default: 1)")
     p.add_argument("--from-scratch", action="store_true", help="train from the teacher's embeddings instead of warm-starting from the current student")
-    p.add_argument("--epochs", type=int, default=RefreshConfig().train.epochs, help=f"training epochs (default: {RefreshConfig().train.epochs})")
+    p.add_argument("--epochs", type=_at_least_one, default=RefreshConfig().train.epochs, help=f"training epochs (default: {RefreshConfig().train.epochs})")
     p.add_argument("--tolerance", type=float, default=RefreshConfig.tolerance, help="accuracy the gate forgives (default: 0)")
     p.add_argument("--goal", default=DEFAULT_GOAL, help=f"policy goal the gate checks (default: {DEFAULT_GOAL})")
     p.add_argument("--seed", type=int, default=0)

@@ -63,7 +63,7 @@ class SegmentWriter:
             segment.write(payload)
             segment.flush()
             os.fsync(segment.fileno())
-        except OSError:
+        except BaseException:  # a full disk, or anything else mid-write: no torn bytes stay before later records
             self._abandon(segment, start)
             raise
         self.records_written += len(records)
@@ -101,7 +101,8 @@ def _fsync_directory(directory: Path) -> None:
 class GroupCommitLog:
     """Durable appends from an event loop: ``await append(records)`` returns once the records
     are written and fsynced, together with whatever other requests appended meanwhile (one
-    fsync for them all, at most ``max_batch`` records per write). A failed write (a full disk)
+    fsync for them all; a write takes further appends while it holds fewer than ``max_batch``
+    records). A failed write (a full disk)
     raises its error (an OSError for a full disk) in every append it held, and acknowledges none
     of them.
 

@@ -27,8 +27,10 @@ class CountingWriter(SegmentWriter):
         self.writes = 0
         self.fail_next: Exception | None = None
         self.slow = threading.Event()  # while clear, a write waits: appends pile up behind it
+        self.entered = threading.Event()  # a write has begun
 
     def append(self, records):
+        self.entered.set()
         self.slow.wait(5)
         self.writes += 1
         if self.fail_next is not None:
@@ -44,9 +46,10 @@ def test_concurrent_appends_share_fsyncs_and_each_returns_its_own_count(tmp_path
 
     async def main():
         first = asyncio.ensure_future(log.append([record("first")]))
-        await asyncio.sleep(0.05)  # the first write now waits on `slow`; the rest queue behind it
+        await asyncio.to_thread(writer.entered.wait, 5)  # the first write has begun and waits on `slow`
         rest = [asyncio.ensure_future(log.append([record(f"r{i}-{j}") for j in range(i)])) for i in range(1, 21)]
         await asyncio.sleep(0.05)
+        assert not first.done(), "nothing is acknowledged before its write and fsync return"
         writer.slow.set()
         return await first, await asyncio.gather(*rest)
 
