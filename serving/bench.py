@@ -175,6 +175,18 @@ def markdown_table(report: dict) -> str:
             f"| {name} | {accuracy} | {share} | {cost} | {one['requests_per_s']:.0f} | {one['p50_ms']:.0f}/{one['p99_ms']:.0f} | "
             f"{many['requests_per_s']:.0f} | {many['p50_ms']:.0f}/{many['p99_ms']:.0f} | {r['batch_texts_per_s']:.0f} | {model_only} |"
         )
+    paired = report.get("paired_single_16")
+    if paired:
+        rows += ["", f"Pairs at 16 clients, cascade/echo req/s: {', '.join(f'{r:.2f}' for r in paired['ratios'])} "
+                     f"(median {paired['median']:.2f})."]
+        if paired.get("cpu_ratio") is not None:
+            processes = sorted({label for per in paired["cpu_ms_per_request"].values() for label in per})
+            rows += ["", "| CPU ms per request (median of the pairs) | " + " | ".join(processes) + " | total |",
+                     "|---|" + "---|" * (len(processes) + 1)]
+            for name, per in paired["cpu_ms_per_request"].items():
+                cells = " | ".join(f"{per[label]:.2f}" if label in per else "-" for label in processes)
+                rows.append(f"| {name} | {cells} | {paired['cpu_ms_per_request_total'][name]:.2f} |")
+            rows += ["", f"CPU ratio (echo total / cascade total): {paired['cpu_ratio']:.2f}."]
     return "\n".join(rows)
 
 

@@ -58,3 +58,4 @@ def test_checks_and_pairs_with_cpu_per_request(report):
     assert paired["cpu_ms_per_request"]["cascade"]["Ingress"] > 0 and paired["cpu_ms_per_request"]["echo"]["Echo"] > 0
     totals = paired["cpu_ms_per_request_total"]
     assert paired["cpu_ratio"] == pytest.approx(totals["echo"] / totals["cascade"], abs=0.01)
+    assert f"CPU ratio (echo total / cascade total): {paired['cpu_ratio']:.2f}." in report["table"]
