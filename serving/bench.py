@@ -11,6 +11,7 @@ exactly the same Serve settings.
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -219,8 +220,6 @@ def model_only(config: CascadeConfig, texts: Sequence[str]) -> dict:
 def serve_processes() -> dict[str, list[int]]:
     """Process ids of the Serve replicas running on this machine, by deployment name (the
     proxy as "proxy"), for CPU accounting; empty where /proc cannot be read."""
-    import os
-
     import ray
 
     if not Path("/proc/self/stat").exists():
@@ -244,8 +243,6 @@ def serve_processes() -> dict[str, list[int]]:
 def _cpu_seconds(processes: dict[str, list[int]]) -> dict[str, float]:
     """User plus system CPU seconds each deployment's processes have used so far (a process
     that has exited counts as nothing, so a run during a replica restart reads low)."""
-    import os
-
     tick = os.sysconf("SC_CLK_TCK")
     used = {}
     for label, pids in processes.items():
@@ -293,8 +290,8 @@ def paired_ratio(echo_url: str, url: str, texts: Sequence[str], seconds: float, 
             "cpu_ratio": round(totals["echo"] / totals["cascade"], 2) if pids else None}
 
 
-def run_bench(config: CascadeConfig, texts: Sequence[str], labels: Sequence[str], seconds: float = 10.0,
-              pairs: int = 3, progress=print) -> dict:
+def run_bench(config: CascadeConfig, texts: Sequence[str], labels: Sequence[str], seconds: float, pairs: int,
+              progress=print) -> dict:
     """Start everything, measure every service (then ``pairs`` alternating echo/cascade runs), stop;
     returns the report."""
     from serving import runner

@@ -102,9 +102,8 @@ class GroupCommitLog:
     """Durable appends from an event loop: ``await append(records)`` returns once the records
     are written and fsynced, together with whatever other requests appended meanwhile (one
     fsync for them all; a write takes further appends while it holds fewer than ``max_batch``
-    records). A failed write (a full disk)
-    raises its error (an OSError for a full disk) in every append it held, and acknowledges none
-    of them.
+    records). A failed write raises its error (OSError for a full disk) in every append it held,
+    and acknowledges none of them.
 
     ``on_written(records, bytes)`` and ``on_error()`` are called from the writer thread."""
 
