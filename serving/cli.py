@@ -179,21 +179,27 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_refresh(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+def refresh_config(args: argparse.Namespace):
+    """The RefreshConfig that ``cascade refresh``'s arguments describe; without --epochs, a warm
+    start trains RefreshConfig's passes and a fresh student as many as ``cascade distill``."""
+    from distill.config import RefreshConfig, TrainConfig
 
-    from distill.config import RefreshConfig
+    defaults = RefreshConfig()
+    epochs = args.epochs or (TrainConfig().epochs if args.from_scratch else defaults.train.epochs)
+    return RefreshConfig(
+        replay_ratio=args.replay_ratio, margin_floor=args.margin_floor, since=args.since, min_records=args.min_records,
+        warm_start=not args.from_scratch, tolerance=args.tolerance, goal=args.goal, workers=args.workers,
+        train=TrainConfig(epochs=epochs, seed=args.seed),
+    )
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
     from distill.data import load_splits
     from distill.refresh import failures_recorded, refresh, refresh_lock, watch
 
     registry = _registry(args)
     splits = load_splits(args.data, args.text_column, args.label_column)
-    defaults = RefreshConfig()
-    config = RefreshConfig(
-        replay_ratio=args.replay_ratio, margin_floor=args.margin_floor, since=args.since, min_records=args.min_records,
-        warm_start=not args.from_scratch, tolerance=args.tolerance, goal=args.goal, workers=args.workers,
-        train=replace(defaults.train, epochs=args.epochs, seed=args.seed),
-    )
+    config = refresh_config(args)
     log_dir = args.log or _home(args) / "escalations"
     if args.watch:
         print(f"watching {log_dir}: a round every {args.every_records} new records or {args.every_minutes} minutes; Ctrl-C stops", flush=True)
@@ -218,15 +224,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "routing": config.routing.model_copy(update={"goal": args.goal, "teacher_timeout_s": args.teacher_timeout}),
     })
     say = (lambda _: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
-    report = simulate(config, config.data, args.rounds, args.seed_fraction, not args.no_shadow, say)
+    report = simulate(config, config.data, args.rounds, args.seed_fraction, not args.no_shadow, args.epochs, say)
     plot_rounds(report, args.out)
     if args.json:
         print(json.dumps(report))
     else:
         print(f"teacher alone: {report['teacher_accuracy']:.4f}")
-        print("| round | teacher share | degraded | cascade test accuracy | cost / 1,000 | refresh |\n|---|---|---|---|---|---|")
+        print("| round | teacher share | degraded | teacher share on test | cascade test accuracy | cost / 1,000 | refresh |\n|---|---|---|---|---|---|---|")
         for r in report["rounds"]:
-            print(f"| {r['round']} | {r['teacher_share']:.2%} | {r['degraded_share']:.2%} | {r['cascade_accuracy']:.4f} | {r['cost_per_1000']:.0f} | {r['refresh']} |")
+            print(f"| {r['round']} | {r['teacher_share']:.2%} | {r['degraded_share']:.2%} | {r['test_teacher_share']:.2%} | "
+                  f"{r['cascade_accuracy']:.4f} | {r['cost_per_1000']:.0f} | {r['refresh']} |")
         print(f"plot: {args.out}")
     return 0
 
@@ -485,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", default=None, help="only records at or after this ISO time")
     p.add_argument("--min-records", type=int, default=RefreshConfig.min_records, help="refuse to train on fewer usable records (default: 1)")
     p.add_argument("--from-scratch", action="store_true", help="train from the teacher's embeddings instead of warm-starting from the current student")
-    p.add_argument("--epochs", type=_at_least_one, default=RefreshConfig().train.epochs, help=f"training epochs (default: {RefreshConfig().train.epochs})")
+    p.add_argument("--epochs", type=_at_least_one, default=None,
+                   help=f"training epochs (default: {RefreshConfig().train.epochs} for a warm start, {TrainConfig().epochs} with --from-scratch)")
     p.add_argument("--tolerance", type=float, default=RefreshConfig.tolerance, help="accuracy the gate forgives (default: 0)")
     p.add_argument("--goal", default=DEFAULT_GOAL, help=f"policy goal the gate checks (default: {DEFAULT_GOAL})")
     p.add_argument("--seed", type=int, default=0)
@@ -506,6 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-shadow", action="store_true",
                    help="let the seed student answer from round 1 (default: it starts in shadow, every round-1 item goes to the teacher "
                         "and is logged, since a few hundred rows are too little evidence for a threshold)")
+    p.add_argument("--epochs", type=_at_least_one, default=RefreshConfig().train.epochs,
+                   help=f"epochs of each refresh round (default: {RefreshConfig().train.epochs}, as cascade refresh)")
     p.add_argument("--teacher-timeout", type=float, default=120.0,
                    help="seconds an escalation waits for the teacher (default: 120: a simulation measures learning, "
                         "so a loaded machine must not turn escalations into degraded answers)")

@@ -10,8 +10,9 @@
    in rounds; the unsure items reach the teacher and land in the escalation log.
 3. After each round, a refresh trains a candidate on the log (plus a replay of the slice),
    the gate decides, and the running service hot-swaps to a promoted student.
-4. Per round: the teacher's share of that round's traffic, the cost per 1,000 requests, and the
-   cascade's accuracy on the test split with the student that served the round.
+4. Per round: the teacher's share of that round's traffic, the cost per 1,000 requests, and, with
+   the student that served the round, the cascade's accuracy and teacher share on the test split
+   (the same items every round, so that share moves with the student alone, not with the traffic).
 """
 
 from dataclasses import replace
@@ -23,7 +24,7 @@ import numpy as np
 
 from distill.backends import HFClassifier
 from distill.bootstrap import ensure_models
-from distill.config import RefreshConfig, StudentSpec
+from distill.config import WARM_START_EPOCHS, RefreshConfig, StudentSpec, TrainConfig
 from distill.data import DataSplits, load_splits, split_validation
 from distill.pipeline import TeacherCache, data_record, distill_student, fit_student_policy, new_student_meta, register_model
 from distill.refresh import refresh
@@ -33,10 +34,11 @@ from serving.bench import batched_pass
 from serving.config import CascadeConfig
 
 
-def _test_accuracy(student: HFClassifier, teacher_probs: np.ndarray, splits: DataSplits, labels: np.ndarray) -> float:
+def _on_test(student: HFClassifier, teacher_probs: np.ndarray, splits: DataSplits, labels: np.ndarray) -> tuple[float, float]:
+    """The cascade's accuracy and teacher share on the test split, under the student's policy."""
     probs = student.predict_proba(splits.test.texts)
-    policy = EscalationPolicy.from_dict(student.meta.policy)
-    return float(np.mean(cascade_predictions(probs, teacher_probs, policy.escalate_mask(probs)) == labels))
+    escalate = EscalationPolicy.from_dict(student.meta.policy).escalate_mask(probs)
+    return float(np.mean(cascade_predictions(probs, teacher_probs, escalate) == labels)), float(escalate.mean())
 
 
 def _wait_for_student(url: str, version: str, timeout_s: float = 60.0) -> None:
@@ -50,7 +52,7 @@ def _wait_for_student(url: str, version: str, timeout_s: float = 60.0) -> None:
 
 
 def simulate(config: CascadeConfig, data: str, rounds: int = 5, seed_fraction: float = 0.1, shadow: bool = True,
-             say: Callable[[str], None] = print) -> dict:
+             refresh_epochs: int = WARM_START_EPOCHS, say: Callable[[str], None] = print) -> dict:
     """Run the simulation (see the module docstring); returns the per-round report."""
     full = load_splits(data)
     if full.test is None:
@@ -79,13 +81,13 @@ def simulate(config: CascadeConfig, data: str, rounds: int = 5, seed_fraction: f
         for number, chunk in enumerate(chunks, start=1):
             current = HFClassifier.load(registry.current_path("student"))
             _wait_for_student(url, current.version)
-            accuracy = _test_accuracy(current, teacher_probs, splits, labels)
+            accuracy, test_share = _on_test(current, teacher_probs, splits, labels)
             predictions, _ = batched_pass(url, [rest.texts[i] for i in chunk], "cascade")
             share = float(np.mean([p["tier"] == "teacher" for p in predictions]))
             degraded = float(np.mean([p["degraded"] for p in predictions]))  # wanted the teacher, did not get it
-            outcome = refresh(registry, config.home, splits, config.log_path(), RefreshConfig(goal=config.routing.goal), data, progress=False)
+            outcome = refresh(registry, config.home, splits, config.log_path(), RefreshConfig(goal=config.routing.goal, train=TrainConfig(epochs=refresh_epochs)), data, progress=False)
             row = {"round": number, "student": current.version, "traffic": len(chunk), "teacher_share": round(share, 4),
-                   "degraded_share": round(degraded, 4),
+                   "degraded_share": round(degraded, 4), "test_teacher_share": round(test_share, 4),
                    "cascade_accuracy": round(accuracy, 4), "cost_per_1000": round(costs.cost_per_1000(share), 1),
                    "refresh": "promoted" if outcome["promoted"] else f"rejected ({'; '.join(outcome['reasons'])})"}
             report["rounds"].append(row)
@@ -105,6 +107,8 @@ def plot_rounds(report: dict, path: Path) -> None:
     rounds = [r["round"] for r in report["rounds"]]
     fig, share_ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     share_ax.plot(rounds, [100 * r["teacher_share"] for r in report["rounds"]], "o-", color="tab:orange", label="teacher share of traffic (%)")
+    share_ax.plot(rounds, [100 * r["test_teacher_share"] for r in report["rounds"]], "o--", color="tab:orange", alpha=0.5,
+                  label="teacher share on test (%)")
     share_ax.set_xlabel("round (traffic streamed, then a refresh)")
     share_ax.set_ylabel("teacher share of traffic (%)", color="tab:orange")
     share_ax.set_xticks(rounds)

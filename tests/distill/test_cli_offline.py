@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from serving.cli import build_parser, main
+from distill.config import WARM_START_EPOCHS, TrainConfig
+from serving.cli import build_parser, main, refresh_config
 
 
 def test_help_lists_every_subcommand_with_a_line(capsys):
@@ -13,6 +14,18 @@ def test_help_lists_every_subcommand_with_a_line(capsys):
     out = capsys.readouterr().out
     for command in build_parser()._subparsers._group_actions[0].choices:
         assert command in out
+
+
+@pytest.mark.parametrize(("extra", "epochs", "warm"), [
+    ([], WARM_START_EPOCHS, True),
+    (["--from-scratch"], TrainConfig().epochs, False),  # a fresh student trains as long as `cascade distill`
+    (["--from-scratch", "--epochs", "3"], 3, False),
+    (["--epochs", "7"], 7, True),
+])
+def test_refresh_epochs_default_to_the_start_it_makes(extra, epochs, warm):
+    assert WARM_START_EPOCHS < TrainConfig().epochs
+    config = refresh_config(build_parser().parse_args(["refresh", "--seed", "4", *extra]))
+    assert (config.train.epochs, config.warm_start, config.train.seed) == (epochs, warm, 4)
 
 
 def test_eval_json_has_the_documented_keys(tiny_home, tiny_data, capsys):

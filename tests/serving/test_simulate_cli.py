@@ -51,15 +51,15 @@ def test_report_has_the_documented_json_shape(simulation, tiny_data):
     assert sum(r["traffic"] for r in report["rounds"]) == report["traffic_rows"]
     assert [r["round"] for r in report["rounds"]] == [1, 2]
     for row in report["rounds"]:
-        assert {"teacher_share", "cascade_accuracy", "cost_per_1000", "degraded_share", "refresh"} <= row.keys()
-        assert 0 <= row["teacher_share"] <= 1 and 0 <= row["cascade_accuracy"] <= 1
+        assert {"teacher_share", "test_teacher_share", "cascade_accuracy", "cost_per_1000", "degraded_share", "refresh"} <= row.keys()
+        assert 0 <= row["teacher_share"] <= 1 and 0 <= row["test_teacher_share"] <= 1 and 0 <= row["cascade_accuracy"] <= 1
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_seed_student_shadows_round_one_and_the_log_holds_all_of_it(simulation):
     report, home, _ = simulation
     first = report["rounds"][0]
-    assert first["teacher_share"] == 1.0 and first["degraded_share"] == 0.0
+    assert first["teacher_share"] == first["test_teacher_share"] == 1.0 and first["degraded_share"] == 0.0
     # a shadowed round costs what the teacher alone costs (plus the student that scored it)
     config = load_config(None, home=home)
     assert first["cost_per_1000"] == pytest.approx(1000 * (config.routing.student_cost + config.routing.teacher_cost))
