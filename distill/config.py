@@ -14,10 +14,10 @@ small validation split than "accuracy>=teacher", which `--goal` still offers.)""
 Mode = Literal["soft", "label-only", "hard"]
 
 WARM_START_EPOCHS = 5
-"""Passes of a warm-started refresh round. Each round retrains on the whole log, so rows seen in
-earlier rounds are passed over again every round; more passes made candidates surer of those rows
-and no better ranked (`cascade simulate --epochs 15`: the gate rejected more candidates and the
-teacher share stopped falling; see the README)."""
+"""Passes of a warm-started refresh round. Each round retrains on the whole log, so the rows of
+earlier rounds are passed over again every round; with 15 passes `cascade simulate` saw more
+candidates that were more accurate alone yet fitted a higher escalation, which the gate rejects
+(README, "cascade simulate")."""
 
 
 @dataclass
