@@ -118,7 +118,7 @@ def plot_rounds(report: dict, path: Path) -> None:
     accuracy_ax.set_ylabel("cascade accuracy on test", color="tab:blue")
     lines = share_ax.get_legend_handles_labels()[0] + accuracy_ax.get_legend_handles_labels()[0]
     labels = share_ax.get_legend_handles_labels()[1] + accuracy_ax.get_legend_handles_labels()[1]
-    share_ax.legend(lines, labels, loc="center right", fontsize=8)
+    accuracy_ax.legend(lines, labels, loc="upper center", fontsize=8)  # on the top axes, so no line is drawn over it
     share_ax.set_title("cascade simulate: the student learns from the teacher's escalations")
     share_ax.grid(alpha=0.3)
     fig.tight_layout()
