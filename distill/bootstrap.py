@@ -3,6 +3,7 @@ then a student distilled from it with its escalation policy. Later calls reuse t
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def ensure_models(
     cache = TeacherCache(home / "cache")
     record = data_record(data, splits)
     if need_teacher:
-        print(f"bootstrap: building the embedded teacher on {len(splits.train)} rows of '{data}'", flush=True)
+        print(f"bootstrap: building the embedded teacher on {len(splits.train)} rows of '{data}'", file=sys.stderr, flush=True)
         head = HeadConfig()
         teacher, train_logits = build_embedded_teacher(
             splits.train.texts, splits.train.label_ids(), splits.train.label_names, head, progress
@@ -54,10 +55,10 @@ def ensure_models(
         cache.put(meta.version, splits.train, log_softmax(train_logits))
     teacher = HFClassifier.load(registry.current_path("teacher"))
     if need_student:
-        print(f"bootstrap: distilling the default student from {teacher.version}", flush=True)
+        print(f"bootstrap: distilling the default student from {teacher.version}", file=sys.stderr, flush=True)
         spec = StudentSpec()
         student, metrics = distill_student(teacher, splits.train, spec, cache, progress)
         policy = fit_student_policy(student, teacher, splits.validation, cache, goal)
         register_model(registry, student, new_student_meta(teacher, spec, record, metrics, policy, parent=None))
-    print(f"bootstrap: done in {time.perf_counter() - started:.0f} s; models in {registry.root}", flush=True)
+    print(f"bootstrap: done in {time.perf_counter() - started:.0f} s; models in {registry.root}", file=sys.stderr, flush=True)
     return registry

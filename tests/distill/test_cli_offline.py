@@ -39,6 +39,13 @@ def test_eval_json_has_the_documented_keys(tiny_home, tiny_data, capsys):
     assert report["student"]["latency_ms"] < report["teacher"]["latency_ms"]
 
 
+def test_json_output_stays_parseable_when_the_first_call_bootstraps(tiny_data, tmp_path, capsys):
+    assert main(["eval", "--home", str(tmp_path / "fresh"), "--data", str(tiny_data), "--json", "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["split"] == "test"  # the bootstrap's status lines went to stderr, not into the JSON
+    assert "bootstrap: done" in err
+
+
 def test_distill_registers_and_models_promote_rollback(tiny_home, tiny_data, capsys):
     common = ["--home", str(tiny_home), "--data", str(tiny_data), "-q"]
     before = _current_student(tiny_home, capsys)
