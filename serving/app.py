@@ -23,7 +23,6 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
 from distill.errors import RegistryError
-from distill.escalations import EscalationRecord
 from distill.registry import Registry
 from router import AuditSampler, CircuitBreaker, CostModel, TeacherRateLimiter
 from serving import admin, kserve
@@ -195,7 +194,7 @@ class Ingress:
                 self.cascade = Cascade(
                     student=self._student_predict,
                     teacher=self._teacher_predict,
-                    append_log=self._append_log,
+                    append_log=self.log.append,
                     labels=student["labels"],
                     costs=CostModel(routing.student_cost, routing.teacher_cost),
                     threshold=routing.threshold,
@@ -226,9 +225,6 @@ class Ingress:
         output = await self.teacher.predict.remote(texts)
         self.metrics.observe("cascade_tier_latency_seconds", time.perf_counter() - start, tier="teacher")
         return output
-
-    async def _append_log(self, records: list[EscalationRecord]) -> int:
-        return await self.log.append(records)
 
     @api.post("/v1/classify", response_model=ClassifyResponse, responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
     async def classify(self, body: ClassifyRequest) -> Response:

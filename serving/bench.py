@@ -217,9 +217,10 @@ def model_only(config: CascadeConfig, texts: Sequence[str]) -> dict:
     }
 
 
-def serve_processes() -> dict[str, list[int]]:
+def serve_processes(timeout_s: float = 30.0) -> dict[str, list[int]]:
     """Process ids of the Serve replicas running on this machine, by deployment name (the
-    proxy as "proxy"), for CPU accounting; empty where /proc cannot be read."""
+    proxy as "proxy"), for CPU accounting; empty where /proc cannot be read. A replica that
+    does not answer within ``timeout_s`` (stopping, or not started yet) is left out."""
     import ray
 
     if not Path("/proc/self/stat").exists():
@@ -232,7 +233,7 @@ def serve_processes() -> dict[str, list[int]]:
             continue
         try:
             pid, node = ray.get(ray.get_actor(name, namespace="serve").__ray_call__.remote(
-                lambda _: (os.getpid(), ray.util.get_node_ip_address())), timeout=30)
+                lambda _: (os.getpid(), ray.util.get_node_ip_address())), timeout=timeout_s)
         except Exception:  # a replica that is stopping or not started yet
             continue
         if node == here:

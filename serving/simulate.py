@@ -74,6 +74,7 @@ def simulate(config: CascadeConfig, data: str, rounds: int = 5, seed_fraction: f
     costs = CostModel(config.routing.student_cost, config.routing.teacher_cost)
     order = np.random.default_rng(0).permutation(len(rest))
     chunks = np.array_split(order, rounds)
+    refresh_config = RefreshConfig(goal=config.routing.goal, train=TrainConfig(epochs=refresh_epochs))
     url = runner.start(config)
     report = {"teacher_accuracy": round(float(np.mean(teacher_probs.argmax(1) == labels)), 4),
               "seed_rows": len(seed), "traffic_rows": len(rest), "rounds": []}
@@ -85,7 +86,7 @@ def simulate(config: CascadeConfig, data: str, rounds: int = 5, seed_fraction: f
             predictions, _ = batched_pass(url, [rest.texts[i] for i in chunk], "cascade")
             share = float(np.mean([p["tier"] == "teacher" for p in predictions]))
             degraded = float(np.mean([p["degraded"] for p in predictions]))  # wanted the teacher, did not get it
-            outcome = refresh(registry, config.home, splits, config.log_path(), RefreshConfig(goal=config.routing.goal, train=TrainConfig(epochs=refresh_epochs)), data, progress=False)
+            outcome = refresh(registry, config.home, splits, config.log_path(), refresh_config, data, progress=False)
             row = {"round": number, "student": current.version, "traffic": len(chunk), "teacher_share": round(share, 4),
                    "degraded_share": round(degraded, 4), "test_teacher_share": round(test_share, 4),
                    "cascade_accuracy": round(accuracy, 4), "cost_per_1000": round(costs.cost_per_1000(share), 1),

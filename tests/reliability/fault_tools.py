@@ -4,7 +4,6 @@ product), and a load generator that records every answer."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from contextlib import contextmanager
@@ -14,6 +13,7 @@ from typing import Any, Iterator
 
 import httpx
 
+from serving.bench import serve_processes
 from serving.config import CascadeConfig
 from ports import free_port
 
@@ -42,18 +42,8 @@ def running_cascade(config: CascadeConfig) -> Iterator[str]:
 
 
 def replica_pids(deployment: str) -> list[int]:
-    """Process ids of a deployment's live replicas, found through Ray's named actors."""
-    import ray
-
-    pids = []
-    for actor in ray.util.list_named_actors(all_namespaces=True):
-        if actor["namespace"] == "serve" and f"#{deployment}#" in actor["name"]:
-            handle = ray.get_actor(actor["name"], namespace="serve")
-            try:
-                pids.append(ray.get(handle.__ray_call__.remote(lambda _: os.getpid()), timeout=10))
-            except Exception:  # a replica that is dying or not started yet
-                continue
-    return pids
+    """Process ids of a deployment's live replicas; a short timeout paces the restart polling."""
+    return serve_processes(timeout_s=10).get(deployment, [])
 
 
 @dataclass
