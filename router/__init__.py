@@ -9,12 +9,21 @@ from router.budget import TeacherRateLimiter
 from router.calibration import apply_temperature, expected_calibration_error, fit_temperature
 from router.confidence import MEASURES, confidence, margin, max_probability, negative_entropy
 from router.cost import CostModel
+from router.decision import CAUSES, MODES, REASONS, Decision, Decisions, Route, route, settle
 from router.errors import RouterError
 from router.goals import Goal, TargetAccuracy, TargetAgreement, TeacherBudget, parse_goal
 from router.policy import EscalationPolicy
 from router.thresholds import FrontierPoint, cascade_predictions, fit_policy, frontier
 
 __all__ = [
+    "CAUSES",
+    "MODES",
+    "REASONS",
+    "Decision",
+    "Decisions",
+    "Route",
+    "route",
+    "settle",
     "MEASURES",
     "AgreementEstimate",
     "AuditSampler",

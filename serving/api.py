@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Mode = Literal["cascade", "student", "teacher"]
+from router import CAUSES
+from router.decision import Mode
 
 
 class ClassifyOptions(BaseModel):
@@ -15,7 +16,10 @@ class ClassifyOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)  # strict: "3" is not a top_k, true is not a threshold
 
     mode: Mode = Field("cascade", description="cascade: student, escalating unsure items; student or teacher: that model only")
-    threshold: float | None = Field(None, ge=0, le=1, description="override the fitted escalation threshold for this request")
+    threshold: float | None = Field(
+        None, allow_inf_nan=False,
+        description="override the escalation threshold for this request; in [0, 1] for max_prob and margin, any number for neg_entropy",
+    )
     top_k: int = Field(0, ge=0, le=100, description="also return the k most probable labels with their probabilities")
 
 
@@ -39,12 +43,13 @@ class Prediction(BaseModel):
     label: str
     score: float = Field(description="probability of `label` under the model that answered")
     tier: Literal["student", "teacher"] = Field(description="which model answered")
-    escalated: bool = Field(description="the teacher was asked (it answered unless `degraded`)")
-    degraded: bool = Field(description="the teacher was wanted but not used; the student answered")
-    cause: str | None = Field(None, description="why degraded: teacher_timeout, teacher_unavailable, ...")
+    escalated: bool = Field(description="the policy wanted the teacher's answer (reason unsure, or forced by mode teacher); it answered unless `degraded`")
+    consulted: bool = Field(description="the teacher's answer for this item came back: it answered it (tier teacher) or audited it (reason audit)")
+    degraded: bool = Field(description="escalated, but the teacher did not answer; the student did, and `cause` says why")
+    cause: str | None = Field(None, description="why degraded: " + ", ".join(CAUSES))
     reason: str = Field(description="confident, unsure, forced (mode), or audit")
     confidence: float | None = Field(None, description="the student's calibrated confidence used for routing")
-    cost: float = Field(description="cost units this item incurred")
+    cost: float = Field(description="cost units this item incurred: the student's if it scored the item, plus the teacher's if consulted")
     top_k: list[LabelScore] | None = None
 
 

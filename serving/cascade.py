@@ -1,16 +1,14 @@
-"""The cascade's request logic as a plain async class: the Serve ingress wires Ray handles
-into it, and tests can drive it with ordinary async functions.
+"""The cascade's request logic as a plain async class: the service wires model clients into
+it, and tests can drive it with ordinary async functions.
 
-For one request: (1) the student scores every text (unless mode is teacher); (2) the policy
-marks unsure items, the teacher budget may turn some away (answered by the student, marked
-degraded), and audit sampling adds a few confident ones; (3) those go to the teacher in one
-batched call with a timeout, unless the circuit breaker is open or the teacher queue is full
-(then the student answers them, degraded with that cause); (4) every item the teacher answered
-or audited becomes an escalation record (its text redacted), written durably before the
-response; (5) each item's answer says which tier answered, why, and what it cost. Audited
-items keep the student's answer.
+For one request: (1) the student scores every text (unless mode is teacher); (2)
+``router.route`` decides which items the teacher is asked about (unsure or forced items the
+budget admits, and audited confident ones); (3) those go to the teacher in one batched call with
+a timeout, unless the circuit breaker is open or the teacher queue is full; (4)
+``router.settle`` gives each item its tier, reason, escalated/consulted/degraded flags, cause
+and cost; (5) every item the teacher was consulted on becomes an escalation record (its text
+redacted), written durably before the response.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -23,7 +21,7 @@ from uuid import uuid4
 import numpy as np
 
 from distill.escalations import EscalationRecord
-from router import AgreementEstimate, AuditSampler, CircuitBreaker, CostModel, EscalationPolicy, TeacherRateLimiter
+from router import AgreementEstimate, AuditSampler, CircuitBreaker, CostModel, Decision, EscalationPolicy, TeacherRateLimiter, route, settle
 from serving.api import ClassifyOptions, ClassifyResponse, LabelScore, ModelVersions, Prediction
 
 logger = logging.getLogger("cascade")
@@ -116,78 +114,40 @@ class Cascade:
             self.breaker.record_success()
         return output, cause
 
-    def _route(self, student: ModelOutput | None, n: int, options: ClassifyOptions) -> tuple[np.ndarray, list[str], np.ndarray | None, np.ndarray]:
-        """Which items the teacher sees, each item's reason, the student's confidence, and
-        which unsure items the teacher budget turned away."""
-        capped = np.zeros(n, dtype=bool)
-        if options.mode == "teacher":
-            return np.ones(n, dtype=bool), ["forced"] * n, None, capped
-        if options.mode == "student":
-            return np.zeros(n, dtype=bool), ["forced"] * n, None, capped
-        policy = self.policy_for(student)
-        threshold = options.threshold if options.threshold is not None else self.threshold
-        confidence, unsure = policy.scores_and_mask(student.probs, threshold)
-        reasons = np.where(unsure, "unsure", "confident").tolist()
-        if self.budget is not None:  # every request counts toward the window, confident ones too
-            admitted = self.budget.admit(int(unsure.sum()), n)
-            ranked = np.flatnonzero(unsure)[np.argsort(confidence[unsure], kind="stable")]  # least confident first
-            capped[ranked[admitted:]] = True
-            unsure &= ~capped
-        # audits are skipped while the budget turns unsure items away: they would exceed it
-        auditing = self.auditor is not None and not capped.any()
-        audited = ~unsure & self.auditor.sample(n) if auditing else np.zeros(n, dtype=bool)
-        for i in np.flatnonzero(audited):
-            reasons[i] = "audit"
-        return unsure | audited, reasons, confidence, capped
-
-    async def classify(self, texts: list[str], options: ClassifyOptions, request_id: str | None = None) -> ClassifyResponse:
-        """Answer ``texts`` according to ``options`` (see the module docstring)."""
+    async def classify(
+        self, texts: list[str], options: ClassifyOptions, request_id: str | None = None, privileged: bool = False
+    ) -> ClassifyResponse:
+        """Answer ``texts`` according to ``options`` (see the module docstring); a ``privileged``
+        (admin) request's forced teacher items are not capped by the budget."""
         request_id = request_id or uuid4().hex
         n = len(texts)
         student = await self.student(texts) if options.mode != "teacher" else None
-        asked, reasons, confidence, capped = self._route(student, n, options)
-        asked_items = np.flatnonzero(asked)
+        threshold = options.threshold if options.threshold is not None else self.threshold
+        plan = route(
+            options.mode, n, student.probs if student else None, self.policy_for(student) if student else None,
+            threshold, self.budget, self.auditor, privileged,
+        )
+        asked = np.flatnonzero(plan.ask)
         teacher, cause = (None, None)
-        if len(asked_items):
-            teacher, cause = await self._ask_teacher([texts[i] for i in asked_items])
-            if teacher is None and student is None:  # mode=teacher with no teacher: fall back to the student
-                student = await self.student(texts)
-        teacher_row = {int(item): row for row, item in enumerate(asked_items)}
-        records, predictions, audit_agreement = [], [], []
-        for i in range(n):
-            reason = reasons[i]
-            teacher_probs = teacher.probs[teacher_row[i]] if teacher is not None and i in teacher_row else None
-            answered_by_teacher = teacher_probs is not None and reason != "audit"
-            probs = teacher_probs if answered_by_teacher else student.probs[i]
-            label_index = int(np.argmax(probs))
-            if teacher_probs is not None and reason == "audit":
-                audit_agreement.append(label_index == int(np.argmax(teacher_probs)))
-            wanted_teacher = (i in teacher_row and reason != "audit") or capped[i]
-            degraded = wanted_teacher and not answered_by_teacher
-            item_cause = ("teacher_budget" if capped[i] else cause) if degraded else None
-            if degraded:
-                self.degraded[item_cause] += 1
-            cost = (self.costs.student_units if student is not None else 0.0) + (
-                self.costs.teacher_units if teacher_probs is not None else 0.0
-            )
-            predictions.append(
-                Prediction(
-                    label=self.labels[label_index],
-                    score=round(float(probs[label_index]), 6),
-                    tier="teacher" if answered_by_teacher else "student",
-                    escalated=i in teacher_row and reason != "audit",
-                    degraded=degraded,
-                    cause=item_cause,
-                    reason=reason,
-                    confidence=round(float(confidence[i]), 6) if confidence is not None else None,
-                    cost=cost,
-                    top_k=self._top_k(probs, options.top_k),
-                )
-            )
-            if teacher_probs is not None:
-                records.append(self._record(request_id, texts[i], reason, student, i, teacher, teacher_row[i]))
-        if audit_agreement:
-            self.audit.update(np.array(audit_agreement))
+        if len(asked):
+            teacher, cause = await self._ask_teacher([texts[i] for i in asked])
+        decisions = settle(plan, teacher is not None, cause, self.costs)
+        if student is None and decisions.student_scored.any():  # mode teacher: the student answers what the teacher did not
+            student = await self._student_for(texts, decisions.student_scored)
+        teacher_row = dict(zip(asked.tolist(), range(len(asked)))) if teacher is not None else {}
+        records, predictions = [], []
+        for i, decision in enumerate(decisions):
+            probs = teacher.probs[teacher_row[i]] if decision.tier == "teacher" else student.probs[i]
+            if decision.degraded:
+                self.degraded[decision.cause] += 1
+            predictions.append(self._prediction(decision, probs, options.top_k))
+            if decision.consulted:
+                scored = student if decision.student_scored else None
+                records.append(self._record(request_id, texts[i], decision.reason, scored, i, teacher, teacher_row[i]))
+        audited = np.flatnonzero(plan.audited & decisions.consulted)
+        if len(audited):
+            rows = [teacher_row[i] for i in audited]
+            self.audit.update(student.probs[audited].argmax(axis=1) == teacher.probs[rows].argmax(axis=1))
         logged = await self._log(records)
         self.versions = ModelVersions(
             student=student.version if student else self.versions.student,
@@ -198,7 +158,31 @@ class Cascade:
             predictions=predictions,
             versions=self.versions,
             logged=logged,
-            cost=sum(p.cost for p in predictions),
+            cost=float(decisions.cost.sum()),
+        )
+
+    async def _student_for(self, texts: list[str], needed: np.ndarray) -> ModelOutput:
+        """The student's output for the ``needed`` items only, scattered into rows for all of ``texts``."""
+        items = np.flatnonzero(needed)
+        output = await self.student([texts[i] for i in items])
+        probs = np.zeros((len(texts), output.probs.shape[1]), dtype=output.probs.dtype)
+        probs[items] = output.probs
+        return ModelOutput(probs, output.version, output.policy, output.label_only)
+
+    def _prediction(self, decision: Decision, probs: np.ndarray, top_k: int) -> Prediction:
+        label_index = int(np.argmax(probs))
+        return Prediction(
+            label=self.labels[label_index],
+            score=round(float(probs[label_index]), 6),
+            tier=decision.tier,
+            escalated=decision.escalated,
+            consulted=decision.consulted,
+            degraded=decision.degraded,
+            cause=decision.cause,
+            reason=decision.reason,
+            confidence=round(decision.confidence, 6) if decision.confidence is not None else None,
+            cost=decision.cost,
+            top_k=self._top_k(probs, top_k),
         )
 
     def _top_k(self, probs: np.ndarray, k: int) -> list[LabelScore] | None:

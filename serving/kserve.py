@@ -4,7 +4,8 @@ translation between V2 tensors and the cascade's request and answer.
 The model takes one input, ``text`` (BYTES, shape [-1]: one element per text), and returns
 one element per text in each output: ``label``, ``tier``, ``reason``, ``cause`` (BYTES),
 ``score``, ``confidence``, ``cost`` (FP32; ``confidence`` is NaN, JSON null, when the
-student did not score the item) and ``escalated``, ``degraded`` (BOOL). Request
+student did not score the item) and ``escalated``, ``consulted``, ``degraded`` (BOOL), each
+meaning what it means in ``/v1/classify`` (``router.decision``). Request
 ``parameters`` ``mode`` and ``threshold`` mean what they mean in ``/v1/classify``'s options.
 
 Tensor data travels as JSON (``data``) or with the binary tensor data extension: a JSON
@@ -39,6 +40,7 @@ OUTPUTS: dict[str, tuple[Datatype, Any]] = {
     "reason": ("BYTES", lambda p: p.reason),
     "cause": ("BYTES", lambda p: p.cause or ""),
     "escalated": ("BOOL", lambda p: p.escalated),
+    "consulted": ("BOOL", lambda p: p.consulted),
     "degraded": ("BOOL", lambda p: p.degraded),
     "confidence": ("FP32", lambda p: math.nan if p.confidence is None else p.confidence),
     "cost": ("FP32", lambda p: p.cost),

@@ -54,7 +54,8 @@ SPECS: dict[str, MetricSpec] = {
     for spec in (
         MetricSpec("cascade_requests_total", "counter", "classify requests answered, by mode", ("mode",)),
         MetricSpec("cascade_items_total", "counter", "texts answered, by the tier that answered and the request's mode", ("tier", "mode")),
-        MetricSpec("cascade_escalations_total", "counter", "texts sent to the teacher, by reason (unsure, forced, audit)", ("reason",)),
+        MetricSpec("cascade_escalations_total", "counter", "texts the policy wanted the teacher to answer, by reason (unsure, forced); degraded ones included", ("reason",)),
+        MetricSpec("cascade_teacher_consulted_total", "counter", "texts the teacher's answer came back for (answered or audited), by reason (unsure, forced, audit)", ("reason",)),
         MetricSpec("cascade_degraded_total", "counter", "texts the student answered although the teacher was wanted, by cause", ("cause",)),
         MetricSpec("cascade_teacher_budget_rejections_total", "counter", "unsure texts the teacher budget turned away"),
         MetricSpec("cascade_shed_requests_total", "counter", "requests refused with 429 because the service was overloaded"),
@@ -143,7 +144,7 @@ class IngressMetrics(Recorder):
 
     def __init__(self, student_cost: float):
         super().__init__(
-            "cascade_requests_total", "cascade_items_total", "cascade_escalations_total", "cascade_degraded_total",
+            "cascade_requests_total", "cascade_items_total", "cascade_escalations_total", "cascade_teacher_consulted_total", "cascade_degraded_total",
             "cascade_teacher_budget_rejections_total", "cascade_shed_requests_total", "cascade_tier_latency_seconds",
             "cascade_request_latency_seconds", "cascade_student_confidence_ratio", "cascade_cost_units_total",
             "cascade_audits_total", "cascade_audit_agreements_total",
@@ -157,13 +158,16 @@ class IngressMetrics(Recorder):
         self.inc("cascade_requests_total", mode=mode)
         self.observe("cascade_request_latency_seconds", seconds, mode=mode)
         tiers: dict[str, int] = {}
-        reasons: dict[str, int] = {}
+        escalated: dict[str, int] = {}
+        consulted: dict[str, int] = {}
         causes: dict[str, int] = {}
         cost = {"student": 0.0, "teacher": 0.0}
         for p in response.predictions:
             tiers[p.tier] = tiers.get(p.tier, 0) + 1
-            if p.escalated or p.reason == "audit":
-                reasons[p.reason] = reasons.get(p.reason, 0) + 1
+            if p.escalated:
+                escalated[p.reason] = escalated.get(p.reason, 0) + 1
+            if p.consulted:
+                consulted[p.reason] = consulted.get(p.reason, 0) + 1
             if p.degraded and p.cause:
                 causes[p.cause] = causes.get(p.cause, 0) + 1
             if p.confidence is not None:
@@ -174,8 +178,10 @@ class IngressMetrics(Recorder):
             cost["teacher"] += p.cost - student_part
         for tier, n in tiers.items():
             self.inc("cascade_items_total", n, tier=tier, mode=mode)
-        for reason, n in reasons.items():
+        for reason, n in escalated.items():
             self.inc("cascade_escalations_total", n, reason=reason)
+        for reason, n in consulted.items():
+            self.inc("cascade_teacher_consulted_total", n, reason=reason)
         for cause, n in causes.items():
             self.inc("cascade_degraded_total", n, cause=cause)
         self.inc("cascade_teacher_budget_rejections_total", causes.get("teacher_budget", 0))
@@ -222,7 +228,8 @@ class DashboardFigures(BaseModel):
     time: float
     requests: float = 0.0
     items: dict[str, float] = {}  # by tier
-    escalations: dict[str, float] = {}  # by reason
+    escalations: dict[str, float] = {}  # by reason: the policy wanted the teacher
+    teacher_consulted: dict[str, float] = {}  # by reason: the teacher's answer came back (answered or audited)
     degraded: dict[str, float] = {}  # by cause
     cost_units: dict[str, float] = {}  # by tier
     audits: float = 0.0
@@ -271,6 +278,7 @@ _TOTALS = {
 }
 _BY_LABEL = {
     "cascade_items_total": ("items", "tier"), "cascade_escalations_total": ("escalations", "reason"),
+    "cascade_teacher_consulted_total": ("teacher_consulted", "reason"),
     "cascade_degraded_total": ("degraded", "cause"), "cascade_cost_units_total": ("cost_units", "tier"),
     "cascade_refresh_runs_total": ("refresh_runs", "outcome"),
 }

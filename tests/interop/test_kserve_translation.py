@@ -33,7 +33,7 @@ def encoded(texts: list[str], binary: bool, outputs=None, parameters=None) -> tu
 
 def answer(n: int) -> ClassifyResponse:
     predictions = [
-        Prediction(label=f"label{i}", score=0.5 + i / 10, tier="teacher" if i % 2 else "student", escalated=bool(i % 2),
+        Prediction(label=f"label{i}", score=0.5 + i / 10, tier="teacher" if i % 2 else "student", escalated=bool(i % 2), consulted=bool(i % 2),
                    degraded=False, cause=None, reason="unsure" if i % 2 else "confident", confidence=None if i == 0 else 0.4,
                    cost=51.0 if i % 2 else 1.0)
         for i in range(n)
@@ -106,7 +106,7 @@ def request_body(**changes) -> bytes:
         (request_body(inputs=[{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["a", 7]}]), None, 400, "must be strings"),
         (request_body(inputs=[{"name": "text", "shape": [2], "datatype": "BYTES"}]), None, 400, "data: missing"),
         (request_body(parameters={"mode": "oracle"}), None, 422, "parameters.mode"),
-        (request_body(parameters={"threshold": 2}), None, 422, "parameters.threshold"),
+        (request_body(parameters={"threshold": "high"}), None, 422, "parameters.threshold"),
         (request_body(outputs=[{"name": "logits"}]), None, 400, "unknown output 'logits'"),
         (request_body(), "nine", 400, "expected a byte count"),
         (request_body(), "100000", 400, "not within the body"),

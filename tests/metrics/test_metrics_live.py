@@ -122,7 +122,9 @@ def test_prometheus_counts_exactly_the_traffic_sent(live, prometheus):
     escalations = promql(prometheus, "sum by (reason) (cascade_escalations_total)")
     assert escalations.get(("forced",)) == 6  # 2 requests x 3 texts in mode teacher
     assert escalations.get(("unsure",)) == unsure
-    assert escalations.get(("audit",), 0) == audits
+    assert ("audit",) not in escalations  # an audit is not an escalation: the policy did not want the teacher's answer
+    consulted = promql(prometheus, "sum by (reason) (cascade_teacher_consulted_total)")
+    assert consulted == {k: v for k, v in {("forced",): 6, ("unsure",): unsure, ("audit",): audits}.items() if v}
     tiers = promql(prometheus, "sum by (mode, tier) (cascade_items_total)")
     assert tiers == {
         ("cascade", "student"): sum(p["tier"] == "student" for p in cascade_items),
