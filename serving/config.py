@@ -20,6 +20,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+DEFAULT_AUTOSCALING: dict[str, Any] = {"min_replicas": 1, "max_replicas": 2}
+"""Ray Serve's ``autoscaling_config`` of a deployment with ``num_replicas: auto`` and no ``autoscaling``."""
+
+
 class ModelDeploymentConfig(_Strict):
     """One model deployment (student or teacher): which model, its batching and its resources."""
 
@@ -34,6 +38,10 @@ class ModelDeploymentConfig(_Strict):
     device: str | None = None  # "cpu", "cuda", "cuda:1"; default: CUDA when a GPU is assigned
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None: the whole CPUs it reserved (at least 1)
     poll_registry_s: float = Field(5.0, ge=0)  # with model None, check the registry's current pointer this often and hot-swap (0: never)
+
+    def autoscaling_config(self) -> dict[str, Any]:
+        """The ``autoscaling_config`` Serve gets with ``num_replicas: auto``."""
+        return self.autoscaling or DEFAULT_AUTOSCALING
 
     @model_validator(mode="after")
     def _batches_can_fill(self) -> "ModelDeploymentConfig":

@@ -12,13 +12,12 @@ Usage::
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from typing import Any
 
-import ray
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serving.app import DEFAULT_AUTOSCALING
 from serving.config import CascadeConfig, ConfigError, ModelDeploymentConfig
 
 APP_BUILDER = "serving.app:app_builder"  # the import path Serve calls with the file's `args`
@@ -85,7 +84,7 @@ def kuberay_options(assignments: list[str]) -> KubeRayOptions:
 def _gpus_wanted(settings: ModelDeploymentConfig) -> float:
     """GPUs one model deployment reserves at its largest."""
     if settings.num_replicas == "auto":
-        replicas = (settings.autoscaling or DEFAULT_AUTOSCALING).get("max_replicas", 1)  # Serve's default ceiling: 1
+        replicas = settings.autoscaling_config().get("max_replicas", 1)  # Serve's default ceiling: 1
     else:
         replicas = settings.num_replicas
     return settings.num_gpus * replicas
@@ -141,7 +140,7 @@ def rayservice(config: CascadeConfig, options: KubeRayOptions) -> dict[str, Any]
         "spec": {
             "serveConfigV2": yaml.safe_dump(serve_config(config), sort_keys=False),
             "rayClusterConfig": {
-                "rayVersion": ray.__version__,  # the image must carry the same Ray (the Dockerfile's RAY_VERSION)
+                "rayVersion": version("ray"),  # the image must carry the same Ray (the Dockerfile's RAY_VERSION)
                 "enableInTreeAutoscaling": options.max_workers > options.workers,  # Serve's replicas add worker pods
                 "headGroupSpec": {
                     "rayStartParams": {"dashboard-host": "0.0.0.0", **metrics},

@@ -32,7 +32,7 @@ NOVEL = [f"{a} {b}" for a, b in zip(["violin", "granite", "orbit", "lantern", "m
 @pytest.fixture(scope="module")
 def remote_cascade(tiny_home, fake_teacher, tmp_path_factory):
     """The cascade with the fake endpoint as its teacher: (base URL, config)."""
-    from serving import runner
+    from serving.cli import runner
 
     fake_teacher.reset()
     config = CascadeConfig.model_validate({

@@ -31,7 +31,7 @@ def live(tiny_home: Path, tmp_path_factory) -> tuple[CascadeConfig, str]:
     """One cascade for this module, reporting metrics every second on a known port."""
     import ray
 
-    from serving import runner
+    from serving.cli import runner
 
     assert not ray.is_initialized(), "this module starts its own Ray cluster with a known metrics port"
     config = CascadeConfig.model_validate({

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from serving import runner
+from serving.cli import runner
 from serving.config import CascadeConfig, ConfigError
 
 

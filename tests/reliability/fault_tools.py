@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import httpx
 
-from serving.bench import serve_processes
+from serving.cli.bench import serve_processes
 from serving.config import CascadeConfig
 from ports import free_port
 
@@ -33,7 +33,7 @@ def reliability_config(home: Path, log_path: Path, **sections: Any) -> CascadeCo
 @contextmanager
 def running_cascade(config: CascadeConfig) -> Iterator[str]:
     """Start Ray and the application, yield its URL, shut everything down."""
-    from serving import runner
+    from serving.cli import runner
 
     try:
         yield runner.start(config, num_cpus=2)

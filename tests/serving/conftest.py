@@ -27,7 +27,7 @@ def cascade_config(tiny_home: Path, tmp_path_factory) -> CascadeConfig:
 
 @pytest.fixture(scope="session")
 def cascade_url(cascade_config: CascadeConfig):
-    from serving import runner
+    from serving.cli import runner
 
     url = runner.start(cascade_config, num_cpus=2)
     yield url

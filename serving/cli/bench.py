@@ -295,7 +295,7 @@ def run_bench(config: CascadeConfig, texts: Sequence[str], labels: Sequence[str]
               progress=print) -> dict:
     """Start everything, measure every service (then ``pairs`` alternating echo/cascade runs), stop;
     returns the report."""
-    from serving import runner
+    from serving.cli import runner
 
     progress("bench: model-only throughput (in-process, no serving)")
     limits = model_only(config, texts)

@@ -29,8 +29,8 @@ from distill.data import DataSplits, load_splits, split_validation
 from distill.pipeline import TeacherCache, data_record, distill_student, fit_student_policy, new_student_meta, register_model
 from distill.refresh import refresh
 from router import CostModel, EscalationPolicy, cascade_predictions
-from serving import runner
-from serving.bench import batched_pass
+from serving.cli import runner
+from serving.cli.bench import batched_pass
 from serving.config import CascadeConfig
 
 

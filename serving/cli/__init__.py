@@ -1,5 +1,8 @@
-"""The ``cascade`` command. Each subcommand imports what it needs when it runs, so ``--help``
-is instant."""
+"""The ``cascade`` command (``python -m serving.cli`` too). Each subcommand imports what it needs
+when it runs, so ``--help`` is instant and ``export-serve-config`` loads neither Ray Serve nor torch.
+
+The commands that run apart from the Ray application live beside it: ``runner`` (start and stop
+the cascade locally), ``bench``, ``soak`` and ``simulate``."""
 
 from __future__ import annotations
 
@@ -216,7 +219,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from serving.config import load_config
-    from serving.simulate import plot_rounds, simulate
+    from serving.cli.simulate import plot_rounds, simulate
 
     config = load_config(args.config, home=args.home or Path(".cascade-simulation"), port=args.port, data=args.data)
     config = config.model_copy(update={
@@ -265,7 +268,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import threading
 
     from distill.bootstrap import ensure_models
-    from serving import runner
+    from serving.cli import runner
     from serving.config import load_config
 
     config = load_config(args.config, home=args.home, port=args.port, host=args.host, data=args.data)
@@ -289,7 +292,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from distill.bootstrap import ensure_models
     from distill.data import load_splits
-    from serving.bench import markdown_table, run_bench
+    from serving.cli.bench import markdown_table, run_bench
     from serving.config import load_config
 
     config = load_config(args.config, home=args.home, port=args.port, data=args.data)
@@ -343,14 +346,14 @@ def cmd_export_serve_config(args: argparse.Namespace) -> int:
 def cmd_soak(args: argparse.Namespace) -> int:
     from distill.data import load_splits
     from serving.config import load_config
-    from serving.soak import soak
+    from serving.cli.soak import soak
 
     config = load_config(args.config, home=args.home, port=args.port, data=args.data)
     texts = load_splits(config.data, args.text_column, args.label_column).get("test").texts
     url = args.url
     if url is None:
         from distill.bootstrap import ensure_models
-        from serving import runner
+        from serving.cli import runner
 
         ensure_models(config.home, config.data, progress=False)
         print(f"soak: starting the cascade on {config.host}:{config.port} ...", file=sys.stderr, flush=True)
@@ -544,6 +547,3 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())
