@@ -28,7 +28,11 @@ class RollbackRequest(_Body):
 
 
 class ThresholdRequest(_Body):
-    threshold: float | None = Field(ge=0, le=1, description="the service-wide escalation threshold; null: the student's fitted one")
+    threshold: float | None = Field(
+        allow_inf_nan=False,
+        description="every ingress replica's escalation threshold, kept across restarts (in [0, 1] for max_prob and margin, "
+        "any number for neg_entropy); null: back to routing.threshold, else the student's fitted one",
+    )
 
 
 class PointerResponse(BaseModel):

@@ -69,7 +69,9 @@ class ClassifyResponse(BaseModel):
 class ModelsResponse(BaseModel):
     labels: list[str]
     versions: ModelVersions
-    threshold: float | None
+    threshold: float | None = Field(description="the threshold every ingress replica routes with")
+    threshold_source: Literal["admin", "config", "fitted"] = Field(description="where it comes from: /v1/admin/threshold, routing.threshold, or the student's fitted policy")
+    fitted_threshold: float | None = Field(description="the student's fitted threshold")
     temperature: float | None
     measure: str | None
     goal: str | None

@@ -85,7 +85,7 @@ class Cascade:
         """The student's fitted policy (parsed once per version), or the default one."""
         policy = self._policies.get(output.version)
         if policy is None:
-            policy = EscalationPolicy.from_dict(output.policy) if output.policy else EscalationPolicy()
+            policy = EscalationPolicy.fitted(output.policy)
             self._policies[output.version] = policy
         return policy
 
@@ -100,7 +100,10 @@ class Cascade:
         output, cause = None, None
         self.teacher_in_flight += len(texts)
         try:
-            output = await asyncio.wait_for(self.teacher(texts), self.teacher_timeout_s)
+            answer = await asyncio.wait_for(self.teacher(texts), self.teacher_timeout_s)
+            if answer.probs.shape != (len(texts), len(self.labels)):  # a teacher with another label list
+                raise ValueError(f"teacher answered shape {answer.probs.shape} for {len(texts)} texts and {len(self.labels)} labels")
+            output = answer
         except asyncio.TimeoutError:
             cause = "teacher_timeout"
         except Exception as err:  # any failure of the teacher degrades to the student's answer

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serving.api import ClassifyOptions, ClassifyResponse, Prediction
+from serving.errors import ServingError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 INPUT_NAME = "text"
@@ -115,12 +116,11 @@ class InferResponse(BaseModel):
     outputs: list[ResponseOutput]
 
 
-class V2Error(Exception):
+class V2Error(ServingError):
     """A request the protocol layer refuses: an HTTP status and a message naming the problem."""
 
     def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+        super().__init__(message, status)
 
     def response(self) -> JSONResponse:
         return JSONResponse(status_code=self.status, content={"error": str(self)})

@@ -1,0 +1,192 @@
+"""The HTTP API over a ``CascadeService``: ``/v1`` and health, ``/v2`` (the Open Inference
+Protocol) and ``/v1/admin`` as their own routers, each route one to three lines; every
+``ServingError`` becomes ``{"error": message}`` with its status here, and nowhere else.
+``build_api`` makes one app per ingress replica, with its guard settings given at build."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Annotated, Any, Awaitable, Callable
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from serving import admin, kserve
+from serving.api import ClassifyRequest, ClassifyResponse, ErrorResponse, ModelsResponse
+from serving.errors import ServingError
+from serving.guards import AdminToken, GuardSettings, RequestGuard
+from serving.metrics import DashboardFigures
+from serving.service import CascadeService
+
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (413, 422, 503)}
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (401, 403, 409, 422)}
+Authorization = Annotated[str | None, Header(description="Bearer <$CASCADE_ADMIN_TOKEN>")]
+
+
+def json_body(model: Any) -> Response:
+    """A pydantic answer serialised once by pydantic-core (FastAPI would validate it again)."""
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
+def build_api(
+    service: CascadeService,
+    guard: GuardSettings,
+    dashboard_figures: Callable[[], Awaitable[DashboardFigures]],
+    app_name: str,
+) -> FastAPI:
+    """The whole HTTP API of one ingress replica."""
+    api = FastAPI(
+        title="distill-cascade",
+        description="A distilled student answers; unsure items go to the teacher; every escalation is logged for the next student.",
+        version="1",
+    )
+    api.state.guard = guard
+    api.add_middleware(RequestGuard)  # sheds past the in-flight bound; body byte cap and UTF-8 check before parsing
+    _handle_errors(api)
+    api.include_router(_v1_router(service, guard.admin_token, dashboard_figures))
+    api.include_router(_v2_router(service, app_name))
+    api.include_router(_admin_router(service, guard.admin_token))
+    return api
+
+
+def _handle_errors(api: FastAPI) -> None:
+    @api.exception_handler(ServingError)
+    async def _serving_error(_: Request, exc: ServingError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content={"error": exc.message}, headers=exc.headers or None)
+
+    @api.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        """Every error the framework raises (unknown path, wrong method, ...) as ``{"error": ...}``."""
+        return JSONResponse(status_code=exc.status_code, content={"error": str(exc.detail)}, headers=exc.headers)
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        return JSONResponse(status_code=422, content={"error": problems})
+
+
+def _v1_router(service: CascadeService, token: AdminToken, dashboard_figures: Callable[[], Awaitable[DashboardFigures]]) -> APIRouter:
+    router = APIRouter()
+    page = resources.files("serving").joinpath("dashboard.html").read_text()
+
+    @router.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS)
+    async def classify(body: ClassifyRequest, authorization: Authorization = None) -> Response:
+        """Classify one text or a list; unsure items are escalated to the teacher and logged.
+        With the admin token, forced teacher items are not capped by the teacher budget."""
+        texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+        privileged = authorization is not None and token.refusal(authorization) is None
+        return json_body(await service.classify(texts, body.options, privileged))
+
+    @router.get("/healthz")
+    async def healthz() -> dict:
+        """The ingress is alive."""
+        return {"status": "alive"}
+
+    @router.get("/readyz", responses=ERRORS)
+    async def readyz() -> dict:
+        """Both models are loaded and answer."""
+        return await service.readiness()
+
+    @router.get("/v1/stats")
+    async def stats() -> dict:
+        """Audit agreement so far and this replica's fault counters."""
+        return await service.stats()
+
+    @router.get("/v1/models", response_model=ModelsResponse)
+    async def models() -> ModelsResponse:
+        """Labels, versions and the escalation policy in force, with the threshold every replica uses."""
+        return await service.models()
+
+    @router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+    async def dashboard() -> HTMLResponse:
+        """A self-contained page charting cost, teacher share, latency, throughput, audit
+        agreement and model versions, refreshed from ``/dashboard/data``."""
+        return HTMLResponse(page)
+
+    @router.get("/dashboard/data", response_model=DashboardFigures)
+    async def dashboard_data() -> Response:
+        """Cumulative figures summed over every replica, read from each node's metrics endpoint."""
+        return json_body(await dashboard_figures())
+
+    return router
+
+
+def _v2_router(service: CascadeService, app_name: str) -> APIRouter:
+    """The Open Inference Protocol (KServe V2); ``serving.kserve`` holds its schemas and translation."""
+    router = APIRouter(prefix="/v2")
+    missing = {404: {"model": ErrorResponse}}
+
+    @router.get("", response_model=kserve.ServerMetadata)
+    async def v2_server() -> kserve.ServerMetadata:
+        """V2 server metadata."""
+        return kserve.server_metadata()
+
+    @router.get("/health/live")
+    async def v2_live() -> dict:
+        """V2 liveness: the ingress is alive."""
+        return {"live": True}
+
+    @router.get("/health/ready", responses=ERRORS)
+    async def v2_ready() -> dict:
+        """V2 readiness: both models are loaded and answer."""
+        await service.readiness()
+        return {"ready": True}
+
+    @router.get("/models/{name}/ready", responses={**missing, **ERRORS})
+    async def v2_model_ready(name: str) -> dict:
+        """V2 model readiness."""
+        kserve.check_model(app_name, name)
+        await service.readiness()
+        return {"name": name, "ready": True}
+
+    @router.get("/models/{name}", response_model=kserve.ModelMetadata, responses=missing)
+    async def v2_model(name: str) -> kserve.ModelMetadata:
+        """V2 model metadata: the input ``text`` (BYTES) and the outputs."""
+        kserve.check_model(app_name, name)
+        return kserve.model_metadata(name, (await service.student.info())["version"])
+
+    @router.post("/models/{name}/infer", responses={400: {"model": ErrorResponse}, **missing, **ERRORS})
+    async def v2_infer(name: str, request: Request) -> Response:
+        """V2 inference: a BYTES tensor of texts through the same cascade as /v1/classify."""
+        kserve.check_model(app_name, name)
+        call = kserve.parse_infer(await request.body(), request.headers.get(kserve.HEADER_LENGTH))
+        return kserve.infer_response(name, call, await service.classify(call.texts, call.options))
+
+    return router
+
+
+def _admin_router(service: CascadeService, token: AdminToken) -> APIRouter:
+    def require_admin(authorization: Authorization = None) -> None:
+        """Let an admin request through only with the bearer token (checked before its body)."""
+        refusal = token.refusal(authorization)
+        if refusal is not None:
+            status, message = refusal
+            raise HTTPException(status, message, headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
+
+    router = APIRouter(prefix="/v1/admin", dependencies=[Depends(require_admin)], responses=ADMIN_ERRORS)
+
+    @router.post("/promote", response_model=admin.PointerResponse)
+    async def admin_promote(body: admin.PromoteRequest) -> admin.PointerResponse:
+        """Point a role at a registered version; model servers swap to it within poll_registry_s (or at reload)."""
+        return await service.move_pointer(admin.promote, body)
+
+    @router.post("/rollback", response_model=admin.PointerResponse)
+    async def admin_rollback(body: admin.RollbackRequest) -> admin.PointerResponse:
+        """Move a role's pointer back to its previous version."""
+        return await service.move_pointer(admin.rollback, body)
+
+    @router.post("/threshold", response_model=admin.ThresholdResponse)
+    async def admin_threshold(body: admin.ThresholdRequest) -> admin.ThresholdResponse:
+        """Set every ingress replica's escalation threshold (null: the configured, else the fitted one); kept across restarts."""
+        return await service.set_threshold(body.threshold)
+
+    @router.post("/reload", response_model=admin.ReloadResponse)
+    async def admin_reload() -> admin.ReloadResponse:
+        """Make the model servers re-read the registry's current pointers now, not at their next poll."""
+        return await service.reload()
+
+    return router

@@ -1,0 +1,235 @@
+"""The cascade service without Ray: readiness, input checks, classify, models, stats and admin,
+over two model clients (anything with async ``predict``, ``info`` and ``reload``). The Serve
+ingress hands it Ray handles; tests hand it plain async fakes. Failures are ``ServingError``s
+``serving.errors``, carrying their HTTP status; only ``serving.http`` turns them into responses."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Protocol
+
+from distill.errors import RegistryError
+from router import AuditSampler, CircuitBreaker, CostModel, EscalationPolicy, RouterError, TeacherRateLimiter
+from serving import admin
+from serving.api import ClassifyOptions, ClassifyResponse, ModelsResponse, ModelVersions
+from serving.cascade import AppendLog, Cascade, ModelOutput, Redact
+from serving.config import CascadeConfig
+from serving.errors import Conflict, InvalidInput, TooLarge, Unavailable
+from serving.guards import InFlightLimit
+from serving.shared_state import SharedRouting
+
+logger = logging.getLogger("cascade")
+
+
+class ModelClient(Protocol):
+    """A model deployment as the service sees it."""
+
+    async def predict(self, texts: list[str]) -> ModelOutput: ...
+
+    async def info(self) -> dict[str, Any]: ...
+
+    async def reload(self) -> str: ...
+
+
+class Metrics(Protocol):
+    """What the service reports per request (``serving.metrics.IngressMetrics``)."""
+
+    def record_response(self, response: ClassifyResponse, mode: str, seconds: float) -> None: ...
+
+    def record_audits(self, audited: int, agreed: int) -> None: ...
+
+    def observe(self, name: str, value: float, **labels: str) -> None: ...
+
+
+class CascadeService:
+    """One ingress replica's cascade: built once, ready once the student answers (the teacher
+    may be down: its items degrade), with routing overrides shared by every replica."""
+
+    def __init__(
+        self,
+        config: CascadeConfig,
+        student: ModelClient,
+        teacher: ModelClient,
+        append_log: AppendLog,
+        metrics: Metrics | None = None,
+        in_flight: InFlightLimit | None = None,
+        redact: Redact | None = None,
+        shared_check_every_s: float = 1.0,
+    ):
+        self.config = config
+        self.student, self.teacher = student, teacher
+        self.append_log = append_log
+        self.metrics = metrics
+        self.in_flight = in_flight
+        self.redact = redact
+        self.shared = SharedRouting(config.home / "registry" / "routing.json", shared_check_every_s)
+        self.cascade: Cascade | None = None
+        self._lock = asyncio.Lock()
+
+    # ---- readiness
+
+    async def ready(self) -> Cascade:
+        """The cascade, built once the student answers ``info``. The teacher is not needed: a
+        teacher that is down degrades its items to the student's answers."""
+        if self.cascade is not None:
+            return self.cascade
+        async with self._lock:
+            if self.cascade is None:
+                student = await self.student.info()
+                routing = self.config.routing
+                cascade = Cascade(
+                    student=self._timed(self.student.predict, "student"),
+                    teacher=self._timed(self.teacher.predict, "teacher"),
+                    append_log=self.append_log,
+                    labels=student["labels"],
+                    costs=CostModel(routing.student_cost, routing.teacher_cost),
+                    teacher_timeout_s=routing.teacher_timeout_s,
+                    budget=TeacherRateLimiter(routing.teacher_budget, routing.budget_window_s) if routing.teacher_budget < 1 else None,
+                    auditor=AuditSampler(routing.audit_rate) if routing.audit_rate > 0 else None,
+                    breaker=CircuitBreaker(routing.breaker_failures, routing.breaker_reset_s),
+                    teacher_max_in_flight=routing.teacher_max_in_flight,
+                    redact=self.redact,
+                )
+                cascade.versions = ModelVersions(student=student["version"], teacher=None)
+                cascade.threshold = self._threshold_override(fresh=True)
+                self.cascade = cascade
+        return self.cascade
+
+    def _timed(self, predict: Callable[[list[str]], Awaitable[ModelOutput]], tier: str) -> Callable[[list[str]], Awaitable[ModelOutput]]:
+        """``predict`` that reports its latency as the tier's."""
+
+        async def timed(texts: list[str]) -> ModelOutput:
+            start = time.perf_counter()
+            output = await predict(texts)
+            if self.metrics is not None:
+                self.metrics.observe("cascade_tier_latency_seconds", time.perf_counter() - start, tier=tier)
+            return output
+
+        return timed
+
+    async def readiness(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        """Both models loaded and answering, else ``Unavailable`` naming what is not."""
+        try:
+            cascade = await asyncio.wait_for(self.ready(), timeout_s)
+            await asyncio.wait_for(self.teacher.info(), timeout_s)
+        except Exception as err:
+            raise Unavailable(f"not ready: {type(err).__name__}: {err}") from err
+        return {"status": "ready", "labels": len(cascade.labels)}
+
+    # ---- classify
+
+    def check_texts(self, texts: list[str]) -> None:
+        """Refuse what the limits or the models cannot take, naming the item and the problem."""
+        limits = self.config.limits
+        if not texts:
+            raise InvalidInput("inputs: expected a text or a non-empty list of texts")
+        if len(texts) > limits.max_items:
+            raise TooLarge(f"inputs: {len(texts)} texts, at most {limits.max_items} per request")
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise InvalidInput(f"inputs[{i}]: empty or whitespace-only text")
+            if len(text) > limits.max_text_chars:
+                raise TooLarge(f"inputs[{i}]: {len(text)} characters, at most {limits.max_text_chars}")
+            try:
+                text.encode("utf-8")  # a JSON escape such as \ud800 can smuggle in a lone surrogate
+            except UnicodeEncodeError as err:
+                raise InvalidInput(f"inputs[{i}]: not valid Unicode at character {err.start} (a lone surrogate)") from None
+
+    async def classify(self, texts: list[str], options: ClassifyOptions, privileged: bool = False) -> ClassifyResponse:
+        """Check ``texts``, run the cascade, record the request's metrics (one path for /v1 and /v2)."""
+        self.check_texts(texts)
+        cascade = await self.ready()
+        cascade.threshold = self._threshold_override()
+        start = time.perf_counter()
+        try:
+            answer = await cascade.classify(texts, options, privileged=privileged)
+        except RouterError as err:  # a threshold override the student's measure cannot take
+            raise InvalidInput(f"options: {err}") from None
+        if self.metrics is not None:
+            self.metrics.record_response(answer, options.mode, time.perf_counter() - start)
+            self.metrics.record_audits(cascade.audit.audited, cascade.audit.agreed)
+        return answer
+
+    def _threshold_override(self, fresh: bool = False) -> float | None:
+        """The threshold every replica uses: the admin's, else the config's (None: the fitted one)."""
+        shared = self.shared.read(fresh).threshold
+        return shared if shared is not None else self.config.routing.threshold
+
+    # ---- models and stats
+
+    async def models(self) -> ModelsResponse:
+        """Labels, versions and the policy in force, with the threshold every replica uses."""
+        cascade = await self.ready()
+        student, teacher = await asyncio.gather(self.student.info(), self._teacher_info())
+        policy = EscalationPolicy.fitted(student["policy"])
+        override = self._threshold_override(fresh=True)
+        admin_set = self.shared.read().threshold is not None
+        return ModelsResponse(
+            labels=cascade.labels,
+            versions=ModelVersions(student=student["version"], teacher=teacher["version"] if teacher else cascade.versions.teacher),
+            threshold=override if override is not None else policy.threshold,
+            threshold_source="admin" if admin_set else "config" if override is not None else "fitted",
+            fitted_threshold=policy.threshold,
+            temperature=policy.temperature,
+            measure=policy.measure,
+            goal=policy.goal,
+        )
+
+    async def _teacher_info(self) -> dict[str, Any] | None:
+        """The teacher's info, or None when it does not answer (models stay reportable)."""
+        try:
+            return await asyncio.wait_for(self.teacher.info(), self.config.routing.teacher_timeout_s)
+        except Exception as err:
+            logger.warning("teacher info unavailable: %r", err)
+            return None
+
+    async def stats(self) -> dict[str, Any]:
+        """Audit agreement so far (the unbiased estimate of the student's agreement with the
+        teacher on what it answers alone) and this replica's fault counters."""
+        cascade = await self.ready()
+        low, high = cascade.audit.interval()
+        reliability = cascade.reliability_stats()
+        if self.in_flight is not None:
+            reliability = {"shed_requests": self.in_flight.shed, "in_flight": self.in_flight.in_flight, **reliability}
+        return {
+            "audit": {"audited": cascade.audit.audited, "agreed": cascade.audit.agreed,
+                      "agreement": cascade.audit.value, "interval_95": [round(low, 4), round(high, 4)]},
+            "reliability": reliability,
+        }
+
+    # ---- admin (the token is checked at the edge)
+
+    async def set_threshold(self, threshold: float | None) -> admin.ThresholdResponse:
+        """Set the threshold of every ingress replica (None: back to the configured, else the
+        fitted one); checked against the student's confidence measure; survives restarts."""
+        cascade = await self.ready()
+        if threshold is not None:
+            student = await self.student.info()
+            policy = EscalationPolicy.fitted(student["policy"])
+            try:
+                dataclasses.replace(policy, threshold=threshold)
+            except RouterError as err:
+                raise InvalidInput(f"threshold: {err}") from None
+        previous = self.shared.read(fresh=True).threshold
+        await asyncio.to_thread(self.shared.write, threshold=threshold)
+        cascade.threshold = self._threshold_override(fresh=True)
+        return admin.ThresholdResponse(threshold=threshold, previous=previous)
+
+    async def move_pointer(self, move: Callable[[Path, Any], admin.PointerResponse], body: Any) -> admin.PointerResponse:
+        """Promote or roll back in the registry (``serving.admin``); a refused move is a 409."""
+        try:
+            return await asyncio.to_thread(move, self.config.home, body)
+        except RegistryError as err:
+            raise Conflict(str(err)) from None
+
+    async def reload(self) -> admin.ReloadResponse:
+        """Make the model servers re-read the registry's current pointers now."""
+        try:
+            student, teacher = await asyncio.gather(self.student.reload(), self.teacher.reload())
+        except Exception as err:  # a version that cannot load: the serving one stays
+            raise Conflict(f"reload failed, serving versions kept: {err}") from None
+        return admin.ReloadResponse(student=student, teacher=teacher)

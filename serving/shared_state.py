@@ -1,0 +1,75 @@
+"""Routing state that every ingress replica shares and that survives restarts: the admin's
+threshold override, kept as one JSON file beside the model registry (which every replica
+already reads), replaced atomically. Replicas re-read it when it changes, at most once per
+``check_every_s``; the replica that wrote it applies it at once."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+logger = logging.getLogger("cascade")
+
+
+class RoutingOverrides(BaseModel):
+    """What an admin set for every replica; None: not set."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    threshold: float | None = None  # replaces the configured and the fitted threshold
+    changed_at: str | None = None  # when it was last set, UTC
+
+
+class SharedRouting:
+    """The shared ``RoutingOverrides`` file: ``read`` (cached, re-read when the file changes)
+    and ``write`` (atomic: a reader sees the old file or the new one, never half of it)."""
+
+    def __init__(self, path: str | Path, check_every_s: float = 1.0, clock=time.monotonic):
+        self.path = Path(path)
+        self.check_every_s = check_every_s
+        self._clock = clock
+        self._checked_at = float("-inf")
+        self._stamp: tuple[int, int] | None = None  # (mtime_ns, size) of the file last read
+        self._value = RoutingOverrides()
+
+    def read(self, fresh: bool = False) -> RoutingOverrides:
+        """The overrides in force; from the cache unless ``fresh`` or ``check_every_s`` passed."""
+        now = self._clock()
+        if not fresh and now - self._checked_at < self.check_every_s:
+            return self._value
+        self._checked_at = now
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            self._stamp, self._value = None, RoutingOverrides()
+            return self._value
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp != self._stamp:
+            try:
+                self._value = RoutingOverrides.model_validate(json.loads(self.path.read_text()))
+                self._stamp = stamp
+            except (OSError, ValueError) as err:  # keep the last good value; the next check tries again
+                logger.error("cannot read the shared routing state %s: %r", self.path, err)
+        return self._value
+
+    def write(self, **changes: float | None) -> RoutingOverrides:
+        """Set fields for every replica; returns the new overrides."""
+        value = self.read(fresh=True).model_copy(
+            update={**changes, "changed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
+        with tmp.open("w") as f:
+            f.write(value.model_dump_json() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        self._checked_at = float("-inf")
+        return self.read()

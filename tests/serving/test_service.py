@@ -1,0 +1,176 @@
+"""The Ray-free service behind the ingress, driven over its real FastAPI app (``serving.http``)
+with plain async fakes for the models: no Ray, milliseconds per test."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from serving.config import CascadeConfig
+from serving.guards import AdminToken, GuardSettings, InFlightLimit
+from serving.http import build_api
+from serving.metrics import DashboardFigures
+from serving.service import CascadeService
+
+LABELS = ["a", "b", "c"]
+TOKEN = "s3cret"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class FakeModel:
+    """A model client: every text gets ``row``; ``fail`` makes every call raise it."""
+
+    def __init__(self, version: str, row, policy=None, labels=LABELS):
+        self.version, self.row, self.policy, self.labels = version, np.asarray(row, dtype=float), policy, labels
+        self.fail: Exception | None = None
+        self.calls = 0
+
+    async def predict(self, texts):
+        from serving.cascade import ModelOutput
+
+        self.calls += 1
+        if self.fail is not None:
+            raise self.fail
+        return ModelOutput(np.tile(self.row, (len(texts), 1)), self.version, self.policy)
+
+    async def info(self):
+        if self.fail is not None:
+            raise self.fail
+        return {"labels": self.labels, "version": self.version, "policy": self.policy}
+
+    async def reload(self):
+        return self.version
+
+
+def make_service(home: Path, student=None, teacher=None, **routing) -> tuple[CascadeService, TestClient, list]:
+    written: list = []
+
+    async def append(records):
+        written.extend(records)
+        return len(records)
+
+    config = CascadeConfig.model_validate({"home": str(home), "routing": routing})
+    student = student or FakeModel("student-v1", [0.5, 0.3, 0.2], {"threshold": 0.7})  # every item unsure
+    teacher = teacher or FakeModel("teacher-v1", [0.1, 0.8, 0.1])
+    in_flight = InFlightLimit(8)
+    service = CascadeService(config, student, teacher, append, in_flight=in_flight, shared_check_every_s=0)
+    guard = GuardSettings(max_body_bytes=1 << 20, in_flight=in_flight, retry_after_s=1, admin_token=AdminToken(TOKEN))
+
+    async def figures():
+        return DashboardFigures(time=0.0)
+
+    return service, TestClient(build_api(service, guard, figures, "cascade")), written
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    return tmp_path / "home"
+
+
+def test_forced_teacher_items_are_capped_by_the_budget_unless_admin(home):
+    _, client, _ = make_service(home, teacher_budget=0.1)
+    tiers = []
+    for _ in range(40):
+        body = client.post("/v1/classify", json={"inputs": "x", "options": {"mode": "teacher"}}).json()
+        tiers += [(p["tier"], p["degraded"], p["cause"]) for p in body["predictions"]]
+    answered = sum(t == "teacher" for t, _, _ in tiers)
+    assert answered <= max(20, 0.1 * len(tiers))  # the budget's floor of 20 items per window, then 10 %
+    assert all(cause == "teacher_budget" for tier, degraded, cause in tiers if tier == "student") and answered < len(tiers)
+    admin = client.post("/v1/classify", json={"inputs": ["x"] * 5, "options": {"mode": "teacher"}}, headers=ADMIN).json()
+    assert [p["tier"] for p in admin["predictions"]] == ["teacher"] * 5
+
+
+def test_escalated_and_consulted_mean_one_thing_each(home):
+    student = FakeModel("student-v1", [0.9, 0.05, 0.05], {"threshold": 0.7})  # every item confident
+    _, client, written = make_service(home, student=student, audit_rate=1.0)
+    audited = client.post("/v1/classify", json={"inputs": ["x", "y"]}).json()["predictions"]
+    assert all(p["reason"] == "audit" and p["consulted"] and not p["escalated"] and p["tier"] == "student" for p in audited)
+    assert len(written) == 2
+    teacher_down = FakeModel("teacher-v1", [0.1, 0.8, 0.1])
+    teacher_down.fail = ConnectionError("teacher gone")
+    _, client, written = make_service(home / "3", teacher=teacher_down)
+    refused = client.post("/v1/classify", json={"inputs": ["x"]}).json()["predictions"][0]
+    assert refused["escalated"] and not refused["consulted"] and refused["degraded"] and refused["cause"] == "teacher_unavailable"
+    assert written == []
+
+
+def test_teacher_down_from_the_first_request_degrades_instead_of_failing(home):
+    teacher = FakeModel("teacher-v1", [0.1, 0.8, 0.1])
+    teacher.fail = ConnectionError("teacher never came up")
+    _, client, _ = make_service(home, teacher=teacher)
+    response = client.post("/v1/classify", json={"inputs": "x"})
+    assert response.status_code == 200, response.text
+    p = response.json()["predictions"][0]
+    assert p["tier"] == "student" and p["degraded"] and p["cause"] == "teacher_unavailable"
+    assert client.get("/v1/models").status_code == 200  # reportable without the teacher
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "teacher never came up" in ready.json()["error"]
+
+
+def test_a_teacher_with_another_label_list_degrades_its_items(home):
+    teacher = FakeModel("teacher-v1", [0.5, 0.5], labels=["a", "z"])
+    _, client, _ = make_service(home, teacher=teacher)
+    p = client.post("/v1/classify", json={"inputs": "x"}).json()["predictions"][0]
+    assert p["degraded"] and p["cause"] == "teacher_unavailable"
+
+
+def test_admin_threshold_is_shared_through_the_registry_and_survives_a_restart(home):
+    _, first, _ = make_service(home)
+    _, second, _ = make_service(home)  # another replica on the same registry
+    assert second.get("/v1/models").json()["threshold_source"] == "fitted"
+    set_ = first.post("/v1/admin/threshold", json={"threshold": 0.1}, headers=ADMIN)
+    assert set_.status_code == 200 and set_.json() == {"threshold": 0.1, "previous": None}
+    models = second.get("/v1/models").json()
+    assert (models["threshold"], models["threshold_source"], models["fitted_threshold"]) == (0.1, "admin", 0.7)
+    # 0.5 confidence is above 0.1: the other replica answers with the student now
+    assert second.post("/v1/classify", json={"inputs": "x"}).json()["predictions"][0]["tier"] == "student"
+    _, restarted, _ = make_service(home)
+    assert restarted.get("/v1/models").json()["threshold"] == 0.1
+    cleared = restarted.post("/v1/admin/threshold", json={"threshold": None}, headers=ADMIN).json()
+    assert cleared == {"threshold": None, "previous": 0.1}
+    assert first.get("/v1/models").json()["threshold_source"] == "fitted"
+
+
+def test_thresholds_are_checked_against_the_students_measure(home):
+    _, client, _ = make_service(home)
+    bad = client.post("/v1/admin/threshold", json={"threshold": -1.0}, headers=ADMIN)
+    assert bad.status_code == 422 and "[0, 1]" in bad.json()["error"]
+    bad = client.post("/v1/classify", json={"inputs": "x", "options": {"threshold": 3}})
+    assert bad.status_code == 422 and "[0, 1]" in bad.json()["error"]
+    entropy = FakeModel("student-v1", [0.5, 0.3, 0.2], {"measure": "neg_entropy", "threshold": -0.5})
+    _, client, _ = make_service(home / "e", student=entropy)
+    assert client.post("/v1/admin/threshold", json={"threshold": -2.0}, headers=ADMIN).status_code == 200
+    assert client.post("/v1/classify", json={"inputs": "x", "options": {"threshold": -0.1}}).status_code == 200
+
+
+def test_input_checks_and_admin_token(home):
+    _, client, _ = make_service(home)
+    assert client.post("/v1/classify", json={"inputs": []}).status_code == 422
+    assert client.post("/v1/classify", json={"inputs": " "}).json() == {"error": "inputs[0]: empty or whitespace-only text"}
+    assert client.post("/v1/classify", json={"inputs": ["x"] * 300}).status_code == 413
+    assert client.post("/v1/admin/threshold", json={"threshold": 0.5}).status_code == 401
+    assert client.post("/v1/admin/reload", headers=ADMIN).json() == {"student": "student-v1", "teacher": "teacher-v1"}
+    v2 = client.post("/v2/models/cascade/infer", json={"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [" "]}]})
+    assert v2.status_code == 422 and "empty" in v2.json()["error"]
+
+
+def test_a_student_that_is_gone_is_a_503_with_retry_after(home):
+    from serving.errors import Unavailable
+
+    student = FakeModel("student-v1", [0.5, 0.3, 0.2], {"threshold": 0.7})
+    _, client, _ = make_service(home, student=student)
+    assert client.post("/v1/classify", json={"inputs": "x"}).status_code == 200
+    student.fail = Unavailable("student unavailable, retry shortly")
+    response = client.post("/v1/classify", json={"inputs": "x"})
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+
+
+def test_promote_and_rollback_refusals_are_409(home, tiny_home, tmp_path):
+    shutil.copytree(tiny_home, tmp_path / "copy")
+    _, client, _ = make_service(tmp_path / "copy")
+    refused = client.post("/v1/admin/promote", json={"version": "student-none"}, headers=ADMIN)
+    assert refused.status_code == 409 and "student-none" in refused.json()["error"]
