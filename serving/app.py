@@ -33,7 +33,6 @@ from serving.service import CascadeService
 
 logger = logging.getLogger("cascade")
 LOG_BATCH = 512  # an ingress replica's log write takes further appends while it holds fewer records
-DEFAULT_AUTOSCALING = {"min_replicas": 1, "max_replicas": 2}  # num_replicas "auto" without an autoscaling config
 
 
 @serve.deployment
@@ -184,7 +183,7 @@ def _model_deployment(role: str, settings: ModelDeploymentConfig, config: Cascad
         "user_config": _user_config(settings),
     }
     if settings.num_replicas == "auto":
-        options["autoscaling_config"] = settings.autoscaling or DEFAULT_AUTOSCALING
+        options["autoscaling_config"] = settings.autoscaling_config()
     else:
         options["num_replicas"] = settings.num_replicas
     device = settings.device or ("cuda" if settings.num_gpus > 0 else "cpu")
