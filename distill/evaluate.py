@@ -13,18 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from distill.backends import Classifier
-from router import CostModel, EscalationPolicy, cascade_predictions, expected_calibration_error
-
-
-def macro_f1(predicted: np.ndarray, labels: np.ndarray, n_classes: int) -> float:
-    """Unweighted mean of per-class F1 over classes present in ``labels`` or ``predicted``."""
-    scores = []
-    for c in np.union1d(np.unique(labels), np.unique(predicted)):
-        tp = np.sum((predicted == c) & (labels == c))
-        fp = np.sum((predicted == c) & (labels != c))
-        fn = np.sum((predicted != c) & (labels == c))
-        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(scores)) if scores else 0.0
+from router import CascadeFigures, CostModel, EscalationPolicy, cascade_figures, expected_calibration_error
+from router.figures import macro_f1
 
 
 def worst_class_recall(predicted: np.ndarray, labels: np.ndarray, label_names: Sequence[str], k: int = 5) -> list[dict]:
@@ -42,7 +32,7 @@ def quality(probs: np.ndarray, labels: np.ndarray, label_names: Sequence[str], t
     predicted = probs.argmax(1)
     out = {
         "accuracy": round(float(np.mean(predicted == labels)), 4),
-        "macro_f1": round(macro_f1(predicted, labels, len(label_names)), 4),
+        "macro_f1": round(macro_f1(predicted, labels), 4),
         "ece": round(expected_calibration_error(probs, labels), 4),
         "worst_classes": worst_class_recall(predicted, labels, label_names),
     }
@@ -71,27 +61,17 @@ def timed_predictions(model: Classifier, texts: Sequence[str], single_queries: i
     return probs, speed
 
 
-def cascade_report(
-    student_probs: np.ndarray,
-    teacher_probs: np.ndarray,
-    labels: np.ndarray,
-    policy: EscalationPolicy,
-    costs: CostModel,
-    threshold: float | None = None,
-) -> dict:
-    """The cascade's accuracy, escalation rate and cost at ``policy`` (or at ``threshold``)."""
-    escalate = policy.escalate_mask(student_probs, threshold)
-    predicted = cascade_predictions(student_probs, teacher_probs, escalate)
-    share = float(escalate.mean())
+def cascade_report(figures: CascadeFigures, policy: EscalationPolicy, costs: CostModel, threshold: float | None = None) -> dict:
+    """The cascade's accuracy, escalation rate and cost (``figures``, labelled) at ``policy`` or at ``threshold``."""
     return {
-        "accuracy": round(float(np.mean(predicted == labels)), 4),
-        "macro_f1": round(macro_f1(predicted, labels, teacher_probs.shape[1]), 4),
-        "teacher_agreement": round(float(np.mean(predicted == teacher_probs.argmax(1))), 4),
-        "escalation_rate": round(share, 4),
+        "accuracy": round(figures.accuracy, 4),
+        "macro_f1": round(figures.macro_f1, 4),
+        "teacher_agreement": round(figures.teacher_agreement, 4),
+        "escalation_rate": round(figures.escalation_rate, 4),
         "threshold": threshold if threshold is not None else policy.threshold,
         "measure": policy.measure,
         "temperature": round(policy.temperature, 4),
-        "cost_per_1000": round(costs.cost_per_1000(share), 2),
+        "cost_per_1000": round(figures.cost_per_1000, 2),
         "teacher_only_cost_per_1000": round(costs.teacher_only_per_1000(), 2),
     }
 
@@ -108,16 +88,16 @@ def evaluate(
     """The full report ``cascade eval`` prints: teacher, student and cascade on one split."""
     teacher_probs, teacher_speed = timed_predictions(teacher, texts)
     student_probs, student_speed = timed_predictions(student, texts)
-    teacher_top = teacher_probs.argmax(1)
+    figures = cascade_figures(student_probs, teacher_probs, labels, policy, costs, threshold)
     return {
         "rows": len(texts),
         "teacher": {"version": teacher.version, **quality(teacher_probs, labels, teacher.labels, None), **teacher_speed},
         "student": {
             "version": student.version,
-            **quality(student_probs, labels, student.labels, teacher_top),
-            "ece_calibrated": round(expected_calibration_error(policy.calibrate(student_probs), labels), 4),
+            **quality(student_probs, labels, student.labels, teacher_probs.argmax(1)),
+            "ece_calibrated": round(figures.calibrated_ece, 4),
             **student_speed,
         },
-        "cascade": cascade_report(student_probs, teacher_probs, labels, policy, costs, threshold),
+        "cascade": cascade_report(figures, policy, costs, threshold),
         "student_speedup": round(teacher_speed["latency_ms"] / max(student_speed["latency_ms"], 1e-9), 1),
     }

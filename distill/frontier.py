@@ -18,7 +18,7 @@ from distill.data import DataSplits, TextDataset
 from distill.metadata import ModelMeta
 from distill.pipeline import TeacherCache
 from distill.registry import Registry
-from router import CostModel, EscalationPolicy, FrontierPoint, cascade_predictions, expected_calibration_error, fit_policy, frontier
+from router import CostModel, EscalationPolicy, FrontierPoint, cascade_figures, fit_policy, frontier
 
 
 def split_outputs(student: HFClassifier, teacher: HFClassifier, data: TextDataset, cache: TeacherCache) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -29,22 +29,20 @@ def split_outputs(student: HFClassifier, teacher: HFClassifier, data: TextDatase
 
 def operating_point(policy: EscalationPolicy, student_probs: np.ndarray, teacher_probs: np.ndarray, labels: np.ndarray | None, costs: CostModel) -> dict:
     """The cascade's figures on a split at ``policy``: escalation, accuracy, agreement, cost, ECE."""
-    escalate = policy.escalate_mask(student_probs)
-    predicted = cascade_predictions(student_probs, teacher_probs, escalate)
-    share = float(escalate.mean())
+    f = cascade_figures(student_probs, teacher_probs, labels, policy, costs)
     out = {
-        "escalation_rate": round(share, 4),
-        "teacher_agreement": round(float(np.mean(predicted == teacher_probs.argmax(1))), 4),
-        "cost_per_1000": round(costs.cost_per_1000(share), 1),
+        "escalation_rate": round(f.escalation_rate, 4),
+        "teacher_agreement": round(f.teacher_agreement, 4),
+        "cost_per_1000": round(f.cost_per_1000, 1),
         "teacher_only_cost_per_1000": round(costs.teacher_only_per_1000(), 1),
     }
     if labels is not None:
         out |= {
-            "cascade_accuracy": round(float(np.mean(predicted == labels)), 4),
-            "teacher_accuracy": round(float(np.mean(teacher_probs.argmax(1) == labels)), 4),
-            "student_accuracy": round(float(np.mean(student_probs.argmax(1) == labels)), 4),
-            "student_ece_before": round(expected_calibration_error(student_probs, labels), 4),
-            "student_ece_after": round(expected_calibration_error(policy.calibrate(student_probs), labels), 4),
+            "cascade_accuracy": round(f.accuracy, 4),
+            "teacher_accuracy": round(f.teacher_accuracy, 4),
+            "student_accuracy": round(f.student_accuracy, 4),
+            "student_ece_before": round(f.student_ece, 4),
+            "student_ece_after": round(f.calibrated_ece, 4),
         }
     return out
 

@@ -11,9 +11,10 @@ from router.confidence import MEASURES, confidence, margin, max_probability, neg
 from router.cost import CostModel
 from router.decision import CAUSES, MODES, REASONS, Decision, Decisions, Route, route, settle
 from router.errors import RouterError
+from router.figures import CascadeFigures, cascade_figures, cascade_predictions
 from router.goals import Goal, TargetAccuracy, TargetAgreement, TeacherBudget, parse_goal
 from router.policy import EscalationPolicy
-from router.thresholds import FrontierPoint, cascade_predictions, fit_policy, frontier
+from router.thresholds import FrontierPoint, fit_policy, frontier
 
 __all__ = [
     "CAUSES",
@@ -27,6 +28,7 @@ __all__ = [
     "MEASURES",
     "AgreementEstimate",
     "AuditSampler",
+    "CascadeFigures",
     "CircuitBreaker",
     "CostModel",
     "EscalationPolicy",
@@ -38,6 +40,7 @@ __all__ = [
     "TeacherBudget",
     "TeacherRateLimiter",
     "apply_temperature",
+    "cascade_figures",
     "cascade_predictions",
     "confidence",
     "expected_calibration_error",

@@ -1,8 +1,9 @@
 """Fit an escalation policy for a goal on a validation split, and trace the cost/quality frontier.
 
-All candidate thresholds are evaluated at once: with the items sorted by confidence score, the
+A fit evaluates all candidate thresholds at once: with the items sorted by confidence score, the
 items a threshold escalates are a prefix of that order, so cumulative sums give, for every
 prefix length m, how many cascade answers are correct and how many agree with the teacher.
+The figures reported (validation figures, frontier points) come from router.figures.
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from router._checks import as_labels, as_probs
-from router.calibration import expected_calibration_error, fit_temperature
+from router.calibration import fit_temperature
 from router.cost import CostModel
 from router.errors import RouterError
+from router.figures import cascade_figures
 from router.goals import Goal, TargetAccuracy, TargetAgreement, TeacherBudget, parse_goal
 from router.policy import EscalationPolicy
 
 __all__ = [
-    "FrontierPoint", "Goal", "TargetAccuracy", "TargetAgreement", "TeacherBudget",
-    "cascade_predictions", "fit_policy", "frontier", "parse_goal",
+    "FrontierPoint", "Goal", "TargetAccuracy", "TargetAgreement", "TeacherBudget", "fit_policy", "frontier",
+    "parse_goal",
 ]
 
 
@@ -33,11 +35,6 @@ class FrontierPoint:
     accuracy: float | None  # cascade accuracy; None without labels
     teacher_agreement: float  # share of cascade answers equal to the teacher's top label
     cost_per_1000: float  # cost of 1000 requests under the cost model
-
-
-def cascade_predictions(student_probs: np.ndarray, teacher_probs: np.ndarray, escalate: np.ndarray) -> np.ndarray:
-    """The cascade's answers: the teacher's top label where escalated, else the student's."""
-    return np.where(escalate, np.argmax(teacher_probs, axis=1), np.argmax(student_probs, axis=1))
 
 
 def _check_split(student_probs: np.ndarray, teacher_probs: np.ndarray,
@@ -178,20 +175,11 @@ def fit_policy(student_probs: np.ndarray, teacher_probs: np.ndarray, labels: np.
 def _validation_figures(policy: EscalationPolicy, student_probs: np.ndarray, teacher_probs: np.ndarray,
                         labels: np.ndarray | None) -> dict[str, float]:
     """The fitted policy's figures on the split it was fitted on (fit_policy step 5)."""
-    escalate = policy.escalate_mask(student_probs)
-    answers = cascade_predictions(student_probs, teacher_probs, escalate)
-    figures = {
-        "escalation_rate": float(escalate.mean()),
-        "teacher_agreement": float(np.mean(answers == teacher_probs.argmax(axis=1))),
-    }
+    f = cascade_figures(student_probs, teacher_probs, labels, policy)
+    figures = {"escalation_rate": f.escalation_rate, "teacher_agreement": f.teacher_agreement}
     if labels is not None:
-        figures |= {
-            "cascade_accuracy": float(np.mean(answers == labels)),
-            "student_accuracy": float(np.mean(student_probs.argmax(axis=1) == labels)),
-            "teacher_accuracy": float(np.mean(teacher_probs.argmax(axis=1) == labels)),
-            "ece_before": expected_calibration_error(student_probs, labels),
-            "ece_after": expected_calibration_error(policy.calibrate(student_probs), labels),
-        }
+        figures |= {"cascade_accuracy": f.accuracy, "student_accuracy": f.student_accuracy,
+                    "teacher_accuracy": f.teacher_accuracy, "ece_before": f.student_ece, "ece_after": f.calibrated_ece}
     return figures
 
 
@@ -207,15 +195,11 @@ def frontier(student_probs: np.ndarray, teacher_probs: np.ndarray, labels: np.nd
     if not isinstance(n_points, int) or n_points < 2:
         raise RouterError(f"n_points must be an int >= 2; got {n_points!r}")
     scores = policy.scores(student_probs)
-    order = np.argsort(scores, kind="stable")
-    sorted_scores = scores[order]
     thresholds = np.quantile(scores, np.linspace(0.0, 1.0, n_points))
     thresholds[0], thresholds[-1] = _score_bounds(scores)
-    thresholds = np.unique(thresholds)
-    tallies = _prefix_tallies(student_probs.argmax(axis=1), teacher_probs.argmax(axis=1), labels, order)
-    escalated, correct, agreeing = tallies[:, np.searchsorted(sorted_scores, thresholds)] / len(scores)
-    return [
-        FrontierPoint(threshold=float(t), escalation_rate=float(e), accuracy=None if labels is None else float(c),
-                      teacher_agreement=float(a), cost_per_1000=costs.cost_per_1000(float(e)))
-        for t, e, c, a in zip(thresholds, escalated, correct, agreeing)
-    ]
+    student_top, teacher_top = student_probs.argmax(axis=1), teacher_probs.argmax(axis=1)
+    points = []
+    for t in np.unique(thresholds):
+        f = cascade_figures(student_top, teacher_top, labels, scores < t, costs)
+        points.append(FrontierPoint(float(t), f.escalation_rate, f.accuracy, f.teacher_agreement, f.cost_per_1000))
+    return points
