@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, Field, ValidationError
 
 from distill.errors import ModelError
+from router import EscalationPolicy
 
 META_FILE = "cascade.json"
 Role = Literal["student", "teacher"]
@@ -48,3 +49,15 @@ def read_meta(directory: Path) -> ModelMeta | None:
 def write_meta(directory: Path, meta: ModelMeta) -> None:
     """Write ``cascade.json`` into a model directory."""
     (directory / META_FILE).write_text(meta.model_dump_json(indent=2) + "\n")
+
+
+def escalation_policy(source: ModelMeta | Mapping[str, Any] | None) -> EscalationPolicy:
+    """The escalation policy fitted for a student: from its metadata, or from the ``policy``
+    dict that metadata carries (as a serving replica passes it on); the default policy when
+    there is none (a foreign model, a teacher).
+
+    >>> escalation_policy(None).threshold
+    0.7
+    """
+    policy = source.policy if isinstance(source, ModelMeta) else source
+    return EscalationPolicy.from_dict(dict(policy)) if policy else EscalationPolicy()

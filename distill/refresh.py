@@ -25,17 +25,17 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 from distill.backends import HFClassifier
-from distill.config import RefreshConfig, StudentSpec
+from distill.config import RefreshConfig, StudentSpec, WatchConfig
 from distill.data import DataSplits
 from distill.errors import DataError, DistillError, RegistryError
-from distill.escalations import EscalationRecord, read_records
+from distill.escalations import EscalationRecord, LogTail, read_records
 from distill.losses import IGNORE
-from distill.metadata import ModelMeta
+from distill.metadata import ModelMeta, escalation_policy
 from distill.pipeline import TeacherCache, data_record, new_student, register_model
 from distill.registry import Registry, new_version_id
 from distill.train import train_student
@@ -135,7 +135,8 @@ def gate(candidate: HFClassifier, current: HFClassifier, teacher: HFClassifier, 
     teacher_probs = np.exp(cache.log_probs(teacher, data))
     candidate_probs, current_probs = candidate.predict_proba(data.texts), current.predict_proba(data.texts)
     candidate_policy = fit_policy(candidate_probs, teacher_probs, labels, goal)
-    current_policy = EscalationPolicy.from_dict(current.meta.policy) if current.meta and current.meta.policy else fit_policy(current_probs, teacher_probs, labels, goal)
+    # a current student without a fitted policy (a foreign model) is judged at the policy it would get
+    current_policy = escalation_policy(current.meta) if current.meta and current.meta.policy else fit_policy(current_probs, teacher_probs, labels, goal)
     figures = {
         "candidate_accuracy": round(float(np.mean(candidate_probs.argmax(1) == labels)), 4),
         "current_accuracy": round(float(np.mean(current_probs.argmax(1) == labels)), 4),
@@ -227,24 +228,24 @@ def failures_recorded(registry: Registry) -> Iterator[None]:
 
 def watch(
     registry: Registry, home: Path, splits: DataSplits, log_dir: Path, config: RefreshConfig, data_spec: str,
-    every_records: int = 1000, every_minutes: float = 60.0, poll_s: float = 10.0, max_rounds: int | None = None,
-    on_round=print,
+    schedule: WatchConfig, max_rounds: int | None = None, on_round: Callable[[dict], None] = print,
 ) -> None:
-    """Refresh whenever ``every_records`` new records arrived or ``every_minutes`` passed with at
-    least ``config.min_records`` new ones, whichever comes first; one round at a time."""
-    seen = len(read_records(log_dir))
-    last = time.monotonic()
-    rounds = 0
+    """Refresh whenever ``schedule.every_records`` new records arrived or ``schedule.every_minutes``
+    passed with at least ``config.min_records`` new ones, whichever comes first; one round at a
+    time. Each poll reads only what was appended since the last one."""
+    tail = LogTail(log_dir)
+    for _ in tail.new_records():  # records already there are not new
+        pass
+    new, last, rounds = 0, time.monotonic(), 0
     while max_rounds is None or rounds < max_rounds:
-        time.sleep(poll_s)
-        total = len(read_records(log_dir))
-        new = total - seen
-        due = new >= every_records or (time.monotonic() - last >= every_minutes * 60 and new >= config.min_records)
-        if not due:
+        time.sleep(schedule.poll_s)
+        new += sum(1 for _ in tail.new_records())
+        waited = time.monotonic() - last >= schedule.every_minutes * 60
+        if not (new >= schedule.every_records or (waited and new >= config.min_records)):
             continue
         try:
             with refresh_lock(home), failures_recorded(registry):
                 on_round(refresh(registry, home, splits, log_dir, config, data_spec, progress=False))
         except DistillError as err:  # one failed round (too few usable records, a moved pointer) does not end the watch
             on_round({"error": str(err)})
-        seen, last, rounds = total, time.monotonic(), rounds + 1
+        new, last, rounds = 0, time.monotonic(), rounds + 1

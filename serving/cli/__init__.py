@@ -10,11 +10,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import get_args
 
 from distill.errors import DistillError
 from distill.settings import default_home
-from router import RouterError
-from serving.config import ConfigError
+from router import MEASURES, CostModel, EscalationPolicy, RouterError
+from serving.config import ConfigError, RoutingConfig
 
 EPILOG = "Models and caches live in --home (default $CASCADE_HOME or ./.cascade)."
 
@@ -101,13 +102,13 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from distill.data import load_splits
     from distill.evaluate import evaluate
-    from router import EscalationPolicy
+    from distill.metadata import escalation_policy
 
     registry = _registry(args)
     teacher = _load(registry, "teacher", args.teacher)
     student = _load(registry, "student", args.student)
     split = load_splits(args.data, args.text_column, args.label_column, test_data=args.test_data).get(args.split)
-    policy = EscalationPolicy.from_dict(student.meta.policy) if student.meta and student.meta.policy else EscalationPolicy()
+    policy = escalation_policy(student.meta)
     report = {"split": args.split, **evaluate(teacher, student, split.texts, split.label_ids(teacher.labels), policy, _costs(args), args.threshold)}
     if args.json:
         print(json.dumps(report))
@@ -130,15 +131,15 @@ def _print_eval(report: dict) -> None:
     print(f"student's worst classes (recall): {worst}")
 
 
-def _costs(args: argparse.Namespace):
-    from router import CostModel
-
+def _costs(args: argparse.Namespace) -> CostModel:
     return CostModel(student_units=args.student_cost, teacher_units=args.teacher_cost)
 
 
 def _cost_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--student-cost", type=float, default=1.0, help="cost units per student call (default: 1)")
-    parser.add_argument("--teacher-cost", type=float, default=50.0, help="cost units per teacher call (default: 50)")
+    """--student-cost and --teacher-cost, defaulting to the serving config's (routing.*_cost)."""
+    routing = RoutingConfig()
+    parser.add_argument("--student-cost", type=float, default=routing.student_cost, help=f"cost units per student call (default: {routing.student_cost:g})")
+    parser.add_argument("--teacher-cost", type=float, default=routing.teacher_cost, help=f"cost units per teacher call (default: {routing.teacher_cost:g})")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -158,8 +159,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_frontier(args: argparse.Namespace) -> int:
     from distill.data import load_splits
     from distill.frontier import frontier_points, frontier_table, plot_frontier, split_outputs
+    from distill.metadata import escalation_policy
     from distill.pipeline import TeacherCache
-    from router import EscalationPolicy
 
     registry = _registry(args)
     student, teacher = _load(registry, "student", args.student), _load(registry, "teacher", args.teacher)
@@ -167,7 +168,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     student_probs, teacher_probs, labels = split_outputs(student, teacher, data, TeacherCache(_home(args) / "cache"))
     if labels is None:
         raise DistillError(f"the {args.split} split has no labels: the frontier needs them for accuracy")
-    policy = EscalationPolicy.from_dict(student.meta.policy) if student.meta and student.meta.policy else EscalationPolicy()
+    policy = escalation_policy(student.meta)
     costs = _costs(args)
     points, chosen = frontier_points(policy, student_probs, teacher_probs, labels, costs, args.points)
     teacher_accuracy = float((teacher_probs.argmax(1) == labels).mean())
@@ -197,6 +198,7 @@ def refresh_config(args: argparse.Namespace):
 
 
 def cmd_refresh(args: argparse.Namespace) -> int:
+    from distill.config import WatchConfig
     from distill.data import load_splits
     from distill.refresh import failures_recorded, refresh, refresh_lock, watch
 
@@ -207,8 +209,8 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     if args.watch:
         print(f"watching {log_dir}: a round every {args.every_records} new records or {args.every_minutes} minutes; Ctrl-C stops", flush=True)
         try:
-            watch(registry, _home(args), splits, log_dir, config, args.data, args.every_records, args.every_minutes,
-                  on_round=lambda report: print(json.dumps(report), flush=True))
+            watch(registry, _home(args), splits, log_dir, config, args.data,
+                  WatchConfig(every_records=args.every_records, every_minutes=args.every_minutes), on_round=lambda report: print(json.dumps(report), flush=True))
         except KeyboardInterrupt:
             return 0
     with refresh_lock(_home(args)), failures_recorded(registry):
@@ -375,7 +377,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand; defaults come from the config classes."""
-    from distill.config import DEFAULT_GOAL, RefreshConfig, StudentSpec, TrainConfig
+    from distill.config import DEFAULT_GOAL, Mode, RefreshConfig, StudentKind, StudentSpec, TrainConfig, WatchConfig
 
     parser = argparse.ArgumentParser(prog="cascade", description="Serve a student/teacher cascade and keep distilling the student.", epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -387,10 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="train a student from a teacher and register it", description="Distil a student from a teacher's soft labels (or its top labels, or hard labels only) and register it as a new version.")
     _common(p)
     p.add_argument("--teacher", default=None, help="teacher version, model directory or hub id (default: current teacher)")
-    p.add_argument("--kind", choices=("bow", "transformer"), default="bow", help="bow: bag of word pieces + MLP (fast on CPU); transformer: k of the teacher's layers")
-    p.add_argument("--layers", type=int, default=2, help="teacher layers kept by a transformer student (default: 2)")
+    p.add_argument("--kind", choices=get_args(StudentKind), default=StudentSpec.kind, help=f"bow: bag of word pieces + MLP (fast on CPU); transformer: k of the teacher's layers (default: {StudentSpec.kind})")
+    p.add_argument("--layers", type=_at_least_one, default=StudentSpec.layers, help=f"teacher layers kept by a transformer student (default: {StudentSpec.layers})")
     p.add_argument("--hidden-size", type=int, default=StudentSpec.hidden_size, help=f"MLP width of a bow student (default: {StudentSpec.hidden_size})")
-    p.add_argument("--mode", choices=("soft", "label-only", "hard"), default="soft", help="soft: teacher probabilities; label-only: a black-box teacher's top label; hard: ground truth only")
+    p.add_argument("--mode", choices=get_args(Mode), default=TrainConfig.mode, help="soft: teacher probabilities; label-only: a black-box teacher's top label; hard: ground truth only")
     p.add_argument("--hard-labels-only", action="store_true", help="same as --mode hard: the no-teacher baseline")
     defaults = TrainConfig()
     p.add_argument("--epochs", type=_at_least_one, default=defaults.epochs, help=f"passes over the data (default: {defaults.epochs})")
@@ -419,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="fit the student's temperature and threshold for a goal; register it", description="Fit temperature scaling and the escalation threshold(s) on the validation split for a goal, register the result as a new student version (weights shared), and report validation and test figures.")
     _common(p)
     p.add_argument("--goal", default=DEFAULT_GOAL, help=f"accuracy>=teacher, accuracy>=0.93, agreement>=0.97 or budget<=0.10 (default: {DEFAULT_GOAL})")
-    p.add_argument("--measure", choices=("max_prob", "margin", "neg_entropy"), default="max_prob", help="confidence measure (default: max_prob)")
+    p.add_argument("--measure", choices=sorted(MEASURES), default=EscalationPolicy.measure, help=f"confidence measure (default: {EscalationPolicy.measure})")
     p.add_argument("--per-class", action="store_true", help="also fit per-class thresholds where they lower escalation on validation")
     p.add_argument("--student", default=None, help="student version (default: current)")
     p.add_argument("--teacher", default=None, help="teacher version, directory or hub id (default: current)")
@@ -502,8 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="train as a Ray Train job with this many workers (default: 0, in this process)")
     p.add_argument("--watch", action="store_true", help="keep running: a round every --every-records new records or --every-minutes, whichever first")
-    p.add_argument("--every-records", type=int, default=1000, help="with --watch: new records that trigger a round (default: 1000)")
-    p.add_argument("--every-minutes", type=float, default=60.0, help="with --watch: minutes after which new records trigger a round (default: 60)")
+    p.add_argument("--every-records", type=_at_least_one, default=WatchConfig.every_records, help=f"with --watch: new records that trigger a round (default: {WatchConfig.every_records})")
+    p.add_argument("--every-minutes", type=float, default=WatchConfig.every_minutes, help=f"with --watch: minutes after which new records trigger a round (default: {WatchConfig.every_minutes:g})")
     p.set_defaults(func=cmd_refresh)
 
     p = sub.add_parser("simulate", help="the refresh loop's story: teacher share falling round after round", description="Distil a seed student on a slice of train, stream the rest of train through the running cascade in rounds, refresh after each, and report per round the teacher's share, the cascade's test accuracy and the cost per 1,000 requests (table, --json, PNG).")

@@ -194,7 +194,7 @@ def markdown_table(report: dict) -> str:
 def model_only(config: CascadeConfig, texts: Sequence[str]) -> dict:
     """In-process batched throughput (no serving): the limit each service could reach."""
     from distill.backends import HFClassifier
-    from router import EscalationPolicy
+    from distill.metadata import escalation_policy
     from distill.registry import Registry
 
     registry = Registry(config.home / "registry")
@@ -206,7 +206,7 @@ def model_only(config: CascadeConfig, texts: Sequence[str]) -> dict:
         started = time.perf_counter()
         probs = model.predict_proba(list(texts))
         timings[name] = (time.perf_counter() - started, probs)
-    policy = EscalationPolicy.from_dict(student.meta.policy) if student.meta and student.meta.policy else EscalationPolicy()
+    policy = escalation_policy(student.meta)
     escalate = policy.escalate_mask(timings["student"][1], config.routing.threshold)
     # the teacher's cost scales with the share it sees
     cascade_s = timings["student"][0] + timings["teacher"][0] * float(escalate.mean())

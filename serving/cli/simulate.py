@@ -24,11 +24,12 @@ import numpy as np
 
 from distill.backends import HFClassifier
 from distill.bootstrap import ensure_models
-from distill.config import WARM_START_EPOCHS, RefreshConfig, StudentSpec, TrainConfig
+from distill.config import RefreshConfig, StudentSpec, TrainConfig
 from distill.data import DataSplits, load_splits, split_validation
+from distill.metadata import escalation_policy
 from distill.pipeline import TeacherCache, data_record, distill_student, fit_student_policy, new_student_meta, register_model
 from distill.refresh import refresh
-from router import CostModel, EscalationPolicy, cascade_predictions
+from router import cascade_predictions
 from serving.cli import runner
 from serving.cli.bench import batched_pass
 from serving.config import CascadeConfig
@@ -37,7 +38,7 @@ from serving.config import CascadeConfig
 def _on_test(student: HFClassifier, teacher_probs: np.ndarray, splits: DataSplits, labels: np.ndarray) -> tuple[float, float]:
     """The cascade's accuracy and teacher share on the test split, under the student's policy."""
     probs = student.predict_proba(splits.test.texts)
-    escalate = EscalationPolicy.from_dict(student.meta.policy).escalate_mask(probs)
+    escalate = escalation_policy(student.meta).escalate_mask(probs)
     return float(np.mean(cascade_predictions(probs, teacher_probs, escalate) == labels)), float(escalate.mean())
 
 
@@ -51,8 +52,8 @@ def _wait_for_student(url: str, version: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.5)
 
 
-def simulate(config: CascadeConfig, data: str, rounds: int = 5, seed_fraction: float = 0.1, shadow: bool = True,
-             refresh_epochs: int = WARM_START_EPOCHS, say: Callable[[str], None] = print) -> dict:
+def simulate(config: CascadeConfig, data: str, rounds: int, seed_fraction: float, shadow: bool,
+             refresh_epochs: int, say: Callable[[str], None] = print) -> dict:
     """Run the simulation (see the module docstring); returns the per-round report."""
     full = load_splits(data)
     if full.test is None:
@@ -71,7 +72,7 @@ def simulate(config: CascadeConfig, data: str, rounds: int = 5, seed_fraction: f
     register_model(registry, student, new_student_meta(teacher, spec, data_record(data, splits), metrics, policy, parent=None))
     labels = full.test.label_ids(teacher.labels)
     teacher_probs = np.exp(cache.log_probs(teacher, full.test))
-    costs = CostModel(config.routing.student_cost, config.routing.teacher_cost)
+    costs = config.routing.costs()
     order = np.random.default_rng(0).permutation(len(rest))
     chunks = np.array_split(order, rounds)
     refresh_config = RefreshConfig(goal=config.routing.goal, train=TrainConfig(epochs=refresh_epochs))
