@@ -80,3 +80,12 @@ class RefreshConfig:
     goal: str = DEFAULT_GOAL  # the policy goal the gate checks
     workers: int = 0  # 0: train in this process; N: a Ray Train TorchTrainer job with N workers, data through Ray Data
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=WARM_START_EPOCHS))  # from scratch wants TrainConfig().epochs
+
+
+@dataclass
+class WatchConfig:
+    """When ``cascade refresh --watch`` runs a round."""
+
+    every_records: int = 1000  # new records that trigger a round
+    every_minutes: float = 60.0  # ... or this long since the last round, with at least RefreshConfig.min_records new ones
+    poll_s: float = 10.0  # how often the log is checked for new records

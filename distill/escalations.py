@@ -41,21 +41,40 @@ def segments(directory: Path) -> list[Path]:
     return sorted(directory.glob(SEGMENT_GLOB)) if directory.is_dir() else []
 
 
+class LogTail:
+    """Reads the log at ``directory`` incrementally: each pass over ``new_records()`` reads only
+    the bytes appended since the previous pass (a watcher polls a growing log without
+    re-reading it) and yields the complete, valid records among them, each id once."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self._offsets: dict[Path, int] = {}  # per segment, the end of its last complete line read
+        self._seen: set[str] = set()
+
+    def new_records(self) -> Iterator[EscalationRecord]:
+        """The records appended since the last call, oldest first."""
+        for segment in segments(self.directory):
+            offset = self._offsets.get(segment, 0)
+            with segment.open("rb") as f:
+                f.seek(offset)
+                for raw in f:
+                    if not raw.endswith(b"\n"):
+                        # torn by a crash (never acknowledged) or still being written: read it again next time
+                        break
+                    offset += len(raw)
+                    self._offsets[segment] = offset
+                    try:
+                        record = EscalationRecord.model_validate(json.loads(raw))
+                    except (json.JSONDecodeError, UnicodeDecodeError, ValidationError):
+                        continue
+                    if record.id not in self._seen:
+                        self._seen.add(record.id)
+                        yield record
+
+
 def iter_records(directory: Path) -> Iterator[EscalationRecord]:
     """Every complete, valid record in the log, each id once, oldest first."""
-    seen: set[str] = set()
-    for segment in segments(directory):
-        with segment.open("rb") as f:
-            for raw in f:
-                if not raw.endswith(b"\n"):
-                    break  # a torn final line: the write that made it was never acknowledged
-                try:
-                    record = EscalationRecord.model_validate(json.loads(raw))
-                except (json.JSONDecodeError, UnicodeDecodeError, ValidationError):
-                    continue
-                if record.id not in seen:
-                    seen.add(record.id)
-                    yield record
+    return LogTail(directory).new_records()
 
 
 def read_records(directory: Path) -> list[EscalationRecord]:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from distill.config import DEFAULT_GOAL
 from distill.remote import RemoteTeacherSettings
 from distill.settings import default_home
+from router import CostModel
 from serving.redaction import load_redactor
 
 
@@ -109,17 +110,23 @@ class IngressConfig(_Strict):
 class RoutingConfig(_Strict):
     """How the ingress decides which items the teacher sees."""
 
-    threshold: float | None = Field(None, ge=0, le=1)  # overrides the student's fitted threshold
-    goal: str = DEFAULT_GOAL  # goal of the fitted policy (informational: the policy comes with the student)
+    # overrides the student's fitted threshold: any finite number, since its range depends on the
+    # student's confidence measure ([0, 1] for max_prob and margin, negative for neg_entropy)
+    threshold: float | None = Field(None, allow_inf_nan=False)
+    goal: str = DEFAULT_GOAL  # the student's policy is fitted for this goal; `cascade serve` refits one fitted for another
     teacher_timeout_s: float = Field(5.0, gt=0)  # an unsure item waits this long for the teacher, then degrades
     teacher_budget: float = Field(1.0, gt=0, le=1)  # max share of items the teacher sees per window; 1 = no cap
     budget_window_s: float = Field(60.0, gt=0)  # the sliding window of the budget
     audit_rate: float = Field(0.0, ge=0, le=1)  # share of confident items also sent to the teacher, for an unbiased agreement estimate
-    student_cost: float = Field(1.0, ge=0)  # cost units per student call
-    teacher_cost: float = Field(50.0, ge=0)  # cost units per teacher call
+    student_cost: float = Field(CostModel.student_units, ge=0)  # cost units per student call
+    teacher_cost: float = Field(CostModel.teacher_units, ge=0)  # cost units per teacher call
     breaker_failures: int = Field(5, ge=1)  # consecutive teacher failures or timeouts that open the circuit breaker
     breaker_reset_s: float = Field(10.0, gt=0)  # open this long, then one probe call decides
     teacher_max_in_flight: int = Field(256, ge=1)  # teacher items in flight per ingress replica; past it: degraded, teacher_overloaded
+
+    def costs(self) -> CostModel:
+        """The cost model of these per-call costs."""
+        return CostModel(self.student_cost, self.teacher_cost)
 
 
 class LimitsConfig(_Strict):

@@ -19,14 +19,17 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from distill.escalations import EscalationRecord
+from serving.config import LogConfig
 
 logger = logging.getLogger("cascade")
 
 
 class SegmentWriter:
-    """A single-writer, append-only, fsynced JSONL log in ``directory``."""
+    """A single-writer, append-only, fsynced JSONL log in ``directory``; segment limits default
+    to ``LogConfig``'s."""
 
-    def __init__(self, directory: Path, max_bytes: int = 64 * 1024 * 1024, max_seconds: float = 3600.0):
+    def __init__(self, directory: Path, max_bytes: int = LogConfig().segment_max_bytes,
+                 max_seconds: float = LogConfig().segment_max_seconds):
         self.directory = directory
         self.max_bytes = max_bytes
         self.max_seconds = max_seconds

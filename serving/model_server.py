@@ -15,9 +15,11 @@ from distill.backends import HFClassifier
 from distill.registry import Registry
 from distill.remote import RemoteClassifier, RemoteTeacherSettings, model_labels
 from serving.cascade import ModelOutput
+from serving.config import ModelDeploymentConfig
 from serving.metrics import ModelInfo
 
 logger = logging.getLogger("cascade")
+DEFAULTS = ModelDeploymentConfig()  # batching and polling until configure() says otherwise
 
 
 def texts_in(calls: list[list]) -> int:
@@ -46,9 +48,9 @@ class BatchedModel:
             torch.set_num_threads(threads)
         self.model: HFClassifier | RemoteClassifier | None = None
         self.source: str | None = None
-        self.max_batch_size = 32
+        self.max_batch_size = DEFAULTS.max_batch_size
         self.follow_current = False
-        self.poll_registry_s = 5.0
+        self.poll_registry_s = DEFAULTS.poll_registry_s
         self._watcher: asyncio.Task | None = None
         self._swap_lock = threading.Lock()  # configure() and the registry watcher never interleave
         self.model_info = ModelInfo(role)
@@ -65,7 +67,7 @@ class BatchedModel:
             self._swap_to(Registry(self.home / "registry").resolve(self.role, user_config.get("model")))
         self.max_batch_size = int(user_config.get("max_batch_size", self.max_batch_size))
         self._batched.set_max_batch_size(self.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.002)))
+        self._batched.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", DEFAULTS.batch_wait_timeout_s)))
 
     def _swap_to(self, source: str | None, following: bool = False) -> None:
         """Load ``source`` (None: the registry's current version) if it is not the model in use,
@@ -123,7 +125,7 @@ class BatchedModel:
         first = outputs[0]
         return ModelOutput(np.concatenate([o.probs for o in outputs]), first.version, first.policy, first.label_only)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, batch_size_fn=texts_in)
+    @serve.batch(max_batch_size=DEFAULTS.max_batch_size, batch_wait_timeout_s=DEFAULTS.batch_wait_timeout_s, batch_size_fn=texts_in)
     async def _batched(self, calls: list[list[str]]) -> list[ModelOutput]:
         model = self.model  # one model for the whole batch, even if a swap happens meanwhile
         flat = [text for call in calls for text in call]

@@ -74,7 +74,7 @@ async def _soak(url: str, texts: Sequence[str], clients: int, seconds: float, ba
     )
 
 
-def soak(url: str, texts: Sequence[str], clients: int = 16, seconds: float = 60.0, batch: int = 1) -> SoakReport:
+def soak(url: str, texts: Sequence[str], clients: int, seconds: float, batch: int) -> SoakReport:
     """Drive ``clients`` concurrent clients, each sending ``batch`` texts per request back to
     back, against the cascade at ``url`` for ``seconds``."""
     if not texts:

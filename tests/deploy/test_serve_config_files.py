@@ -89,7 +89,7 @@ def test_the_builder_builds_the_app_from_the_file_args(tiny_home):
     app = call_user_app_builder_with_args_if_necessary(app_builder, args)  # what Serve does with a config file
     assert isinstance(app, serve.Application)
     with pytest.raises(ValidationError, match="threshold"):
-        call_user_app_builder_with_args_if_necessary(app_builder, {**args, "routing": {"threshold": 2}})
+        call_user_app_builder_with_args_if_necessary(app_builder, {**args, "routing": {"threshold": float("nan")}})
 
 
 def test_rayservice_refuses_more_gpus_than_the_workers_have():

@@ -19,11 +19,16 @@ def test_yaml_file_and_overrides(tmp_path):
     assert config.port == 9100 and config.teacher.num_gpus == 0.25 and config.routing.audit_rate == 0.05
 
 
+def test_a_threshold_may_be_negative():
+    """A neg_entropy policy's thresholds are negative; the range is the student's measure's to check."""
+    assert load_config(None, routing={"threshold": -1.5}).routing.threshold == -1.5
+
+
 @pytest.mark.parametrize(
     "text, fragment",
     [
         ("teacher:\n  max_batch_size: 0\n", "teacher.max_batch_size"),
-        ("routing:\n  threshold: 1.5\n", "routing.threshold"),
+        ("routing:\n  threshold: .inf\n", "routing.threshold"),
         ("student:\n  colour: red\n", "student.colour"),
         ("teacher:\n  max_batch_size: 64\n  max_ongoing_requests: 8\n", "batches never fill"),
         ("student:\n  num_gpus: 0.5\n", "placement: deployment"),
