@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -64,4 +65,13 @@ def tiny_home(tmp_path_factory, tiny_data) -> Path:
 
     home = tmp_path_factory.mktemp("tiny-home")
     ensure_models(home, str(tiny_data), progress=False)
+    return home
+
+
+@pytest.fixture
+def own_home(tiny_home: Path, tmp_path: Path) -> Path:
+    """A copy of ``tiny_home`` for one test that registers, promotes or rolls back models: the
+    session's home, which other tests read, keeps its current models whatever the test does."""
+    home = tmp_path / "home"
+    shutil.copytree(tiny_home, home)
     return home

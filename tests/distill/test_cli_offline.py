@@ -4,7 +4,11 @@ import json
 
 import pytest
 
+from distill.backends import HFClassifier
 from distill.config import WARM_START_EPOCHS, TrainConfig
+from distill.data import load_splits
+from distill.registry import Registry
+from router import EscalationPolicy
 from serving.cli import build_parser, main, refresh_config
 
 
@@ -35,7 +39,12 @@ def test_eval_json_has_the_documented_keys(tiny_home, tiny_data, capsys):
     for role in ("teacher", "student"):
         assert {"accuracy", "latency_ms", "queries_per_s", "macro_f1", "ece", "worst_classes"} <= report[role].keys()
     assert {"accuracy", "escalation_rate", "threshold", "cost_per_1000"} <= report["cascade"].keys()
-    assert 0 <= report["cascade"]["escalation_rate"] <= 1
+    # the share of the test split the current student's fitted policy sends to the teacher, and its cost
+    student = HFClassifier.load(Registry(tiny_home / "registry").current_path("student"))
+    test = load_splits(str(tiny_data)).test
+    escalate = EscalationPolicy.from_dict(student.meta.policy).escalate_mask(student.predict_proba(test.texts))
+    assert report["cascade"]["escalation_rate"] == round(float(escalate.mean()), 4)
+    assert report["cascade"]["cost_per_1000"] == pytest.approx(1000 * (1.0 + 50.0 * escalate.mean()), abs=0.01)  # default costs 1 and 50
     assert report["student"]["latency_ms"] < report["teacher"]["latency_ms"]
 
 
@@ -46,19 +55,18 @@ def test_json_output_stays_parseable_when_the_first_call_bootstraps(tiny_data, t
     assert "bootstrap: done" in err
 
 
-def test_distill_registers_and_models_promote_rollback(tiny_home, tiny_data, capsys):
-    common = ["--home", str(tiny_home), "--data", str(tiny_data), "-q"]
-    before = _current_student(tiny_home, capsys)
+def test_distill_registers_and_models_promote_rollback(own_home, tiny_data, capsys):
+    common = ["--home", str(own_home), "--data", str(tiny_data), "-q"]
+    before = _current_student(own_home, capsys)
     assert main(["distill", *common, "--hard-labels-only", "--epochs", "3"]) == 0
     out = capsys.readouterr().out
     assert '"mode": "hard"' in out
-    after = _current_student(tiny_home, capsys)
+    after = _current_student(own_home, capsys)
     assert after != before
-    assert main(["models", "rollback", "--home", str(tiny_home)]) == 0
-    assert _current_student(tiny_home, capsys) == before
-    assert main(["models", "promote", after, "--home", str(tiny_home)]) == 0
-    assert _current_student(tiny_home, capsys) == after
-    assert main(["models", "rollback", "--home", str(tiny_home)]) == 0
+    assert main(["models", "rollback", "--home", str(own_home)]) == 0
+    assert _current_student(own_home, capsys) == before
+    assert main(["models", "promote", after, "--home", str(own_home)]) == 0
+    assert _current_student(own_home, capsys) == after
 
 
 def _current_student(home, capsys) -> str:
@@ -76,22 +84,19 @@ def test_errors_are_one_line_and_exit_2(tiny_home, tmp_path, capsys):
     assert "no student version 'student-unknown'" in capsys.readouterr().err
 
 
-def test_calibrate_registers_a_new_version_sharing_weights(tiny_home, tiny_data, capsys):
-    common = ["--home", str(tiny_home), "--data", str(tiny_data), "-q"]
-    before = _current_student(tiny_home, capsys)
+def test_calibrate_registers_a_new_version_sharing_weights(own_home, tiny_data, capsys):
+    common = ["--home", str(own_home), "--data", str(tiny_data), "-q"]
+    before = _current_student(own_home, capsys)
     assert main(["calibrate", *common, "--goal", "budget<=0.2"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["parent"] == before and report["goal"] == "budget<=0.2"
     assert report["validation"]["escalation_rate"] <= 0.2
     assert {"cascade_accuracy", "cost_per_1000", "teacher_only_cost_per_1000", "student_ece_before", "student_ece_after"} <= report["test"].keys()
-    assert _current_student(tiny_home, capsys) == report["version"]
-    from distill.registry import Registry
-
-    registry = Registry(tiny_home / "registry")
+    assert _current_student(own_home, capsys) == report["version"]
+    registry = Registry(own_home / "registry")
     old, new = (registry.path("student", v) / "model.safetensors" for v in (before, report["version"]))
     assert old.stat().st_ino == new.stat().st_ino  # hard link: immutable bytes shared
     assert registry.meta("student", report["version"]).policy["goal"] == "budget<=0.2"
-    assert main(["models", "rollback", "--home", str(tiny_home)]) == 0
 
 
 def test_frontier_writes_png_and_table(tiny_home, tiny_data, tmp_path, capsys):
