@@ -17,6 +17,7 @@ import transformers
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distill.architectures import register_architectures
+from distill.config import TrainConfig
 from distill.errors import ModelError
 from distill.metadata import ModelMeta, read_meta
 
@@ -24,6 +25,10 @@ transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+FOREIGN_MAX_LENGTH = 512
+"""The most word pieces kept per text for a model without the project's metadata: tokenizers
+that do not know their limit report a huge ``model_max_length``, and past 512 most encoders
+have no position embeddings anyway."""
 
 
 class Classifier(Protocol):
@@ -65,6 +70,18 @@ def _fast_encoder(tokenizer, max_length: int) -> tokenizers.Tokenizer | None:
     return core
 
 
+def inference_max_length(meta: ModelMeta | None, tokenizer) -> int:
+    """Word pieces kept per text at inference: the truncation the model was trained with (its
+    metadata's ``train_config.max_length``), else its tokenizer's ``model_max_length`` capped at
+    ``FOREIGN_MAX_LENGTH`` (a foreign Hugging Face model)."""
+    trained = meta.train_config.get("max_length") if meta else None
+    if trained is not None:
+        if not isinstance(trained, int) or trained < 1:
+            raise ModelError(f"{meta.version}: train_config.max_length must be a whole number >= 1, got {trained!r}")
+        return trained
+    return min(int(getattr(tokenizer, "model_max_length", FOREIGN_MAX_LENGTH)), FOREIGN_MAX_LENGTH)
+
+
 class HFClassifier:
     """Any Hugging Face sequence classifier, from a directory or a hub id.
 
@@ -82,7 +99,7 @@ class HFClassifier:
         version: str,
         meta: ModelMeta | None = None,
         batch_size: int = 64,
-        max_length: int = 128,
+        max_length: int = TrainConfig.max_length,  # a model built in memory was just trained with this truncation
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -97,9 +114,10 @@ class HFClassifier:
 
     @classmethod
     def load(
-        cls, source: str | Path, device: str | None = None, batch_size: int = 64, max_length: int = 128
+        cls, source: str | Path, device: str | None = None, batch_size: int = 64, max_length: int | None = None
     ) -> "HFClassifier":
-        """Load a model directory (safetensors only) or a hub id; half precision on CUDA."""
+        """Load a model directory (safetensors only) or a hub id; half precision on CUDA. Texts
+        are truncated at ``max_length`` word pieces, by default as in training (``inference_max_length``)."""
         register_architectures()
         path = Path(source)
         is_dir = path.is_dir()
@@ -118,6 +136,7 @@ class HFClassifier:
             raise ModelError(f"cannot load '{source}' as a sequence classifier: {err}") from err
         meta = read_meta(path) if is_dir else None
         version = meta.version if meta else (path.name if is_dir else str(source))
+        max_length = max_length or inference_max_length(meta, tokenizer)
         return cls(model.to(target), tokenizer, version, meta, batch_size, max_length)
 
     def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:

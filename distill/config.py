@@ -43,6 +43,7 @@ class HeadConfig:
     """How the embedded teacher's linear head is fitted on frozen embeddings."""
 
     logit_scale: float = 40.0  # normalised embeddings are short; this scales them before the head
+    max_length: int = 128  # word pieces embedded per text (recorded, so inference truncates the same way)
     epochs: int = 300  # full-batch Adam steps
     lr: float = 1e-2
     weight_decay: float = 1e-3  # L2 penalty (coupled, as in logistic regression)

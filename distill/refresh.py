@@ -179,7 +179,7 @@ def refresh(registry: Registry, home: Path, splits: DataSplits, log_dir: Path, c
                                train_config, config.workers, home / "ray-train")
     else:
         metrics = train_student(model, tokenizer, data.texts, data.labels, data.teacher_log_probs, train_config, data.weights, progress)
-    candidate = HFClassifier(model, tokenizer, version="candidate")
+    candidate = HFClassifier(model, tokenizer, version="candidate", max_length=train_config.max_length)
     decision, policy = gate(candidate, current, teacher, splits, cache, config.goal, config.tolerance)
     meta = ModelMeta(
         version=new_version_id("student"), role="student", kind=current.meta.kind if current.meta else "student",
