@@ -45,8 +45,8 @@ class PointerResponse(BaseModel):
 
 
 class ThresholdResponse(BaseModel):
-    threshold: float | None
-    previous: float | None
+    threshold: float | None = Field(description="the admin threshold now set (null: none)")
+    previous: float | None = Field(description="the threshold in force before: the admin's, else routing.threshold; null: the fitted one")
 
 
 class ReloadResponse(BaseModel):

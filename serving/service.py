@@ -214,7 +214,7 @@ class CascadeService:
                 dataclasses.replace(policy, threshold=threshold)
             except RouterError as err:
                 raise InvalidInput(f"threshold: {err}") from None
-        previous = self.shared.read(fresh=True).threshold
+        previous = self._threshold_override(fresh=True)
         await asyncio.to_thread(self.shared.write, threshold=threshold)
         cascade.threshold = self._threshold_override(fresh=True)
         return admin.ThresholdResponse(threshold=threshold, previous=previous)

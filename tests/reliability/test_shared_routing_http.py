@@ -1,0 +1,127 @@
+"""The real application with two ingress replicas: forced teacher items stay inside the
+teacher budget, an admin threshold reaches every replica and survives a replica restart, and a
+replica that starts while the teacher is down answers degraded, not 500."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from fault_tools import ODD, reliability_config, replica_pids, running_cascade
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "shared-routing-token"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def app(tiny_home, tmp_path_factory):
+    home = tmp_path_factory.mktemp("shared-routing") / "home"
+    shutil.copytree(tiny_home, home)  # the admin threshold is written into this copy's registry
+    config = reliability_config(
+        home, home / "escalations",
+        ingress={"num_replicas": 2, "num_cpus": 0.1},
+        routing={"teacher_budget": 0.1, "teacher_timeout_s": 1.0},
+    )
+    os.environ["CASCADE_ADMIN_TOKEN"] = TOKEN  # read by the ingress replicas when they start
+    try:
+        with running_cascade(config) as url:
+            yield url
+    finally:
+        del os.environ["CASCADE_ADMIN_TOKEN"]
+
+
+def classify(url: str, inputs, headers=None, **options) -> dict:
+    response = httpx.post(f"{url}/v1/classify", json={"inputs": inputs, "options": options}, headers=headers, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def set_threshold(url: str, threshold: float | None) -> None:
+    response = httpx.post(f"{url}/v1/admin/threshold", json={"threshold": threshold}, headers=ADMIN, timeout=30)
+    assert response.status_code == 200, response.text
+
+
+def restart_ingress_replicas() -> None:
+    """SIGKILL every ingress replica and wait until Serve has started as many new ones."""
+    old = replica_pids("Ingress")
+    assert len(old) == 2
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        new = replica_pids("Ingress")
+        if len(new) == 2 and not set(new) & set(old):
+            return
+        time.sleep(1)
+    raise AssertionError("the ingress replicas did not come back within 120 s")
+
+
+def wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+
+
+@contextmanager
+def teacher_stopped():
+    pids = replica_pids("Teacher")
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_forced_teacher_items_count_in_the_budget_and_are_capped(app):
+    predictions = [p for _ in range(40) for p in classify(app, ["play some jazz"] * 8, mode="teacher")["predictions"]]
+    answered = sum(p["tier"] == "teacher" for p in predictions)
+    # each replica's window admits max(10 %, 20 items): at most 2 x 20 of these 320
+    assert answered <= 40, answered
+    capped = [p for p in predictions if p["tier"] == "student"]
+    assert capped and all(p["escalated"] and p["degraded"] and p["cause"] == "teacher_budget" for p in capped)
+    admin = classify(app, ["play some jazz"] * 8, headers=ADMIN, mode="teacher")["predictions"]
+    assert all(p["tier"] == "teacher" for p in admin), "an admin's forced items are not capped"
+
+
+def test_admin_threshold_reaches_every_replica_and_survives_a_restart(app):
+    try:
+        set_threshold(app, 0.0)  # nothing is unsure below 0: every ODD text stays with the student
+
+        def everyone_follows() -> bool:
+            models = [httpx.get(f"{app}/v1/models", timeout=30).json() for _ in range(10)]
+            answers = [classify(app, ODD)["predictions"] for _ in range(20)]
+            return all(m["threshold"] == 0.0 and m["threshold_source"] == "admin" for m in models) and all(
+                p["tier"] == "student" and p["reason"] == "confident" for a in answers for p in a
+            )
+
+        time.sleep(1.5)  # replicas re-read the shared state at most once a second
+        assert everyone_follows()
+        restart_ingress_replicas()
+        wait_ready(app)
+        assert everyone_follows(), "restarted replicas must start from the shared threshold"
+    finally:
+        set_threshold(app, None)
+
+
+def test_a_replica_started_while_the_teacher_is_down_answers_degraded(app):
+    with teacher_stopped():
+        restart_ingress_replicas()
+        wait_ready(app)
+        body = classify(app, ODD, headers=ADMIN, mode="teacher")  # the first request of fresh replicas
+    assert all(p["tier"] == "student" and p["degraded"] for p in body["predictions"])
+    assert {p["cause"] for p in body["predictions"]} <= {"teacher_timeout", "teacher_circuit_open"}
