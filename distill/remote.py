@@ -149,6 +149,9 @@ class RemoteClassifier:
         self._pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="remote-teacher")
         self._http: httpx.Client | None = None
         self._openai = None
+        self._calls = 0  # predict_proba calls in progress; close() waits for them
+        self._closing = False
+        self._state = threading.Lock()
         key = settings.api_key()
         if settings.kind == "openai":
             from openai import OpenAI  # imported here: it takes seconds, and only this kind needs it
@@ -164,12 +167,23 @@ class RemoteClassifier:
         teacher (one call per text, ``concurrency`` at a time), the endpoint's rows for ``json``."""
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        if self._openai is not None:
-            answers = list(self._pool.map(self._label_of, texts))
-            probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-            probs[np.arange(len(texts)), [self.labels.index(a) for a in answers]] = 1.0
-            return probs
-        return self._with_retries(lambda: self._json_probabilities(list(texts)))
+        with self._state:
+            if self._closing:
+                raise RemoteTeacherError(f"remote teacher {self.version}: closed (swapped out)")
+            self._calls += 1
+        try:
+            if self._openai is not None:
+                answers = list(self._pool.map(self._label_of, texts))
+                probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+                probs[np.arange(len(texts)), [self.labels.index(a) for a in answers]] = 1.0
+                return probs
+            return self._with_retries(lambda: self._json_probabilities(list(texts)))
+        finally:
+            with self._state:
+                self._calls -= 1
+                last = self._closing and self._calls == 0
+            if last:
+                self._release()
 
     def _with_retries(self, call: Callable[[], T]) -> T:
         """Run ``call()`` inside a concurrency slot, retrying retryable failures with
@@ -240,7 +254,21 @@ class RemoteClassifier:
         return probs / totals
 
     def close(self) -> None:
-        """Release the HTTP connections and worker threads."""
+        """Refuse new calls and release the HTTP connections and worker threads once the calls
+        in progress end (at once when there are none): a swapped-out teacher may still be
+        answering a batch."""
+        with self._state:
+            self._closing = True
+            idle = self._calls == 0
+        if idle:
+            self._release()
+
+    @property
+    def closed(self) -> bool:
+        """Whether close() was called (its resources go once the calls in progress end)."""
+        return self._closing
+
+    def _release(self) -> None:
         self._pool.shutdown(wait=False)
         if self._http is not None:
             self._http.close()

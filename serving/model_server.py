@@ -84,7 +84,8 @@ class BatchedModel:
             if self.model is not None and model.labels != self.model.labels:
                 raise ValueError(f"{model.version} has other labels than {self.model.version}; not swapped")
             model.predict_proba(["warm up"])
-            self.model, self.source = model, source
+            old, self.model, self.source = self.model, model, source
+            self._retire(old)  # after the swap: new batches already take the new model
             self.model_info.serving(model.version)
             logger.info("%s now serving %s", self.role, model.version)
 
@@ -99,9 +100,16 @@ class BatchedModel:
             labels = settings.labels or model_labels(Registry(self.home / "registry").current_path("student"))
             if self.model is not None and labels != self.model.labels:
                 raise ValueError(f"{settings.version()} has other labels than {self.model.version}; not swapped")
-            # a replaced remote client is left to the garbage collector: a batch may still be using it
-            self.model, self.source = RemoteClassifier(settings, labels), settings.model_dump_json()
+            old, self.model, self.source = self.model, RemoteClassifier(settings, labels), settings.model_dump_json()
+            self._retire(old)
             logger.info("%s now serving %s", self.role, self.model.version)
+
+    @staticmethod
+    def _retire(model: HFClassifier | RemoteClassifier | None) -> None:
+        """Close a swapped-out remote model's HTTP client (once the batch using it, if any,
+        ends); a local model holds nothing to close."""
+        if isinstance(model, RemoteClassifier):
+            model.close()
 
     async def _follow_registry(self) -> None:
         """Poll the registry's current pointer and hot-swap when it moves."""

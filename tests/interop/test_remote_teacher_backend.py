@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from fake_teacher import rule_label
 from distill.errors import ModelError
 from distill.remote import RemoteClassifier, RemoteTeacherError, RemoteTeacherSettings, parse_label
+from distill.registry import Registry
 from serving.config import ConfigError, load_config
 
 LABELS = ["alarm", "balance", "music", "transfer", "weather"]
@@ -162,3 +163,37 @@ def test_serving_config_takes_a_remote_teacher(tmp_path):
         load_config(None, teacher={"remote": remote | {"timeout_s": 8}})
     with pytest.raises(ConfigError, match="teacher.remote.kind"):
         load_config(None, teacher={"remote": remote | {"kind": "grpc"}})
+
+
+def test_close_waits_for_the_call_in_progress_then_releases_the_client(fake_teacher):
+    import threading
+
+    model = teacher(fake_teacher, kind="json")
+    fake_teacher.delay_s = 0.3
+    answered = []
+    call = threading.Thread(target=lambda: answered.append(model.predict_proba(TEXTS)))
+    call.start()
+    while not fake_teacher.in_flight:
+        time.sleep(0.01)
+    model.close()
+    assert model.closed and not model._http.is_closed  # the batch in progress still has its connection
+    with pytest.raises(RemoteTeacherError, match="closed"):
+        model.predict_proba(TEXTS)  # no new calls
+    call.join(5)
+    assert len(answered) == 1 and answered[0].shape == (len(TEXTS), len(LABELS))
+    assert model._http.is_closed
+
+
+def test_a_swap_away_from_a_remote_teacher_closes_its_client(fake_teacher, tiny_home):
+    from serving.model_server import BatchedModel
+
+    fake_teacher.reset()
+    server = BatchedModel("teacher", str(tiny_home))
+    remote = {"kind": "json", "url": f"{fake_teacher.url}/probabilities", "labels": LABELS}
+    server.configure({"model": None, "remote": remote})
+    first = server.model
+    server.configure({"model": None, "remote": remote | {"timeout_s": 3.0}})  # another remote teacher
+    second = server.model
+    assert first is not second and first._http.is_closed and not second._http.is_closed
+    server.configure({"model": None, "remote": None, "poll_registry_s": 0})  # back to the registry's teacher
+    assert second._http.is_closed and server.model.version == Registry(tiny_home / "registry").current("teacher")
