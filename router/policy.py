@@ -99,11 +99,6 @@ class EscalationPolicy:
         return out
 
     @classmethod
-    def fitted(cls, d: dict[str, Any] | None) -> EscalationPolicy:
-        """A model's fitted policy (its metadata's ``policy``), or the default one when it has none."""
-        return cls.from_dict(d) if d else cls()
-
-    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EscalationPolicy:
         """Rebuild a policy from `to_dict` output (string class keys are turned back into ints)."""
         known = {f.name for f in fields(cls)}

@@ -21,6 +21,7 @@ from uuid import uuid4
 import numpy as np
 
 from distill.escalations import EscalationRecord
+from distill.metadata import escalation_policy
 from router import AgreementEstimate, AuditSampler, CircuitBreaker, CostModel, Decision, EscalationPolicy, TeacherRateLimiter, route, settle
 from serving.api import ClassifyOptions, ClassifyResponse, LabelScore, ModelVersions, Prediction
 
@@ -85,7 +86,7 @@ class Cascade:
         """The student's fitted policy (parsed once per version), or the default one."""
         policy = self._policies.get(output.version)
         if policy is None:
-            policy = EscalationPolicy.fitted(output.policy)
+            policy = escalation_policy(output.policy)
             self._policies[output.version] = policy
         return policy
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
 from distill.errors import RegistryError
-from router import AuditSampler, CircuitBreaker, CostModel, EscalationPolicy, RouterError, TeacherRateLimiter
+from distill.metadata import escalation_policy
+from router import AuditSampler, CircuitBreaker, CostModel, RouterError, TeacherRateLimiter
 from serving import admin
 from serving.api import ClassifyOptions, ClassifyResponse, ModelsResponse, ModelVersions
 from serving.cascade import AppendLog, Cascade, ModelOutput, Redact
@@ -165,7 +166,7 @@ class CascadeService:
         """Labels, versions and the policy in force, with the threshold every replica uses."""
         cascade = await self.ready()
         student, teacher = await asyncio.gather(self.student.info(), self._teacher_info())
-        policy = EscalationPolicy.fitted(student["policy"])
+        policy = escalation_policy(student["policy"])
         override = self._threshold_override(fresh=True)
         admin_set = self.shared.read().threshold is not None
         return ModelsResponse(
@@ -209,7 +210,7 @@ class CascadeService:
         cascade = await self.ready()
         if threshold is not None:
             student = await self.student.info()
-            policy = EscalationPolicy.fitted(student["policy"])
+            policy = escalation_policy(student["policy"])
             try:
                 dataclasses.replace(policy, threshold=threshold)
             except RouterError as err:
