@@ -1,5 +1,6 @@
 """Build the embedded defaults on first use: the teacher (frozen MiniLM and a fitted head),
-then a student distilled from it with its escalation policy. Later calls reuse them."""
+then a student distilled from it with its escalation policy. Later calls reuse them.
+``ensure_goal`` refits the current student's policy when it was fitted for another goal."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from distill.backends import HFClassifier
 from distill.config import DEFAULT_GOAL, HeadConfig, StudentSpec
 from distill.data import load_splits
-from distill.metadata import ModelMeta
+from distill.metadata import ModelMeta, escalation_policy
 from distill.pipeline import (
     TeacherCache,
     data_record,
@@ -22,6 +23,7 @@ from distill.pipeline import (
 )
 from distill.registry import Registry, new_version_id
 from distill.students import build_embedded_teacher
+from router import parse_goal
 
 def ensure_models(
     home: Path,
@@ -62,3 +64,35 @@ def ensure_models(
         register_model(registry, student, new_student_meta(teacher, spec, record, metrics, policy, parent=None))
     print(f"bootstrap: done in {time.perf_counter() - started:.0f} s; models in {registry.root}", file=sys.stderr, flush=True)
     return registry
+
+
+def fitted_goal(policy_goal: str) -> str:
+    """The goal a fitted policy's ``goal`` text names, without fit notes: "agreement>=0.97" from
+    "agreement>=0.97, per-class" or "agreement>=0.97 (unreachable: escalating all)"."""
+    return policy_goal.split()[0].rstrip(",") if policy_goal.strip() else ""
+
+
+def ensure_goal(
+    registry: Registry, home: Path, data: str, goal: str,
+    text_column: str | None = None, label_column: str | None = None,
+) -> ModelMeta | None:
+    """Make the current student's policy one fitted for ``goal``. When it was fitted for another,
+    fit it on the validation split (keeping its confidence measure and per-class choice) and
+    register and promote the result, as ``cascade calibrate --goal`` does; returns that version's
+    metadata, or None when the policy already serves ``goal``."""
+    from distill.frontier import calibrate  # imported here: only a refit needs it
+
+    wanted = str(parse_goal(goal))
+    student = HFClassifier.load(registry.current_path("student"))
+    policy = escalation_policy(student.meta)
+    if fitted_goal(policy.goal) == wanted:
+        return None
+    print(f"start-up: student {student.version}'s policy was fitted for '{policy.goal}', not routing.goal "
+          f"'{wanted}': fitting it for '{wanted}'", file=sys.stderr, flush=True)
+    teacher = HFClassifier.load(registry.current_path("teacher"))
+    splits = load_splits(data, text_column, label_column)
+    meta, report = calibrate(registry, student, teacher, splits, TeacherCache(home / "cache"), wanted,
+                             policy.measure, per_class=bool(policy.class_thresholds))
+    print(f"start-up: registered and promoted student {meta.version} (threshold {report['threshold']:.4f}, "
+          f"validation escalation {report['validation']['escalation_rate']:.2%})", file=sys.stderr, flush=True)
+    return meta

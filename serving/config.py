@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from distill.config import DEFAULT_GOAL
 from distill.remote import RemoteTeacherSettings
 from distill.settings import default_home
-from router import CostModel
+from router import CostModel, parse_goal
 from serving.redaction import load_redactor
 
 
@@ -123,6 +123,11 @@ class RoutingConfig(_Strict):
     breaker_failures: int = Field(5, ge=1)  # consecutive teacher failures or timeouts that open the circuit breaker
     breaker_reset_s: float = Field(10.0, gt=0)  # open this long, then one probe call decides
     teacher_max_in_flight: int = Field(256, ge=1)  # teacher items in flight per ingress replica; past it: degraded, teacher_overloaded
+
+    @field_validator("goal")
+    @classmethod
+    def _goal_parses(cls, goal: str) -> str:
+        return str(parse_goal(goal))  # a RouterError (ValueError) lists the goals it reads
 
     def costs(self) -> CostModel:
         """The cost model of these per-call costs."""

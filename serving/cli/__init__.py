@@ -269,12 +269,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from distill.bootstrap import ensure_models
+    from distill.bootstrap import ensure_goal, ensure_models
     from serving.cli import runner
     from serving.config import load_config
 
     config = load_config(args.config, home=args.home, port=args.port, host=args.host, data=args.data)
-    ensure_models(config.home, config.data, progress=not args.quiet)
+    goal = config.routing.goal
+    registry = ensure_models(config.home, config.data, goal=goal, progress=not args.quiet)
+    if config.student.model is None:  # a pinned student version keeps the policy it was pinned with
+        ensure_goal(registry, config.home, config.data, goal)
     print(f"starting the cascade (Ray Serve) on {config.host}:{config.port} ...", flush=True)
     url = runner.start(config)
     print(f"cascade serving at {url}\n  classify: POST {url}/v1/classify\n  API docs: {url}/docs\n"
