@@ -68,7 +68,7 @@ def distill_student(
     teacher_log_probs = cache.log_probs(teacher, train) if spec.train.mode != "hard" else None
     model.to(teacher.device)
     metrics = train_student(model, tokenizer, train.texts, labels, teacher_log_probs, spec.train, progress=progress)
-    return HFClassifier(model, tokenizer, version="unregistered"), metrics
+    return HFClassifier(model, tokenizer, version="unregistered", max_length=spec.train.max_length), metrics
 
 
 def fit_student_policy(

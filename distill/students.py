@@ -37,14 +37,14 @@ def _label_maps(label_names: list[str]) -> dict:
 
 
 @torch.inference_mode()
-def embed_texts(model: MeanPoolClassifier, tokenizer, texts: list[str], batch_size: int = 128, progress: bool = True) -> torch.Tensor:
+def embed_texts(model: MeanPoolClassifier, tokenizer, texts: list[str], max_length: int, batch_size: int = 128, progress: bool = True) -> torch.Tensor:
     """Sentence embeddings of ``texts`` (batched in length order, so padding stays small)."""
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = torch.zeros(len(texts), model.config.hidden_size)
     device = next(model.parameters()).device
     for start in tqdm(range(0, len(texts), batch_size), desc="embed", unit="batch", disable=not progress):
         idx = order[start : start + batch_size]
-        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         emb = model.embed(batch["input_ids"].to(device), batch["attention_mask"].to(device))
         out[torch.as_tensor(idx)] = emb.float().cpu()
     return out
@@ -65,7 +65,7 @@ def build_embedded_teacher(
     model.encoder.load_state_dict(BertModel.from_pretrained(source, add_pooling_layer=False).state_dict())
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
-    features = embed_texts(model, tokenizer, texts, progress=progress) * head.logit_scale
+    features = embed_texts(model, tokenizer, texts, head.max_length, progress=progress) * head.logit_scale
     target = torch.as_tensor(labels, dtype=torch.long)
     optimizer = torch.optim.Adam(model.head.parameters(), lr=head.lr, weight_decay=head.weight_decay)
     for _ in tqdm(range(head.epochs), desc="teacher head", unit="step", disable=not progress):
@@ -75,7 +75,7 @@ def build_embedded_teacher(
         optimizer.step()
     with torch.no_grad():
         logits = model.head(features).numpy()
-    return HFClassifier(model, tokenizer, version="unregistered"), logits
+    return HFClassifier(model, tokenizer, version="unregistered", max_length=head.max_length), logits
 
 
 def init_bow_student(teacher: HFClassifier, hidden_size: int = 512, dropout: float = 0.1, seed: int = 0) -> tuple[torch.nn.Module, object]:

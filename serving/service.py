@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from distill.errors import RegistryError
 from distill.metadata import escalation_policy
-from router import AuditSampler, CircuitBreaker, CostModel, RouterError, TeacherRateLimiter
+from router import AuditSampler, CircuitBreaker, RouterError, TeacherRateLimiter
 from serving import admin
 from serving.api import ClassifyOptions, ClassifyResponse, ModelsResponse, ModelVersions
 from serving.cascade import AppendLog, Cascade, ModelOutput, Redact
@@ -87,7 +87,7 @@ class CascadeService:
                     teacher=self._timed(self.teacher.predict, "teacher"),
                     append_log=self.append_log,
                     labels=student["labels"],
-                    costs=CostModel(routing.student_cost, routing.teacher_cost),
+                    costs=routing.costs(),
                     teacher_timeout_s=routing.teacher_timeout_s,
                     budget=TeacherRateLimiter(routing.teacher_budget, routing.budget_window_s) if routing.teacher_budget < 1 else None,
                     auditor=AuditSampler(routing.audit_rate) if routing.audit_rate > 0 else None,
