@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import shutil
+
 import httpx
 import numpy as np
 import pytest
 
 from distill.escalations import read_records
+from serving.config import CascadeConfig
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def cascade_config(cascade_config: CascadeConfig, tmp_path_factory) -> CascadeConfig:
+    """The shared cascade's configuration (tests/serving/conftest.py), on a copy of its home: the
+    hot swap below promotes and rolls back there, not in the session's tiny_home. Session-scoped,
+    as ``cascade_url``, which starts the cascade from it, is."""
+    home = tmp_path_factory.mktemp("cascade-http") / "home"
+    shutil.copytree(cascade_config.home, home)
+    return cascade_config.model_copy(update={"home": home})
+
 
 IN_DOMAIN = ["play some jazz", "set an alarm for 7 am", "what is the weather tomorrow", "transfer 50 dollars to savings"]
 ODD = ["zebra quantum pancake", "the of and a", "purple", "music alarm weather balance", "yes"]
