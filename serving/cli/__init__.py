@@ -161,6 +161,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     from distill.frontier import frontier_points, frontier_table, plot_frontier, split_outputs
     from distill.metadata import escalation_policy
     from distill.pipeline import TeacherCache
+    from router import cascade_figures
 
     registry = _registry(args)
     student, teacher = _load(registry, "student", args.student), _load(registry, "teacher", args.teacher)
@@ -171,11 +172,10 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     policy = escalation_policy(student.meta)
     costs = _costs(args)
     points, chosen = frontier_points(policy, student_probs, teacher_probs, labels, costs, args.points)
-    teacher_accuracy = float((teacher_probs.argmax(1) == labels).mean())
-    student_accuracy = float((student_probs.argmax(1) == labels).mean())
-    table = frontier_table(points, chosen, teacher_accuracy, student_accuracy, costs)
+    at = cascade_figures(student_probs, teacher_probs, labels, policy, costs)
+    table = frontier_table(points, chosen, at.teacher_accuracy, at.student_accuracy, costs)
     title = f"cascade frontier on {args.split} ({len(labels)} rows), student {student.version}"
-    plot_frontier(points, chosen, teacher_accuracy, student_accuracy, costs, args.out, title)
+    plot_frontier(points, chosen, at.teacher_accuracy, at.student_accuracy, costs, args.out, title)
     table_path = args.table or args.out.with_suffix(".md")
     table_path.write_text(table + "\n")
     print(table)

@@ -29,17 +29,16 @@ from distill.data import DataSplits, load_splits, split_validation
 from distill.metadata import escalation_policy
 from distill.pipeline import TeacherCache, data_record, distill_student, fit_student_policy, new_student_meta, register_model
 from distill.refresh import refresh
-from router import cascade_predictions
+from router import CascadeFigures, CostModel, cascade_figures
 from serving.cli import runner
 from serving.cli.bench import batched_pass
 from serving.config import CascadeConfig
 
 
-def _on_test(student: HFClassifier, teacher_probs: np.ndarray, splits: DataSplits, labels: np.ndarray) -> tuple[float, float]:
-    """The cascade's accuracy and teacher share on the test split, under the student's policy."""
+def _on_test(student: HFClassifier, teacher_probs: np.ndarray, splits: DataSplits, labels: np.ndarray, costs: CostModel) -> CascadeFigures:
+    """The cascade's figures on the test split, under the student's policy."""
     probs = student.predict_proba(splits.test.texts)
-    escalate = escalation_policy(student.meta).escalate_mask(probs)
-    return float(np.mean(cascade_predictions(probs, teacher_probs, escalate) == labels)), float(escalate.mean())
+    return cascade_figures(probs, teacher_probs, labels, escalation_policy(student.meta), costs)
 
 
 def _wait_for_student(url: str, version: str, timeout_s: float = 60.0) -> None:
@@ -83,17 +82,17 @@ def simulate(config: CascadeConfig, data: str, rounds: int, seed_fraction: float
         for number, chunk in enumerate(chunks, start=1):
             current = HFClassifier.load(registry.current_path("student"))
             _wait_for_student(url, current.version)
-            accuracy, test_share = _on_test(current, teacher_probs, splits, labels)
+            test = _on_test(current, teacher_probs, splits, labels, costs)
             predictions, _ = batched_pass(url, [rest.texts[i] for i in chunk], "cascade")
             share = float(np.mean([p["tier"] == "teacher" for p in predictions]))
             degraded = float(np.mean([p["degraded"] for p in predictions]))  # wanted the teacher, did not get it
             outcome = refresh(registry, config.home, splits, config.log_path(), refresh_config, data, progress=False)
             row = {"round": number, "student": current.version, "traffic": len(chunk), "teacher_share": round(share, 4),
-                   "degraded_share": round(degraded, 4), "test_teacher_share": round(test_share, 4),
-                   "cascade_accuracy": round(accuracy, 4), "cost_per_1000": round(costs.cost_per_1000(share), 1),
+                   "degraded_share": round(degraded, 4), "test_teacher_share": round(test.escalation_rate, 4),
+                   "cascade_accuracy": round(test.accuracy, 4), "cost_per_1000": round(costs.cost_per_1000(share), 1),
                    "refresh": "promoted" if outcome["promoted"] else f"rejected ({'; '.join(outcome['reasons'])})"}
             report["rounds"].append(row)
-            say(f"round {number}: teacher share {share:.2%}, cascade test accuracy {accuracy:.4f}, cost/1000 {row['cost_per_1000']:.0f}; refresh {row['refresh']}")
+            say(f"round {number}: teacher share {share:.2%}, cascade test accuracy {test.accuracy:.4f}, cost/1000 {row['cost_per_1000']:.0f}; refresh {row['refresh']}")
     finally:
         runner.stop()
     return report
