@@ -4,6 +4,7 @@ the student when it runs inside the ingress process (``placement: ingress``)."""
 import asyncio
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,10 @@ from distill.remote import RemoteClassifier, RemoteTeacherSettings, model_labels
 from serving.cascade import ModelOutput
 from serving.config import ModelDeploymentConfig
 from serving.metrics import ModelInfo
+from serving.shared_state import SHARED_STATE_FILE, SharedRouting
 
 logger = logging.getLogger("cascade")
+RELOAD_CHECK_S = 1.0  # how often a model server looks for an admin reload request
 DEFAULTS = ModelDeploymentConfig()  # batching and polling until configure() says otherwise
 
 
@@ -34,7 +37,9 @@ class BatchedModel:
     new model beside the old one and swaps it in, so requests never fail during a swap. With
     ``model`` None the server follows the registry's ``current`` pointer: every
     ``poll_registry_s`` seconds it checks the pointer and hot-swaps to a newly promoted (or
-    rolled-back) version, in every replica, with no restart and no coordination.
+    rolled-back) version, in every replica, with no restart and no coordination; and within
+    ``RELOAD_CHECK_S`` of an admin reload (a bumped ``reload_generation`` in the shared state),
+    whatever ``poll_registry_s`` is.
     """
 
     def __init__(self, role: str, home: str, device: str | None = None, threads: int | None = None, inline: bool = False):
@@ -54,6 +59,8 @@ class BatchedModel:
         self._watcher: asyncio.Task | None = None
         self._swap_lock = threading.Lock()  # configure() and the registry watcher never interleave
         self.model_info = ModelInfo(role)
+        self.shared = SharedRouting(self.home / "registry" / SHARED_STATE_FILE, check_every_s=0)
+        self._reload_generation = self.shared.read().reload_generation
 
     def configure(self, user_config: dict[str, Any]) -> None:
         """Apply a model reference (or a ``remote`` teacher's settings) and batching settings,
@@ -112,9 +119,16 @@ class BatchedModel:
             model.close()
 
     async def _follow_registry(self) -> None:
-        """Poll the registry's current pointer and hot-swap when it moves."""
-        while self.follow_current and self.poll_registry_s > 0:
-            await asyncio.sleep(self.poll_registry_s)
+        """Hot-swap when the registry's current pointer moves: checked every ``poll_registry_s``
+        (0: never), and at once when an admin reload was requested."""
+        last_poll = time.monotonic()
+        while self.follow_current:
+            await asyncio.sleep(min(self.poll_registry_s, RELOAD_CHECK_S) if self.poll_registry_s > 0 else RELOAD_CHECK_S)
+            generation = self.shared.read().reload_generation
+            polling = self.poll_registry_s > 0 and time.monotonic() - last_poll >= self.poll_registry_s
+            if generation == self._reload_generation and not polling:
+                continue
+            self._reload_generation, last_poll = generation, time.monotonic()
             try:
                 await asyncio.to_thread(self._swap_to, None, True)
             except Exception as err:  # a bad new version must not take the serving one down

@@ -21,7 +21,7 @@ from serving.cascade import AppendLog, Cascade, ModelOutput, Redact
 from serving.config import CascadeConfig
 from serving.errors import Conflict, InvalidInput, TooLarge, Unavailable
 from serving.guards import InFlightLimit
-from serving.shared_state import SharedRouting
+from serving.shared_state import SHARED_STATE_FILE, SharedRouting
 
 logger = logging.getLogger("cascade")
 
@@ -67,7 +67,7 @@ class CascadeService:
         self.metrics = metrics
         self.in_flight = in_flight
         self.redact = redact
-        self.shared = SharedRouting(config.home / "registry" / "routing.json", shared_check_every_s)
+        self.shared = SharedRouting(config.home / "registry" / SHARED_STATE_FILE, shared_check_every_s)
         self.cascade: Cascade | None = None
         self._lock = asyncio.Lock()
 
@@ -228,7 +228,10 @@ class CascadeService:
             raise Conflict(str(err)) from None
 
     async def reload(self) -> admin.ReloadResponse:
-        """Make the model servers re-read the registry's current pointers now."""
+        """Make the model servers re-read the registry's current pointers now: the replicas this
+        call reaches at once, every other one within ``RELOAD_CHECK_S`` (through the shared state)."""
+        generation = self.shared.read(fresh=True).reload_generation + 1
+        await asyncio.to_thread(self.shared.write, reload_generation=generation)
         try:
             student, teacher = await asyncio.gather(self.student.reload(), self.teacher.reload())
         except Exception as err:  # a version that cannot load: the serving one stays

@@ -1,5 +1,5 @@
-"""Routing state that every ingress replica shares and that survives restarts: the admin's
-threshold override, kept as one JSON file beside the model registry (which every replica
+"""State that every replica shares and that survives restarts: the admin's threshold override
+and reload requests, kept as one JSON file beside the model registry (which every replica
 already reads), replaced atomically. Replicas re-read it when it changes, at most once per
 ``check_every_s``; the replica that wrote it applies it at once."""
 
@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 logger = logging.getLogger("cascade")
+SHARED_STATE_FILE = "routing.json"  # in the registry's root directory
 
 
 class RoutingOverrides(BaseModel):
@@ -24,6 +25,7 @@ class RoutingOverrides(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     threshold: float | None = None  # replaces the configured and the fitted threshold
+    reload_generation: int = 0  # bumped by /v1/admin/reload: every model server re-reads the registry's pointers
     changed_at: str | None = None  # when it was last set, UTC
 
 
@@ -59,7 +61,7 @@ class SharedRouting:
                 logger.error("cannot read the shared routing state %s: %r", self.path, err)
         return self._value
 
-    def write(self, **changes: float | None) -> RoutingOverrides:
+    def write(self, **changes: float | int | None) -> RoutingOverrides:
         """Set fields for every replica; returns the new overrides."""
         value = self.read(fresh=True).model_copy(
             update={**changes, "changed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}

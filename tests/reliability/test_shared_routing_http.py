@@ -1,5 +1,6 @@
-"""The real application with two ingress replicas: forced teacher items stay inside the
-teacher budget, an admin threshold reaches every replica and survives a replica restart, and a
+"""The real application with two ingress replicas and two student replicas: forced teacher
+items stay inside the teacher budget, an admin threshold reaches every ingress replica and
+survives a replica restart, an admin reload reaches every student replica, and an ingress
 replica that starts while the teacher is down answers degraded, not 500."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
+from distill.registry import Registry
 from fault_tools import ODD, reliability_config, replica_pids, running_cascade
 
 pytestmark = pytest.mark.slow
@@ -28,12 +30,14 @@ def app(tiny_home, tmp_path_factory):
     config = reliability_config(
         home, home / "escalations",
         ingress={"num_replicas": 2, "num_cpus": 0.1},
+        # poll_registry_s 0: the students never look at the registry by themselves, only on reload
+        student={"placement": "deployment", "num_replicas": 2, "num_cpus": 0.1, "poll_registry_s": 0},
         routing={"teacher_budget": 0.1, "teacher_timeout_s": 1.0},
     )
     os.environ["CASCADE_ADMIN_TOKEN"] = TOKEN  # read by the ingress replicas when they start
     try:
         with running_cascade(config) as url:
-            yield url
+            yield url, home
     finally:
         del os.environ["CASCADE_ADMIN_TOKEN"]
 
@@ -45,8 +49,7 @@ def classify(url: str, inputs, headers=None, **options) -> dict:
 
 
 def set_threshold(url: str, threshold: float | None) -> None:
-    response = httpx.post(f"{url}/v1/admin/threshold", json={"threshold": threshold}, headers=ADMIN, timeout=30)
-    assert response.status_code == 200, response.text
+    admin(url, "threshold", {"threshold": threshold})
 
 
 def restart_ingress_replicas() -> None:
@@ -75,6 +78,12 @@ def wait_ready(url: str) -> None:
         time.sleep(0.5)
 
 
+def admin(url: str, path: str, body=None) -> dict:
+    response = httpx.post(f"{url}/v1/admin/{path}", json=body, headers=ADMIN, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 @contextmanager
 def teacher_stopped():
     pids = replica_pids("Teacher")
@@ -88,6 +97,7 @@ def teacher_stopped():
 
 
 def test_forced_teacher_items_count_in_the_budget_and_are_capped(app):
+    app, _ = app
     predictions = [p for _ in range(40) for p in classify(app, ["play some jazz"] * 8, mode="teacher")["predictions"]]
     answered = sum(p["tier"] == "teacher" for p in predictions)
     # each replica's window admits max(10 %, 20 items): at most 2 x 20 of these 320
@@ -99,6 +109,7 @@ def test_forced_teacher_items_count_in_the_budget_and_are_capped(app):
 
 
 def test_admin_threshold_reaches_every_replica_and_survives_a_restart(app):
+    app, _ = app
     try:
         set_threshold(app, 0.0)  # nothing is unsure below 0: every ODD text stays with the student
 
@@ -119,9 +130,26 @@ def test_admin_threshold_reaches_every_replica_and_survives_a_restart(app):
 
 
 def test_a_replica_started_while_the_teacher_is_down_answers_degraded(app):
+    app, _ = app
     with teacher_stopped():
         restart_ingress_replicas()
         wait_ready(app)
         body = classify(app, ODD, headers=ADMIN, mode="teacher")  # the first request of fresh replicas
     assert all(p["tier"] == "student" and p["degraded"] for p in body["predictions"])
     assert {p["cause"] for p in body["predictions"]} <= {"teacher_timeout", "teacher_circuit_open"}
+
+
+def test_an_admin_reload_reaches_every_student_replica(app):
+    url, home = app
+    registry = Registry(home / "registry")
+    current = registry.current("student")
+    other = registry.derive("student", current).version
+    try:
+        admin(url, "promote", {"version": other})
+        assert admin(url, "reload")["student"] == other
+        time.sleep(2.5)  # the replicas the call did not reach look for reload requests every second
+        versions = {classify(url, ODD)["versions"]["student"] for _ in range(30)}
+        assert versions == {other}, "every student replica must serve the reloaded version"
+    finally:
+        admin(url, "promote", {"version": current})
+        admin(url, "reload")
