@@ -4,6 +4,8 @@ with each Serve process's CPU per request."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ports import free_port
+from serving.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -32,17 +35,33 @@ def report(tiny_home: Path, tiny_data: Path, tmp_path_factory) -> dict:
     return json.loads(done.stdout) | {"table": (work / "bench.md").read_text()}
 
 
-def test_every_service_is_measured_over_http(report):
+@pytest.fixture(scope="module")
+def offline(tiny_home: Path, tiny_data: Path) -> dict:
+    """`cascade eval --json` on the bench's models and split (test), in process: what the HTTP
+    figures must match."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["eval", "--home", str(tiny_home), "--data", str(tiny_data), "--json", "-q"]) == 0
+    return json.loads(out.getvalue())
+
+
+def test_every_service_is_measured_over_http(report, offline):
     services = report["services"]
     assert set(services) == {"echo", "student", "teacher", "cascade"}
     for name, result in services.items():
         assert result["batch_texts_per_s"] > 0
         for clients in (1, 16):
             assert result[f"single_{clients}"]["requests_per_s"] > 0 and result[f"single_{clients}"]["errors"] == 0
-        if name != "echo":
-            assert 0 <= result["accuracy"] <= 1 and result["model_only_texts_per_s"] > 0
+    # over HTTP each service answers the test split as `cascade eval` finds its models do in process
+    for name in ("student", "teacher", "cascade"):
+        assert services[name]["accuracy"] == offline[name]["accuracy"], name
+    # in process the student outpaces the teacher, and the cascade (student, plus the teacher on its share) is no faster than the student
+    student_only, teacher_only, cascade = (services[name]["model_only_texts_per_s"] for name in ("student", "teacher", "cascade"))
+    assert student_only > teacher_only and cascade <= student_only
     assert services["teacher"]["teacher_share"] == 1.0 and services["student"]["teacher_share"] == 0.0
-    assert 0 <= services["cascade"]["teacher_share"] <= 1
+    # the cascade sends the teacher the share the student's fitted policy escalates, at the cost that share makes
+    assert services["cascade"]["teacher_share"] == offline["cascade"]["escalation_rate"]
+    assert services["cascade"]["cost_per_1000"] == pytest.approx(offline["cascade"]["cost_per_1000"], abs=0.1)
     for name in services:
         assert f"| {name} |" in report["table"]
 

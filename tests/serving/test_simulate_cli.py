@@ -12,11 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from distill.backends import HFClassifier
 from distill.data import load_splits
 from distill.escalations import read_records
 from distill.registry import Registry
+from router import EscalationPolicy
 from serving.config import load_config
 from ports import free_port
 
@@ -43,16 +46,32 @@ def simulation(tiny_home: Path, tiny_data: Path, tmp_path_factory) -> tuple[dict
 
 
 def test_report_has_the_documented_json_shape(simulation, tiny_data):
-    report, _, png = simulation
-    assert 0 < report["teacher_accuracy"] <= 1
-    # the seed slice and the traffic are the training split, less the validation rows carved from it
+    report, home, png = simulation
     splits = load_splits(str(tiny_data))
+    registry = Registry(home / "registry")
+    teacher = HFClassifier.load(registry.current_path("teacher"))
+    labels = splits.test.label_ids(teacher.labels)
+    teacher_top = teacher.predict_proba(splits.test.texts).argmax(1)
+    assert report["teacher_accuracy"] == round(float(np.mean(teacher_top == labels)), 4)  # the home's teacher, on the test split
+    # the seed slice and the traffic are the training split, less the validation rows carved from it
     assert report["seed_rows"] + report["traffic_rows"] == len(splits.train)
     assert sum(r["traffic"] for r in report["rounds"]) == report["traffic_rows"]
     assert [r["round"] for r in report["rounds"]] == [1, 2]
+    config = load_config(None, home=home)
     for row in report["rounds"]:
         assert {"teacher_share", "test_teacher_share", "cascade_accuracy", "cost_per_1000", "degraded_share", "refresh"} <= row.keys()
-        assert 0 <= row["teacher_share"] <= 1 and 0 <= row["test_teacher_share"] <= 1 and 0 <= row["cascade_accuracy"] <= 1
+        # the teacher share is a count of this round's items, and the round's cost follows from it
+        answered = round(row["teacher_share"] * row["traffic"])
+        assert row["teacher_share"] == round(answered / row["traffic"], 4), row
+        per_request = config.routing.student_cost + answered / row["traffic"] * config.routing.teacher_cost
+        assert row["cost_per_1000"] == pytest.approx(1000 * per_request, abs=0.05), row
+        # the test figures are those of the student that served the round, under its own policy
+        student = HFClassifier.load(registry.path("student", row["student"]))
+        probs = student.predict_proba(splits.test.texts)
+        escalate = EscalationPolicy.from_dict(student.meta.policy).escalate_mask(probs)
+        assert row["test_teacher_share"] == round(float(escalate.mean()), 4), row
+        answers = np.where(escalate, teacher_top, probs.argmax(1))
+        assert row["cascade_accuracy"] == round(float(np.mean(answers == labels)), 4), row
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
