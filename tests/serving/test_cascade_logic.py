@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-import pytest
 
 from router import AuditSampler, CostModel, TeacherRateLimiter
 from serving.api import ClassifyOptions
