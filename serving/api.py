@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from router import CAUSES
 from router.decision import Mode
+from serving.live import LiveStatus
 
 
 class ClassifyOptions(BaseModel):
@@ -21,6 +22,7 @@ class ClassifyOptions(BaseModel):
         description="override the escalation threshold for this request; in [0, 1] for max_prob and margin, any number for neg_entropy",
     )
     top_k: int = Field(0, ge=0, le=100, description="also return the k most probable labels with their probabilities")
+    evaluation: bool = Field(False, description="evaluation traffic: answered as usual, never logged for distillation")
 
 
 class ClassifyRequest(BaseModel):
@@ -70,8 +72,11 @@ class ModelsResponse(BaseModel):
     labels: list[str]
     versions: ModelVersions
     threshold: float | None = Field(description="the threshold every ingress replica routes with")
-    threshold_source: Literal["admin", "config", "fitted"] = Field(description="where it comes from: /v1/admin/threshold, routing.threshold, or the student's fitted policy")
+    threshold_source: Literal["admin", "live", "config", "fitted"] = Field(
+        description="where it comes from: /v1/admin/threshold, online control (routing.control), routing.threshold, or the student's fitted policy"
+    )
     fitted_threshold: float | None = Field(description="the student's fitted threshold")
+    live: LiveStatus | None = Field(None, description="online control of the goal on live traffic (null: off, or no evidence yet for this student)")
     temperature: float | None
     measure: str | None
     goal: str | None

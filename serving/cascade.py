@@ -22,7 +22,7 @@ import numpy as np
 
 from distill.escalations import EscalationRecord
 from distill.metadata import escalation_policy
-from router import AgreementEstimate, AuditSampler, CircuitBreaker, CostModel, Decision, EscalationPolicy, TeacherRateLimiter, route, settle
+from router import AgreementEstimate, AuditSampler, CircuitBreaker, CostModel, Decision, EscalationPolicy, Route, TeacherRateLimiter, route, settle
 from serving.api import ClassifyOptions, ClassifyResponse, LabelScore, ModelVersions, Prediction
 
 logger = logging.getLogger("cascade")
@@ -41,6 +41,9 @@ class ModelOutput:
 Predict = Callable[[list[str]], Awaitable[ModelOutput]]
 AppendLog = Callable[[list[EscalationRecord]], Awaitable[int]]
 Redact = Callable[[str], str]
+# live evidence of a cascade request: student version, its policy, label count, the route, and
+# per item whether the teacher's label is known and whether the student agreed with it
+OnEvidence = Callable[[str, EscalationPolicy, int, Route, np.ndarray, np.ndarray], None]
 
 
 class Cascade:
@@ -60,6 +63,7 @@ class Cascade:
         breaker: CircuitBreaker | None = None,
         teacher_max_in_flight: int | None = None,
         redact: Redact | None = None,
+        on_evidence: OnEvidence | None = None,
     ):
         self.student = student
         self.teacher = teacher
@@ -75,6 +79,7 @@ class Cascade:
         self.teacher_max_in_flight = teacher_max_in_flight  # the teacher queue's bound, in items
         self.teacher_in_flight = 0  # items sent to the teacher and not yet answered
         self.redact = redact  # applied to every text before it is logged
+        self.on_evidence = on_evidence  # told what each cascade request shows of student-teacher agreement
         self.degraded = Counter()  # degraded items by cause, since start
         self.log_write_errors = 0  # failed escalation log writes
         self.unlogged_records = 0  # records those failed writes did not log
@@ -148,10 +153,16 @@ class Cascade:
             if decision.consulted:
                 scored = student if decision.student_scored else None
                 records.append(self._record(request_id, texts[i], decision.reason, scored, i, teacher, teacher_row[i]))
-        audited = np.flatnonzero(plan.audited & decisions.consulted)
-        if len(audited):
-            rows = [teacher_row[i] for i in audited]
-            self.audit.update(student.probs[audited].argmax(axis=1) == teacher.probs[rows].argmax(axis=1))
+        agreed = np.zeros(n, dtype=bool)
+        if teacher is not None and student is not None:
+            consulted = np.flatnonzero(decisions.consulted & decisions.student_scored)
+            agreed[consulted] = student.probs[consulted].argmax(axis=1) == teacher.probs[[teacher_row[i] for i in consulted]].argmax(axis=1)
+        if plan.audited.any() and teacher is not None:
+            self.audit.update(agreed[plan.audited & decisions.consulted])
+        if self.on_evidence is not None and plan.mode == "cascade":
+            self.on_evidence(student.version, self.policy_for(student), len(self.labels), plan, decisions.consulted, agreed)
+        if options.evaluation:  # evaluation traffic is answered, never logged for distillation
+            records = []
         logged = await self._log(records)
         self.versions = ModelVersions(
             student=student.version if student else self.versions.student,

@@ -117,7 +117,10 @@ class RoutingConfig(_Strict):
     teacher_timeout_s: float = Field(5.0, gt=0)  # an unsure item waits this long for the teacher, then degrades
     teacher_budget: float = Field(1.0, gt=0, le=1)  # max share of items the teacher sees per window; 1 = no cap
     budget_window_s: float = Field(60.0, gt=0)  # the sliding window of the budget
-    audit_rate: float = Field(0.0, ge=0, le=1)  # share of confident items also sent to the teacher, for an unbiased agreement estimate
+    # share of confident items also sent to the teacher: the unbiased live evidence online control
+    # holds the goal with (see the README for why 2 %); 0 turns audits, and control, off
+    audit_rate: float = Field(0.02, ge=0, le=1)
+    control: bool = True  # with audits on, steer the threshold so that `goal` holds on live traffic
     student_cost: float = Field(CostModel.student_units, ge=0)  # cost units per student call
     teacher_cost: float = Field(CostModel.teacher_units, ge=0)  # cost units per teacher call
     breaker_failures: int = Field(5, ge=1)  # consecutive teacher failures or timeouts that open the circuit breaker
@@ -134,12 +137,52 @@ class RoutingConfig(_Strict):
         return CostModel(self.student_cost, self.teacher_cost)
 
 
+GRPC_MESSAGE_LIMIT = 4 * 1024 * 1024
+"""The largest message a replica takes over gRPC, which carries every call between deployments on
+Ray Serve's fast path (``RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH``; Ray issue 62982)."""
+CALL_OVERHEAD_BYTES = 64 * 1024  # one handle call's envelope besides its texts: request metadata, pickling
+ITEM_OVERHEAD_BYTES = 64  # pickling per text of a call
+
+
+class ProxyConfig(_Strict):
+    """What fronts the ingress replicas. ``haproxy`` is Ray Serve's fast path: HAProxy on every
+    node forwards to the ingress replicas' own HTTP ports (direct ingress), deployments call each
+    other over gRPC, and user code runs on each replica's event loop (``RAY_SERVE_THROUGHPUT_OPTIMIZED``).
+    ``serve`` is Ray Serve's Python HTTP proxy, with calls between deployments over Ray's actor RPC.
+    Both reach the Ray processes as environment variables set before Ray starts (``ray_env``)."""
+
+    kind: Literal["haproxy", "serve"] = "haproxy"
+    admin_host: str = "127.0.0.1"  # where HAProxy's stats page and Prometheus exporter listen; 0.0.0.0: every interface
+    stats_port: int = Field(8404, ge=1, le=65535)  # HAProxy's stats page (GET /stats)
+    metrics_port: int = Field(9101, ge=1, le=65535)  # HAProxy's own Prometheus exporter (GET /metrics)
+
+    def ray_env(self) -> dict[str, str]:
+        """The environment variables that select this proxy in every Ray process (Ray reads them
+        when its Serve modules are imported, so they must be set before ``ray start``/``ray.init``)."""
+        if self.kind == "serve":
+            return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
+        return {
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(self.stats_port),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(self.metrics_port),
+        }
+
+
 class LimitsConfig(_Strict):
     """Bounds on one request."""
 
     max_items: int = Field(256, ge=1)  # texts per request
     max_text_chars: int = Field(10_000, ge=1)  # characters per text
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)  # request body; larger gets 413 before parsing
+    # request body; larger gets 413 before parsing. Below gRPC's 4 MiB, which bounds every call
+    # between deployments on the fast path (see CascadeConfig._calls_fit_grpc)
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+
+    def call_bytes(self) -> int:
+        """The most bytes one call between deployments can carry: a request's texts (UTF-8 takes
+        at most the bytes of their JSON, and at most 4 per character) with their envelope."""
+        texts = min(self.max_body_bytes, self.max_items * self.max_text_chars * 4)
+        return texts + self.max_items * ITEM_OVERHEAD_BYTES + CALL_OVERHEAD_BYTES
 
 
 class LogConfig(_Strict):
@@ -180,6 +223,7 @@ class CascadeConfig(_Strict):
     limits: LimitsConfig = LimitsConfig()
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
+    proxy: ProxyConfig = ProxyConfig()
 
     def log_path(self) -> Path:
         """Where escalation segments go."""
@@ -193,6 +237,30 @@ class CascadeConfig(_Strict):
                 f"teacher.remote.timeout_s ({remote.timeout_s}) must be below routing.teacher_timeout_s "
                 f"({self.routing.teacher_timeout_s}): the cascade would stop waiting before one call could answer"
             )
+        return self
+
+
+    @model_validator(mode="after")
+    def _calls_fit_grpc(self) -> "CascadeConfig":
+        if self.proxy.kind == "haproxy" and self.limits.call_bytes() > GRPC_MESSAGE_LIMIT:
+            raise ValueError(
+                f"limits.max_body_bytes ({self.limits.max_body_bytes}) with limits.max_items ({self.limits.max_items}) "
+                f"lets one call between deployments carry up to {self.limits.call_bytes()} bytes, over gRPC's "
+                f"{GRPC_MESSAGE_LIMIT} on the fast path (Ray issue 62982): lower limits.max_body_bytes, or serve "
+                "through Ray Serve's Python proxy (proxy.kind: serve)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> "CascadeConfig":
+        ports = {"port": self.port, "metrics.port": self.metrics.port}
+        if self.proxy.kind == "haproxy":
+            ports |= {"proxy.stats_port": self.proxy.stats_port, "proxy.metrics_port": self.proxy.metrics_port}
+        taken: dict[int, str] = {}
+        for field, port in ports.items():
+            if port in taken:
+                raise ValueError(f"{field} and {taken[port]} are both {port}: each listener needs its own port")
+            taken[port] = field
         return self
 
 

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 from serving.api import ClassifyResponse
+from serving.live import LiveStatus
 
 logger = logging.getLogger("cascade")
 
@@ -69,6 +70,12 @@ SPECS: dict[str, MetricSpec] = {
         MetricSpec("cascade_log_bytes_total", "counter", "escalation log bytes written and fsynced"),
         MetricSpec("cascade_log_write_errors_total", "counter", "escalation log writes that failed (their records were not acknowledged)"),
         MetricSpec("cascade_refresh_runs_total", "counter", "refresh rounds recorded in the registry, by outcome (promoted, rejected, failed)", ("outcome",)),
+        MetricSpec("cascade_live_threshold", "gauge", "the escalation threshold online control holds the goal with (routing.control)"),
+        MetricSpec("cascade_live_estimate_ratio", "gauge", "online control's live estimate: served agreement with the teacher (agreement and accuracy goals) or teacher share (budget goals)"),
+        MetricSpec("cascade_live_bound_ratio", "gauge", "the estimate's one-sided 95 % bound (lower for agreement, the share itself for budgets)"),
+        MetricSpec("cascade_live_target_ratio", "gauge", "the figure the goal needs: agreement (accuracy goals: the validated agreement) or the budget share"),
+        MetricSpec("cascade_goal_held", "gauge", "1 while the goal holds on live traffic at the live threshold, with its bound; 0 when it does not"),
+        MetricSpec("cascade_goal_budget_limited", "gauge", "1 while the goal needs more teacher than routing.teacher_budget allows (the budget wins)"),
         MetricSpec("cascade_model_info", "gauge", "1 for each model version a replica serves, 0 once it swapped it out", ("role", "version")),
     )
 }
@@ -149,6 +156,8 @@ class IngressMetrics(Recorder):
             "cascade_request_latency_seconds", "cascade_student_confidence_ratio", "cascade_cost_units_total",
             "cascade_audits_total", "cascade_audit_agreements_total",
             "cascade_log_records_total", "cascade_log_bytes_total", "cascade_log_write_errors_total",
+            "cascade_live_threshold", "cascade_live_estimate_ratio", "cascade_live_bound_ratio", "cascade_live_target_ratio",
+            "cascade_goal_held", "cascade_goal_budget_limited",
         )
         self.student_cost = student_cost
         self._audits_seen = (0, 0)  # (audited, agreed) already exported
@@ -187,6 +196,19 @@ class IngressMetrics(Recorder):
         self.inc("cascade_teacher_budget_rejections_total", causes.get("teacher_budget", 0))
         for tier, units in cost.items():
             self.inc("cascade_cost_units_total", units, tier=tier)
+
+    def record_live(self, status: LiveStatus) -> None:
+        """Export online control's state after a sync (each replica exports the shared state:
+        aggregate with max, not sum)."""
+        if status.threshold is None:
+            return
+        self.set("cascade_live_threshold", status.threshold)
+        for name, value in (("cascade_live_estimate_ratio", status.estimate), ("cascade_live_bound_ratio", status.bound),
+                            ("cascade_live_target_ratio", status.target)):
+            if value is not None:
+                self.set(name, value)
+        self.set("cascade_goal_held", float(bool(status.held)))
+        self.set("cascade_goal_budget_limited", float(status.budget_limited))
 
     def record_log_write(self, records: int, size: int) -> None:
         """Count one durable write of the escalation log: its records and bytes."""

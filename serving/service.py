@@ -21,6 +21,7 @@ from serving.cascade import AppendLog, Cascade, ModelOutput, Redact
 from serving.config import CascadeConfig
 from serving.errors import Conflict, InvalidInput, TooLarge, Unavailable
 from serving.guards import InFlightLimit
+from serving.live import LiveControl
 from serving.shared_state import SHARED_STATE_FILE, SharedRouting
 
 logger = logging.getLogger("cascade")
@@ -68,6 +69,12 @@ class CascadeService:
         self.in_flight = in_flight
         self.redact = redact
         self.shared = SharedRouting(config.home / "registry" / SHARED_STATE_FILE, shared_check_every_s)
+        routing = config.routing
+        self.live = (
+            LiveControl(config.home / "registry", routing.goal, routing.teacher_budget, on_status=getattr(metrics, "record_live", None))
+            if routing.control and routing.audit_rate > 0
+            else None
+        )
         self.cascade: Cascade | None = None
         self._lock = asyncio.Lock()
 
@@ -94,10 +101,13 @@ class CascadeService:
                     breaker=CircuitBreaker(routing.breaker_failures, routing.breaker_reset_s),
                     teacher_max_in_flight=routing.teacher_max_in_flight,
                     redact=self.redact,
+                    on_evidence=self.live.observe if self.live is not None else None,
                 )
                 cascade.versions = ModelVersions(student=student["version"], teacher=None)
-                cascade.threshold = self._threshold_override(fresh=True)
+                if self.live is not None:  # a restarted or added replica starts from the shared live threshold
+                    await asyncio.to_thread(self.live.sync)
                 self.cascade = cascade
+                cascade.threshold = self._threshold_override(fresh=True)
         return self.cascade
 
     def _timed(self, predict: Callable[[list[str]], Awaitable[ModelOutput]], tier: str) -> Callable[[list[str]], Awaitable[ModelOutput]]:
@@ -153,12 +163,23 @@ class CascadeService:
         if self.metrics is not None:
             self.metrics.record_response(answer, options.mode, time.perf_counter() - start)
             self.metrics.record_audits(cascade.audit.audited, cascade.audit.agreed)
+        if self.live is not None:
+            await self.live.tick()
         return answer
 
     def _threshold_override(self, fresh: bool = False) -> float | None:
-        """The threshold every replica uses: the admin's, else the config's (None: the fitted one)."""
+        """The threshold every replica uses: the admin's, else the live one (online control),
+        else the config's (None: the fitted one)."""
+        return self._threshold_and_source(fresh)[0]
+
+    def _threshold_and_source(self, fresh: bool = False) -> tuple[float | None, str]:
         shared = self.shared.read(fresh).threshold
-        return shared if shared is not None else self.config.routing.threshold
+        if shared is not None:
+            return shared, "admin"
+        live = self.live.threshold(self.cascade.versions.student) if self.live is not None and self.cascade else None
+        if live is not None:
+            return live, "live"
+        return (self.config.routing.threshold, "config") if self.config.routing.threshold is not None else (None, "fitted")
 
     # ---- models and stats
 
@@ -167,14 +188,14 @@ class CascadeService:
         cascade = await self.ready()
         student, teacher = await asyncio.gather(self.student.info(), self._teacher_info())
         policy = escalation_policy(student["policy"])
-        override = self._threshold_override(fresh=True)
-        admin_set = self.shared.read().threshold is not None
+        override, source = self._threshold_and_source(fresh=True)
         return ModelsResponse(
             labels=cascade.labels,
             versions=ModelVersions(student=student["version"], teacher=teacher["version"] if teacher else cascade.versions.teacher),
             threshold=override if override is not None else policy.threshold,
-            threshold_source="admin" if admin_set else "config" if override is not None else "fitted",
+            threshold_source=source,
             fitted_threshold=policy.threshold,
+            live=self.live.status if self.live is not None and self.live.status.student == student["version"] else None,
             temperature=policy.temperature,
             measure=policy.measure,
             goal=policy.goal,

@@ -39,7 +39,7 @@ def remote_cascade(tiny_home, fake_teacher, tmp_path_factory):
         "home": str(tiny_home),
         "port": free_port(),
         "app_name": MODEL,
-        "routing": {"threshold": 0.9},
+        "routing": {"threshold": 0.9, "audit_rate": 0.0},
         "limits": {"max_items": 64},
         "log": {"path": str(tmp_path_factory.mktemp("remote-escalations"))},
         "teacher": {"num_cpus": 0.25, "remote": {"kind": "openai", "url": f"{fake_teacher.url}/v1", "model": "fake-llm",

@@ -34,7 +34,7 @@ def test_promtool_accepts_the_scrape_config():
 def test_promtool_accepts_the_alert_rules():
     result = promtool("check", "rules", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout
 
 
 def test_alerts_fire_on_bad_series_and_stay_quiet_on_good_ones():
@@ -45,7 +45,7 @@ def test_alerts_fire_on_bad_series_and_stay_quiet_on_good_ones():
 def test_alert_rules_cover_the_issue_and_name_known_metrics():
     rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"][0]["rules"]
     assert {r["alert"] for r in rules} == {
-        "CascadeTeacherShareAboveBudget", "CascadeAuditAgreementLow", "CascadeLatencyP99AboveSLO",
+        "CascadeTeacherShareAboveBudget", "CascadeAuditAgreementLow", "CascadeLatencyP99AboveSLO", "CascadeGoalNotHeld", "CascadeGoalBudgetLimited",
         "CascadeRefreshFailed", "CascadeEscalationLogWriteErrors",
     }
     for rule in rules:

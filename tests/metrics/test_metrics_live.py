@@ -37,7 +37,7 @@ def live(tiny_home: Path, tmp_path_factory) -> tuple[CascadeConfig, str]:
     config = CascadeConfig.model_validate({
         "home": str(tiny_home),
         "port": free_port(),
-        "routing": {"threshold": 0.9, "audit_rate": 0.3},  # a fixed threshold keeps "unsure" deterministic
+        "routing": {"threshold": 0.9, "audit_rate": 0.3, "control": False},  # a fixed threshold keeps "unsure" deterministic
         "log": {"path": str(tmp_path_factory.mktemp("escalations"))},
         "metrics": {"port": free_port(), "report_interval_s": 1.0, "refresh_poll_s": 0.5},
     })

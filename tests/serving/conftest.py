@@ -17,7 +17,7 @@ def cascade_config(tiny_home: Path, tmp_path_factory) -> CascadeConfig:
         {
             "home": str(tiny_home),
             "port": free_port(),
-            "routing": {"threshold": 0.9},
+            "routing": {"threshold": 0.9, "audit_rate": 0.0},  # no audits: answers stay deterministic
             "log": {"path": str(tmp_path_factory.mktemp("escalations"))},
             "limits": {"max_items": 64},
             "student": {"poll_registry_s": 0.5},

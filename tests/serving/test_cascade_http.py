@@ -42,7 +42,7 @@ def test_health_ready_and_models(cascade_url):
     assert models["threshold"] == 0.9 and models["versions"]["student"].startswith("student-")
     assert "/v1/classify" in httpx.get(f"{cascade_url}/openapi.json").json()["paths"]
     audit = httpx.get(f"{cascade_url}/v1/stats").json()["audit"]
-    assert audit["audited"] == 0 and audit["agreement"] is None  # audit_rate defaults to 0
+    assert audit["audited"] == 0 and audit["agreement"] is None  # this config turns audits off
 
 
 def test_confident_items_stay_with_student_unsure_go_to_teacher_and_are_logged(cascade_url, cascade_config):

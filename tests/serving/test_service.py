@@ -174,3 +174,63 @@ def test_promote_and_rollback_refusals_are_409(home, tiny_home, tmp_path):
     _, client, _ = make_service(tmp_path / "copy")
     refused = client.post("/v1/admin/promote", json={"version": "student-none"}, headers=ADMIN)
     assert refused.status_code == 409 and "student-none" in refused.json()["error"]
+
+
+class ConfidenceStudent(FakeModel):
+    """A student whose confidence in label "a" is the text itself ("0.83"); the teacher says "a"
+    from 0.5 up and "b" below, so the student is wrong exactly below 0.5."""
+
+    async def predict(self, texts):
+        from serving.cascade import ModelOutput
+
+        c = np.array([float(t) for t in texts])
+        return ModelOutput(np.stack([c, (1 - c) / 2, (1 - c) / 2], axis=1), self.version, self.policy)
+
+
+class ThresholdTeacher(FakeModel):
+    async def predict(self, texts):
+        from serving.cascade import ModelOutput
+
+        c = np.array([float(t) for t in texts])
+        return ModelOutput(np.where((c >= 0.5)[:, None], [0.9, 0.05, 0.05], [0.05, 0.9, 0.05]), self.version)
+
+
+def test_online_control_is_shared_by_replicas_survives_restarts_and_restarts_with_a_new_student(home):
+    import asyncio
+
+    from serving.api import ClassifyOptions
+
+    policy = {"threshold": 0.9, "goal": "agreement>=0.97"}
+    make = lambda version="student-v1": make_service(  # noqa: E731
+        home, student=ConfidenceStudent(version, [1, 0, 0], policy), teacher=ThresholdTeacher("teacher-v1", [1, 0, 0]),
+        goal="agreement>=0.97", audit_rate=0.2)
+    first, _, _ = make()
+    second, second_http, _ = make()
+    rng = np.random.default_rng(0)
+
+    async def serve(service, rounds):
+        for _ in range(rounds):
+            texts = [f"{c:.3f}" for c in rng.uniform(0.34, 1.0, 50)]
+            await service.classify(texts, ClassifyOptions())
+            await asyncio.to_thread(service.live.sync)
+
+    asyncio.run(serve(first, 200))  # 10,000 items through one replica, escalating below 0.9 at first
+    asyncio.run(serve(second, 200))  # the other replica adds its evidence to the same state
+    models = second_http.get("/v1/models").json()
+    live = models["live"]
+    # served agreement is 1 from 0.5 up and falls 1/0.66 per unit below: the goal holds from about 0.48
+    assert models["threshold_source"] == "live" and 0.46 <= models["threshold"] <= 0.6, models
+    assert live["held"] and live["bound"] >= 0.97 and live["estimate"] >= live["bound"] and live["fitted_threshold"] == 0.9
+    restarted, restarted_http, _ = make()  # a restart starts from the shared threshold, before any traffic
+    assert restarted_http.get("/v1/models").json()["threshold"] == models["threshold"]
+    _, promoted_http, _ = make("student-v2")  # a new student starts control afresh, from its fitted threshold
+    fresh = promoted_http.get("/v1/models").json()
+    assert fresh["threshold_source"] == "fitted" and fresh["threshold"] == 0.9 and fresh["live"] is None
+
+
+def test_evaluation_traffic_is_answered_but_never_logged(home):
+    _, client, written = make_service(home)
+    body = client.post("/v1/classify", json={"inputs": ["x", "y"], "options": {"evaluation": True}}).json()
+    assert [p["tier"] for p in body["predictions"]] == ["teacher", "teacher"] and body["logged"] == 0 and written == []
+    client.post("/v1/classify", json={"inputs": ["x"]})
+    assert len(written) == 1
