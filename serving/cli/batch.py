@@ -1,0 +1,106 @@
+"""``cascade batch``: the cascade over a data set on Ray Data (``distill.bulk``), with the served
+cascade's models, threshold, costs and escalation log: the serving config (``--config``) and the
+admin's threshold in the registry decide as they do for served traffic."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from distill.bulk import BulkError, BulkJob, BulkSettings, BulkSummary, OutputDir, plan_input, run_bulk
+from distill.escalations import EscalationRecord
+from distill.metadata import read_meta
+from distill.registry import Registry
+from distill.remote import model_labels
+from serving.cli import _at_least_one
+from serving.config import load_config
+
+
+def _version(path: str) -> str:
+    meta = read_meta(Path(path))
+    return meta.version if meta else Path(path).name
+
+
+def batch(args: argparse.Namespace) -> BulkSummary:
+    """Run ``cascade batch`` from its parsed arguments; returns the run's summary."""
+    from serving.log_writer import SegmentWriter
+    from serving.redaction import load_redactor
+    from serving.shared_state import SHARED_STATE_FILE, SharedRouting
+
+    started = time.monotonic()
+    config = load_config(args.config, home=args.home)
+    try:
+        settings = BulkSettings(rows_per_batch=args.rows_per_batch, student_actors=args.student_actors, teacher_actors=args.teacher_actors,
+                                teacher_cpus=args.teacher_cpus, num_gpus=args.teacher_gpus)
+    except ValidationError as err:
+        problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in err.errors())
+        raise BulkError(f"invalid settings: {problems}") from None
+    if config.teacher.remote is not None:
+        raise BulkError("cascade batch runs registry models; the config's teacher is a remote endpoint")
+    registry = Registry(config.home / "registry")
+    student = registry.resolve("student", args.student or config.student.model)
+    teacher = registry.resolve("teacher", args.teacher or config.teacher.model)
+    if model_labels(student) != model_labels(teacher):
+        raise BulkError(f"student {student} and teacher {teacher} have different label lists: use a matching pair")
+    threshold = args.threshold
+    if threshold is None:  # as served: the admin's threshold, else the config's, else the student's fitted one
+        admin = SharedRouting(registry.root / SHARED_STATE_FILE).read(fresh=True).threshold
+        threshold = admin if admin is not None else config.routing.threshold
+    plan = plan_input(args.input, args.text_column)
+    out = OutputDir(args.output)
+    job, resumed = out.start(BulkJob(input=plan.uri, text_column=plan.text_column, student=student, teacher=teacher,
+                                     student_version=_version(student), teacher_version=_version(teacher), threshold=threshold), args.overwrite)
+    if resumed:
+        print(f"cascade batch: resuming the unfinished job in {args.output} (student {job.student_version}, teacher {job.teacher_version})",
+              file=sys.stderr, flush=True)
+    log = SegmentWriter(Path(args.log) if args.log else config.log_path(), config.log.segment_max_bytes, config.log.segment_max_seconds)
+    redact = load_redactor(config.log.redact)
+
+    def write_records(records: list[EscalationRecord]) -> None:
+        log.append([r.model_copy(update={"text": redact(r.text)}) for r in records] if redact else records)
+
+    import ray
+
+    if args.address:
+        ray.init(address=args.address, log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        return run_bulk(plan, out, job, config.routing.costs(), settings, write_records, started, progress=not args.quiet)
+    finally:
+        log.close()
+        ray.shutdown()
+
+
+def add_parser(sub) -> None:
+    """The ``batch`` subcommand's arguments."""
+    defaults = BulkSettings()
+    p = sub.add_parser("batch", help="label a data set with the cascade, on Ray Data",
+                       description="Run the cascade over CSV, JSONL or Parquet files (a file, a directory, or a URI) as a Ray Data pipeline: "
+                                   "the student on every row, the teacher on the rows it is unsure of, the served cascade's versions, "
+                                   "policy and threshold. Writes Parquet (the input's columns plus label, score, tier, escalated, "
+                                   "confidence, cost, versions, error, source_file, source_row) and logs escalations like served ones. "
+                                   "Run again after a crash: rows already written are skipped.")
+    p.add_argument("--input", required=True, help="a .csv, .jsonl or .parquet file, a directory of them, or a URI (s3://..., gs://...)")
+    p.add_argument("--output", required=True, help="a directory (or URI) for the Parquet parts; refused if it exists, unless it holds this job unfinished")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing --output first")
+    p.add_argument("--text-column", default=None, help="the column to classify (default: guessed: text, sentence, query, ...)")
+    p.add_argument("--config", type=Path, default=None, help="serving config (same as cascade serve): models, threshold, costs, log")
+    p.add_argument("--home", type=Path, default=None, help="registry and cache directory (default: $CASCADE_HOME or ./.cascade)")
+    p.add_argument("--student", default=None, help="student version or directory (default: the config's, else current)")
+    p.add_argument("--teacher", default=None, help="teacher version or directory (default: the config's, else current)")
+    p.add_argument("--threshold", type=float, default=None, help="override the threshold (default: as served: admin's, config's, else fitted)")
+    p.add_argument("--log", type=Path, default=None, help="escalation log directory (default: the config's, <home>/escalations)")
+    p.add_argument("--address", default=None, help="an existing Ray cluster (e.g. ray://head:10001 or auto); default: start one here")
+    p.add_argument("--num-cpus", type=_at_least_one, default=None, help="CPUs of the local Ray cluster (default: all)")
+    p.add_argument("--rows-per-batch", type=_at_least_one, default=defaults.rows_per_batch, help=f"rows per model call (default: {defaults.rows_per_batch})")
+    p.add_argument("--student-actors", type=_at_least_one, default=defaults.student_actors, help=f"most student actors (default: {defaults.student_actors})")
+    p.add_argument("--teacher-actors", type=_at_least_one, default=defaults.teacher_actors, help=f"most teacher actors (default: {defaults.teacher_actors})")
+    p.add_argument("--teacher-cpus", type=float, default=defaults.teacher_cpus, help=f"CPUs per teacher actor (default: {defaults.teacher_cpus:g})")
+    p.add_argument("--teacher-gpus", type=float, default=defaults.num_gpus, help="GPUs per teacher actor (default: 0)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
