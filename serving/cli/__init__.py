@@ -317,6 +317,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from serving.cli.batch import batch
+
+    summary = batch(args)
+    print(summary.model_dump_json() if args.json else summary.line())
+    for example in summary.bad_examples:
+        print(f"  bad row: {example}", file=sys.stderr)
+    return 0
+
+
 def cmd_export_serve_config(args: argparse.Namespace) -> int:
     import shlex
 
@@ -451,6 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="data set to bootstrap the default models from (default: banking77)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_serve)
+
+    from serving.cli.batch import add_parser as add_batch_parser
+
+    add_batch_parser(sub)
+    sub.choices["batch"].set_defaults(func=cmd_batch)
 
     p = sub.add_parser("export-serve-config", help="write the Ray Serve config file (or a KubeRay RayService) from a serving config", description="Generate deploy/serve.yaml for `serve run` / `serve deploy`, or with --kuberay a RayService manifest embedding it, from the same serving config `cascade serve --config` takes. The file's first line names the command that regenerates it.")
     p.add_argument("--config", type=Path, default=None, help="YAML/JSON file validated as serving.config.CascadeConfig (default: all defaults)")
