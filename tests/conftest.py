@@ -68,6 +68,28 @@ def tiny_home(tmp_path_factory, tiny_data) -> Path:
     return home
 
 
+@pytest.fixture(scope="session")
+def own_haproxy_ports():
+    """While active, every cascade started through ``serving.cli.runner.start`` whose config
+    leaves ``proxy`` at its defaults takes free HAProxy stats and metrics ports instead of 8404
+    and 9101, so that it never meets another test run's HAProxy on this machine (each start has
+    its own HAProxy files already). A config that sets ``proxy`` is started as it is."""
+    from ports import free_port
+    from serving.cli import runner
+
+    start = runner.start
+
+    def start_on_free_ports(config, *args, **kwargs):
+        if "proxy" not in config.model_fields_set:
+            config = config.model_copy(update={"proxy": config.proxy.model_copy(
+                update={"stats_port": free_port(), "metrics_port": free_port()})})
+        return start(config, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner, "start", start_on_free_ports)
+        yield
+
+
 @pytest.fixture
 def own_home(tiny_home: Path, tmp_path: Path) -> Path:
     """A copy of ``tiny_home`` for one test that registers, promotes or rolls back models: the

@@ -283,7 +283,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"cascade serving at {url}\n  classify: POST {url}/v1/classify\n  API docs: {url}/docs\n"
           f"  dashboard: {url}/dashboard\n  Prometheus metrics: http://{config.host}:{config.metrics.port}/metrics "
           f"(Ray names them ray_cascade_*; deploy/prometheus/prometheus.yml stores them as cascade_*)\n"
-          f"  escalation log: {config.log_path()}\nCtrl-C stops it.", flush=True)
+          f"  escalation log: {config.log_path()}\n"
+          + (f"  proxy: HAProxy (Ray Serve's fast path; proxy.kind: serve for Ray's Python proxy), stats at "
+             f"http://{config.proxy.admin_host}:{config.proxy.stats_port}/stats\n" if config.proxy.kind == "haproxy"
+             else "  proxy: Ray Serve's Python proxy (proxy.kind: haproxy for the fast path)\n")
+          + "Ctrl-C stops it.", flush=True)
     stopped = threading.Event()
     # explicit handlers: a shell that starts us in the background sets SIGINT to "ignore"
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -343,7 +347,7 @@ def cmd_export_serve_config(args: argparse.Namespace) -> int:
     flags += [flag for assignment in args.set for flag in ("--set", assignment)]
     flags += ["--out", str(args.out)] if args.out else []
     regenerate = shlex.join(["cascade", "export-serve-config", *flags])
-    text = render(document, regenerate)
+    text = render(document, regenerate, None if args.kuberay else config.proxy.ray_env())
     if args.check:
         if not args.out.is_file() or args.out.read_text() != text:
             print(f"{args.out} is stale: regenerate it with `{regenerate}`", file=sys.stderr)

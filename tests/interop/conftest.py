@@ -14,3 +14,8 @@ def fake_teacher():
     yield fake
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _haproxy_ports_of_their_own(own_haproxy_ports):
+    """The cascades these tests start take free HAProxy ports (see ``own_haproxy_ports``)."""

@@ -21,6 +21,8 @@ def cascade_config(tiny_home: Path, tmp_path_factory) -> CascadeConfig:
             "log": {"path": str(tmp_path_factory.mktemp("escalations"))},
             "limits": {"max_items": 64},
             "student": {"poll_registry_s": 0.5},
+            # the fast path, as `cascade serve` ships it, with HAProxy listeners of its own
+            "proxy": {"stats_port": free_port(), "metrics_port": free_port()},
         }
     )
 
