@@ -142,27 +142,37 @@ def _text_error(value: object) -> str | None:
     if value is None:
         return "no text"
     if not isinstance(value, str):
-        return f"text is a {type(value).__name__}, not a string"
+        return f"text is {type(value).__name__}, not a string"
     if not value.strip():
         return "empty text"
     return None
 
 
-def _chunk(path: str, columns: Sequence[str], text_column: str, rows: list[tuple[int, dict | None, str | None]]) -> pa.Table:
-    """One chunk of read rows, as a table: input columns, ``_text``, ``error``, ``source_*``."""
-    texts, errors, kept = [], [], []
-    for _, row, err in rows:
-        if row is not None and err is None:
-            err = _text_error(row.get(text_column))
-        texts.append(row[text_column] if err is None else None)
-        errors.append(err)
-        kept.append(row or {})
-    table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in kept])
-    table = table.rename_columns(output_names(columns))
-    return (table.append_column("_text", pa.array(texts, pa.string()))
+def _as_text(value: object) -> str | None:
+    return value if value is None or isinstance(value, str) else json.dumps(value)
+
+
+def _tagged(path: str, inputs: pa.Table, text_column: str, numbers: Sequence[int], errors: list[str | None]) -> pa.Table:
+    """A chunk of input rows (columns named by ``output_names``) with ``_text`` (None where the
+    row has an error: one of ``errors``, or its text's), ``error`` and ``source_*``."""
+    values = inputs[output_names([text_column])[0]].to_pylist()
+    errors = [err if err is not None else _text_error(value) for err, value in zip(errors, values)]
+    texts = [value if err is None else None for err, value in zip(errors, values)]
+    return (inputs.append_column("_text", pa.array(texts, pa.string()))
             .append_column("error", pa.array(errors, pa.string()))
-            .append_column("source_file", pa.array([path] * len(rows), pa.string()))
-            .append_column("source_row", pa.array([n for n, _, _ in rows], pa.int64())))
+            .append_column("source_file", pa.array([path] * len(numbers), pa.string()))
+            .append_column("source_row", pa.array(numbers, pa.int64())))
+
+
+def _chunk(path: str, columns: Sequence[str], text_column: str, rows: list[tuple[int, dict | None, str | None]]) -> pa.Table:
+    """Rows read from CSV or JSONL as a tagged chunk; every input column as text (JSON text for
+    other JSON values), so that all chunks share one schema."""
+    kept = [row or {} for _, row, _ in rows]
+    inputs = pa.table({name: pa.array([_as_text(r.get(c)) for r in kept], pa.string()) for c, name in zip(columns, output_names(columns))})
+    text_values = [r.get(text_column) for r in kept]  # before _as_text: a number is no text
+    errors = [err if err is not None else (_text_error(value) if row is not None else None)
+              for (_, row, err), value in zip(rows, text_values)]
+    return _tagged(path, inputs, text_column, [n for n, _, _ in rows], errors)
 
 
 def _invalid_utf8(text: str) -> bool:
@@ -224,8 +234,8 @@ def read_file(fs: pafs.FileSystem, path: str, columns: Sequence[str], text_colum
                 start += batch.num_rows
                 keep = ~np.isin(numbers, done, assume_unique=True)
                 if keep.any():
-                    rows = pa.Table.from_batches([batch]).filter(pa.array(keep)).to_pylist()
-                    yield _chunk(path, columns, text_column, [(int(n), r, None) for n, r in zip(numbers[keep], rows)])
+                    inputs = pa.Table.from_batches([batch]).filter(pa.array(keep)).rename_columns(output_names(columns))
+                    yield _tagged(path, inputs, text_column, numbers[keep].tolist(), [None] * int(keep.sum()))
         return
     with fs.open_input_stream(path) as f:
         rows = _csv_rows(f, columns) if path.endswith(".csv") else _jsonl_rows(f)
@@ -354,12 +364,12 @@ class BulkJob(BaseModel):
     teacher: str
     student_version: str
     teacher_version: str
-    threshold: float | None  # the override in force; None: the student's fitted one
+    threshold: float | None  # the override in force when the job started; None: the student's fitted one
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def differences(self, other: "BulkJob") -> list[str]:
-        """The settings in which ``other`` is another job."""
-        keys = ("input", "text_column", "student_version", "teacher_version", "threshold")
+        """The settings in which ``other`` is another job (a re-run keeps the recorded models and threshold)."""
+        keys = ("input", "text_column")  # models and threshold stay the recorded ones
         return [f"{k} {getattr(self, k)!r} (now {getattr(other, k)!r})" for k in keys if getattr(self, k) != getattr(other, k)]
 
 

@@ -5,6 +5,7 @@ admin's threshold in the registry decide as they do for served traffic."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from distill.metadata import read_meta
 from distill.registry import Registry
 from distill.remote import model_labels
 from serving.cli import _at_least_one
-from serving.config import load_config
+from serving.config import CascadeConfig, load_config
 
 
 def _version(path: str) -> str:
@@ -25,11 +26,27 @@ def _version(path: str) -> str:
     return meta.version if meta else Path(path).name
 
 
+def served_threshold(config: CascadeConfig, registry: Registry, student_version: str) -> float | None:
+    """The threshold served traffic gets now: the admin's, else online control's live one for
+    this student, else the config's; None: the student's fitted one."""
+    from serving.live import LIVE_STATE_FILE, LiveStatus
+    from serving.shared_state import SHARED_STATE_FILE, SharedRouting
+
+    admin = SharedRouting(registry.root / SHARED_STATE_FILE).read(fresh=True).threshold
+    if admin is not None:
+        return admin
+    live_file = registry.root / LIVE_STATE_FILE
+    if config.routing.control and config.routing.audit_rate > 0 and live_file.is_file():
+        live = LiveStatus.model_validate(json.loads(live_file.read_text())["status"])
+        if live.student == student_version and live.threshold is not None:
+            return live.threshold
+    return config.routing.threshold
+
+
 def batch(args: argparse.Namespace) -> BulkSummary:
     """Run ``cascade batch`` from its parsed arguments; returns the run's summary."""
     from serving.log_writer import SegmentWriter
     from serving.redaction import load_redactor
-    from serving.shared_state import SHARED_STATE_FILE, SharedRouting
 
     started = time.monotonic()
     config = load_config(args.config, home=args.home)
@@ -46,14 +63,15 @@ def batch(args: argparse.Namespace) -> BulkSummary:
     teacher = registry.resolve("teacher", args.teacher or config.teacher.model)
     if model_labels(student) != model_labels(teacher):
         raise BulkError(f"student {student} and teacher {teacher} have different label lists: use a matching pair")
-    threshold = args.threshold
-    if threshold is None:  # as served: the admin's threshold, else the config's, else the student's fitted one
-        admin = SharedRouting(registry.root / SHARED_STATE_FILE).read(fresh=True).threshold
-        threshold = admin if admin is not None else config.routing.threshold
+    threshold = args.threshold if args.threshold is not None else served_threshold(config, registry, _version(student))
     plan = plan_input(args.input, args.text_column)
     out = OutputDir(args.output)
     job, resumed = out.start(BulkJob(input=plan.uri, text_column=plan.text_column, student=student, teacher=teacher,
                                      student_version=_version(student), teacher_version=_version(teacher), threshold=threshold), args.overwrite)
+    asked = {"student_version": args.student and _version(student), "teacher_version": args.teacher and _version(teacher), "threshold": args.threshold}
+    if resumed and (changed := [f"{k} {getattr(job, k)!r}" for k, v in asked.items() if v is not None and v != getattr(job, k)]):
+        raise BulkError(f"output {args.output} holds an unfinished job started with {', '.join(changed)}: run it again without "
+                        "other models or threshold to finish it, or pass --overwrite")
     if resumed:
         print(f"cascade batch: resuming the unfinished job in {args.output} (student {job.student_version}, teacher {job.teacher_version})",
               file=sys.stderr, flush=True)
@@ -65,15 +83,17 @@ def batch(args: argparse.Namespace) -> BulkSummary:
 
     import ray
 
-    if args.address:
+    started_ray = not ray.is_initialized()  # a caller (a test) may have connected already
+    if started_ray and args.address:
         ray.init(address=args.address, log_to_driver=False, configure_logging=False)
-    else:
+    elif started_ray:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         return run_bulk(plan, out, job, config.routing.costs(), settings, write_records, started, progress=not args.quiet)
     finally:
         log.close()
-        ray.shutdown()
+        if started_ray:
+            ray.shutdown()
 
 
 def add_parser(sub) -> None:
