@@ -50,11 +50,13 @@ class LiveStatus(BaseModel):
 class LiveControl:
     """One replica's side of online control (see the module docstring)."""
 
-    def __init__(self, registry_root: Path, goal: str, teacher_budget: float, settings: ControlSettings = ControlSettings(),
-                 update_every: int = 200, sync_every_s: float = 1.0, on_status: Callable[[LiveStatus], None] | None = None):
+    def __init__(self, registry_root: Path, goal: str, teacher_budget: float, start_threshold: float | None = None,
+                 settings: ControlSettings = ControlSettings(), update_every: int = 200, sync_every_s: float = 1.0,
+                 on_status: Callable[[LiveStatus], None] | None = None):
         self.path = Path(registry_root) / LIVE_STATE_FILE
         self.goal = parse_goal(goal)
         self.teacher_budget = teacher_budget
+        self.start_threshold = start_threshold  # routing.threshold; None: each student's fitted one
         self.settings = settings
         self.update_every = update_every
         self.sync_every_s = sync_every_s
@@ -111,7 +113,8 @@ class LiveControl:
     def _merged(self, state: dict | None, student: tuple[str, EscalationPolicy, int], delta: LiveEvidence) -> dict:
         version, policy, _ = student
         if state is None or state["status"]["student"] != version or state["evidence"]["grid"] != delta.grid.tolist():
-            index = int(np.abs(delta.grid - policy.threshold).argmin())
+            start = self.start_threshold if self.start_threshold is not None else policy.threshold
+            index = int(np.abs(delta.grid - start).argmin())
             state = {"status": LiveStatus(goal=str(self.goal), student=version, fitted_threshold=policy.threshold).model_dump(),
                      "evidence": LiveEvidence(delta.grid).to_dict(), "index": index, "since_step": 0.0, "history": []}
         evidence = LiveEvidence.from_dict(state["evidence"])

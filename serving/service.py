@@ -71,7 +71,8 @@ class CascadeService:
         self.shared = SharedRouting(config.home / "registry" / SHARED_STATE_FILE, shared_check_every_s)
         routing = config.routing
         self.live = (
-            LiveControl(config.home / "registry", routing.goal, routing.teacher_budget, on_status=getattr(metrics, "record_live", None))
+            LiveControl(config.home / "registry", routing.goal, routing.teacher_budget, routing.threshold,
+                        on_status=getattr(metrics, "record_live", None))
             if routing.control and routing.audit_rate > 0
             else None
         )

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from distill.registry import Registry
-from fault_tools import ODD, reliability_config, replica_pids, running_cascade
+from fault_tools import IN_DOMAIN, ODD, reliability_config, replica_pids, running_cascade
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,8 @@ def app(tiny_home, tmp_path_factory):
         ingress={"num_replicas": 2, "num_cpus": 0.1},
         # poll_registry_s 0: the students never look at the registry by themselves, only on reload
         student={"placement": "deployment", "num_replicas": 2, "num_cpus": 0.1, "poll_registry_s": 0},
-        routing={"teacher_budget": 0.1, "teacher_timeout_s": 1.0},
+        # audits on: online control holds agreement>=0.97 from the configured threshold 0.9
+        routing={"teacher_budget": 0.1, "teacher_timeout_s": 1.0, "audit_rate": 0.5, "goal": "agreement>=0.97"},
     )
     os.environ["CASCADE_ADMIN_TOKEN"] = TOKEN  # read by the ingress replicas when they start
     try:
@@ -117,7 +118,7 @@ def test_admin_threshold_reaches_every_replica_and_survives_a_restart(app):
             models = [httpx.get(f"{app}/v1/models", timeout=30).json() for _ in range(10)]
             answers = [classify(app, ODD)["predictions"] for _ in range(20)]
             return all(m["threshold"] == 0.0 and m["threshold_source"] == "admin" for m in models) and all(
-                p["tier"] == "student" and p["reason"] == "confident" for a in answers for p in a
+                p["tier"] == "student" and not p["escalated"] for a in answers for p in a  # confident or audited
             )
 
         time.sleep(1.5)  # replicas re-read the shared state at most once a second
@@ -153,3 +154,24 @@ def test_an_admin_reload_reaches_every_student_replica(app):
     finally:
         admin(url, "promote", {"version": current})
         admin(url, "reload")
+
+
+def test_the_controlled_threshold_is_shared_by_both_replicas_and_kept_across_restarts(app):
+    url, _ = app
+
+    def live_views() -> list[tuple]:
+        models = [httpx.get(f"{url}/v1/models", timeout=30).json() for _ in range(10)]
+        return [(m["threshold_source"], m["threshold"], (m["live"] or {}).get("updated_at")) for m in models]
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until the controller has stepped: 200 new items, synced once a second
+        classify(url, IN_DOMAIN + ODD)
+        views = live_views()
+        if all(view[0] == "live" for view in views):
+            break
+    views = {view[:2] for view in live_views()}
+    assert len(views) == 1 and next(iter(views))[0] == "live", views  # both replicas route alike
+    restart_ingress_replicas()
+    wait_ready(url)
+    after = {view[:2] for view in live_views()}
+    assert after == views, "restarted replicas start from the shared live threshold"
