@@ -313,7 +313,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     say = (lambda _: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
     if args.pairs < 0:
         raise ConfigError(f"--pairs must be 0 or more; got {args.pairs}")
-    report = run_bench(config, texts, labels, seconds=args.seconds, pairs=args.pairs, progress=say)
+    report = run_bench(config, texts, labels, seconds=args.seconds, pairs=args.pairs, both_paths=args.paths == "both", progress=say)
     table = markdown_table(report)
     if args.out:
         args.out.write_text(table + "\n")
@@ -492,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, default=6,
                    help="echo/cascade run pairs at 16 clients, in alternating order, whose median ratio is the reported check; "
                         "each run also reports the CPU ms per request of each Serve process (default: 6; 0: none)")
+    p.add_argument("--paths", choices=("both", "config"), default="both",
+                   help="both: also measure the echo and the cascade on the proxy the config does not choose (HAProxy's fast "
+                        "path or Ray Serve's Python proxy), side by side; config: only the config's (default: both)")
     p.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
     p.add_argument("--json", action="store_true", help="print the whole report as one JSON object")
     p.add_argument("-q", "--quiet", action="store_true")

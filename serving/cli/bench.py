@@ -188,6 +188,15 @@ def markdown_table(report: dict) -> str:
                 cells = " | ".join(f"{per[label]:.2f}" if label in per else "-" for label in processes)
                 rows.append(f"| {name} | {cells} | {paired['cpu_ms_per_request_total'][name]:.2f} |")
             rows += ["", f"CPU ratio (echo total / cascade total): {paired['cpu_ratio']:.2f}."]
+    if report.get("paths"):
+        rows += ["", "| path (proxy.kind) | echo req/s @16 | echo p99 ms | cascade req/s @16 | cascade p99 ms | cascade/echo | "
+                     "non-2xx | CPU ms/request echo, cascade | cascade texts/s (64-text requests) |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+        for kind, path in report["paths"].items():
+            echo, cascade, cpu = path["echo"], path["cascade"], path["cpu_ms_per_request_total"]
+            rows.append(f"| {kind} | {echo['requests_per_s']:.0f} | {echo['p99_ms']:.0f} | {cascade['requests_per_s']:.0f} | "
+                        f"{cascade['p99_ms']:.0f} | {path['ratio']:.2f} | {echo['errors'] + cascade['errors']} | "
+                        f"{cpu['echo']:.2f}, {cpu['cascade']:.2f} | {cascade['batch_texts_per_s']:.0f} |")
     return "\n".join(rows)
 
 
@@ -238,7 +247,22 @@ def serve_processes(timeout_s: float = 30.0) -> dict[str, list[int]]:
             continue
         if node == here:
             found.setdefault(name.split("#")[1] if "#" in name else "proxy", []).append(pid)
+    if "proxy" in found:  # on the fast path the proxy actor runs HAProxy, whose CPU is the proxy's too
+        found["proxy"] += _haproxy_children(found["proxy"])
     return found
+
+
+def _haproxy_children(parents: Sequence[int]) -> list[int]:
+    """Process ids of the haproxy processes whose parent is one of ``parents``."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name, rest = stat.read_text().split(" (", 1)[1].rsplit(")", 1)
+        except (OSError, IndexError):
+            continue
+        if name == "haproxy" and int(rest.split()[1]) in parents:
+            children.append(int(stat.parent.name))
+    return children
 
 
 def _cpu_seconds(processes: dict[str, list[int]]) -> dict[str, float]:
@@ -277,26 +301,58 @@ def paired_ratio(echo_url: str, url: str, texts: Sequence[str], seconds: float, 
     pids = serve_processes()
     uses = {"echo": [p for p in pids if p in ("proxy", "Echo")], "cascade": [p for p in pids if p not in ("Echo", "RefreshRuns")]}
     ratios: list[float] = []
-    cpu: dict[str, list[dict]] = {"echo": [], "cascade": []}
+    runs_of: dict[str, list[dict]] = {"echo": [], "cascade": []}
     for number in range(1, pairs + 1):
         order = ("echo", "cascade") if number % 2 else ("cascade", "echo")
         progress(f"bench: pair {number}/{pairs}: {order[0]} then {order[1]}, 16 clients, {seconds:.0f} s each")
         runs = {name: _measured_run(echo_url if name == "echo" else url, texts, name, seconds, pids, uses[name]) for name in order}
         ratios.append(round(runs["cascade"]["requests_per_s"] / runs["echo"]["requests_per_s"], 2))
-        for name in cpu:
-            cpu[name].append(runs[name]["cpu_ms_per_request"])
-    median_cpu = {name: {label: round(float(np.median([run[label] for run in runs])), 2) for label in uses[name]} for name, runs in cpu.items()}
+        for name in runs_of:
+            runs_of[name].append(runs[name])
+    median_cpu = {name: {label: round(float(np.median([run["cpu_ms_per_request"][label] for run in runs])), 2) for label in uses[name]}
+                  for name, runs in runs_of.items()}
     totals = {name: round(sum(per.values()), 2) for name, per in median_cpu.items()}
-    return {"ratios": ratios, "median": float(np.median(ratios)), "cpu_ms_per_request": median_cpu, "cpu_ms_per_request_total": totals,
-            "cpu_ratio": round(totals["echo"] / totals["cascade"], 2) if pids else None}
+    # each service's median run figures, and every error of every run
+    medians = {name: {key: round(float(np.median([run[key] for run in runs])), 1) for key in ("requests_per_s", "p50_ms", "p99_ms")}
+               | {"errors": sum(run["errors"] for run in runs)} for name, runs in runs_of.items()}
+    return {"ratios": ratios, "median": float(np.median(ratios)), "runs": medians, "cpu_ms_per_request": median_cpu,
+            "cpu_ms_per_request_total": totals, "cpu_ratio": round(totals["echo"] / totals["cascade"], 2) if pids else None}
+
+
+PATHS = ("haproxy", "serve")  # ProxyConfig.kind: Ray Serve's fast path, and its Python proxy
+
+
+def _path_figures(paired: dict, cascade_batch_texts_per_s: float) -> dict:
+    """One path's row of the side-by-side comparison."""
+    return {"echo": paired["runs"]["echo"], "cascade": paired["runs"]["cascade"] | {"batch_texts_per_s": cascade_batch_texts_per_s},
+            "ratio": paired["median"], "cpu_ms_per_request_total": paired["cpu_ms_per_request_total"]}
+
+
+def other_path(config: CascadeConfig, texts: Sequence[str], seconds: float, pairs: int, progress=print) -> tuple[str, dict]:
+    """The echo and the cascade on the proxy the config does not choose (a Ray cluster of its own,
+    since Ray reads the proxy from its processes' environment at start): its kind and figures."""
+    from serving.cli import runner
+
+    kind = next(k for k in PATHS if k != config.proxy.kind)
+    other = config.model_copy(update={"proxy": config.proxy.model_copy(update={"kind": kind})})
+    progress(f"bench: restarting on the other path (proxy.kind {kind})")
+    url = runner.start(other)
+    try:
+        echo_url = start_echo(other)
+        _, elapsed = batched_pass(url, texts, "cascade")
+        paired = paired_ratio(echo_url, url, list(texts[:500]), seconds, pairs, progress)
+    finally:
+        runner.stop()
+    return kind, _path_figures(paired, round(len(texts) / elapsed, 1))
 
 
 def run_bench(config: CascadeConfig, texts: Sequence[str], labels: Sequence[str], seconds: float, pairs: int,
-              progress=print) -> dict:
+              both_paths: bool = True, progress=print) -> dict:
     """Start everything, measure every service (then ``pairs`` alternating echo/cascade runs), stop;
-    returns the report."""
+    with ``both_paths``, measure the echo and the cascade on the other proxy too. Returns the report."""
     from serving.cli import runner
 
+    pairs = max(pairs, 1) if both_paths else pairs  # the comparison of paths reads the pairs' figures
     progress("bench: model-only throughput (in-process, no serving)")
     limits = model_only(config, texts)
     progress("bench: starting the cascade and the echo ceiling on Ray Serve")
@@ -322,12 +378,17 @@ def run_bench(config: CascadeConfig, texts: Sequence[str], labels: Sequence[str]
         paired = paired_ratio(echo_url, url, sample, seconds, pairs, progress) if pairs > 0 else None
     finally:
         runner.stop()
+    paths = None
+    if both_paths:
+        kind, figures = other_path(config, texts, seconds, pairs, progress)
+        paths = {config.proxy.kind: _path_figures(paired, services["cascade"]["batch_texts_per_s"]), kind: figures}
     cascade, teacher, echo = services["cascade"], services["teacher"], services["echo"]
     single_ratio = round(cascade["single_16"]["requests_per_s"] / echo["single_16"]["requests_per_s"], 2)
     return {
         "rows": len(texts),
         "services": services,
         "paired_single_16": paired,
+        "paths": paths,
         "checks": {
             "cascade_accuracy_minus_teacher": round(cascade["accuracy"] - teacher["accuracy"], 4),
             "cascade_over_teacher_batch_throughput": round(cascade["batch_texts_per_s"] / teacher["batch_texts_per_s"], 2),

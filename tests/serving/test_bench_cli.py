@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 def report(tiny_home: Path, tiny_data: Path, tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("bench")
     config = work / "cascade.yaml"
-    config.write_text(json.dumps({"metrics": {"port": free_port()}, "log": {"path": str(work / "escalations")}}))
+    config.write_text(json.dumps({"metrics": {"port": free_port()}, "log": {"path": str(work / "escalations")},
+                                  "proxy": {"stats_port": free_port(), "metrics_port": free_port()}}))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
     done = subprocess.run(
         [sys.executable, "-m", "serving.cli", "bench", "--home", str(tiny_home), "--data", str(tiny_data), "--config", str(config),
@@ -78,3 +79,17 @@ def test_checks_and_pairs_with_cpu_per_request(report):
     totals = paired["cpu_ms_per_request_total"]
     assert paired["cpu_ratio"] == pytest.approx(totals["echo"] / totals["cascade"], abs=0.01)
     assert f"CPU ratio (echo total / cascade total): {paired['cpu_ratio']:.2f}." in report["table"]
+
+
+def test_both_paths_side_by_side(report):
+    paths, paired = report["paths"], report["paired_single_16"]
+    assert set(paths) == {"haproxy", "serve"}  # the config's (HAProxy, the default) and the other
+    for kind, path in paths.items():
+        for name in ("echo", "cascade"):
+            assert path[name]["requests_per_s"] > 0 and path[name]["p99_ms"] >= path[name]["p50_ms"] > 0
+            assert path[name]["errors"] == 0, (kind, name)
+        assert path["cascade"]["batch_texts_per_s"] > 0
+        assert f"| {kind} | {path['echo']['requests_per_s']:.0f} |" in report["table"]
+    # the config's own path is the pairs measured with every service
+    assert paths["haproxy"]["ratio"] == paired["median"]
+    assert paths["haproxy"]["echo"] == paired["runs"]["echo"] and paths["haproxy"]["cascade"]["p99_ms"] == paired["runs"]["cascade"]["p99_ms"]
