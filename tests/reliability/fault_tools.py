@@ -26,7 +26,7 @@ def reliability_config(home: Path, log_path: Path, **sections: Any) -> CascadeCo
     listeners of its own: a fixed threshold makes the ODD texts unsure."""
     raw: dict[str, Any] = {"home": str(home), "port": free_port(), "log": {"path": str(log_path)},
                            "routing": {"threshold": 0.9, "audit_rate": 0.0}, "limits": {"max_items": 64},
-                           "proxy": {"stats_port": free_port(), "metrics_port": free_port()}}
+                           "proxy": {"stats_port": free_port(), "metrics_port": free_port()}, "metrics": {"port": free_port()}}
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value}
     return CascadeConfig.model_validate(raw)

@@ -23,6 +23,7 @@ def cascade_config(tiny_home: Path, tmp_path_factory) -> CascadeConfig:
             "student": {"poll_registry_s": 0.5},
             # the fast path, as `cascade serve` ships it, with HAProxy listeners of its own
             "proxy": {"stats_port": free_port(), "metrics_port": free_port()},
+            "metrics": {"port": free_port()},  # Ray's metrics port, which another test run may hold at 8080
         }
     )
 
