@@ -3,9 +3,11 @@
 
 1. Build the training set: escalation and audit records (the teacher's soft labels, no ground
    truth), deduplicated by id and by text, inside a time window, minus teacher labels whose
-   top-2 margin is under a floor (noise); plus a replay sample of the base training split
-   (ground truth and cached teacher outputs) against forgetting. Escalations are a biased
-   sample of hard inputs, so their total weight is capped.
+   top-2 margin is under a floor (noise), and minus every text of a known split (train, the
+   gate's validation split, test): evaluation traffic sent through the service must neither
+   feed the gate's own evidence back to it nor leak test answers into training. Plus a replay
+   sample of the base training split (ground truth and cached teacher outputs) against
+   forgetting. Escalations are a biased sample of hard inputs, so their total weight is capped.
 2. Train a candidate, warm-started from the current student (or from scratch). When records
    come from a black-box teacher that gave labels alone (``teacher_label_only``), the round
    trains label-only (the teacher's top label, ``losses.label_only_loss``) instead of soft.
@@ -69,12 +71,21 @@ def _margin(probs: np.ndarray) -> np.ndarray:
     return top2[:, 1] - top2[:, 0]
 
 
-def select_records(records: list[EscalationRecord], base_texts: set[str], config: RefreshConfig) -> tuple[list[EscalationRecord], dict]:
-    """Records to learn from: in the window, deduplicated by id and text, above the margin floor,
-    and not already in the base training split."""
+def known_splits(splits: DataSplits) -> dict[str, set[str]]:
+    """The texts refresh never learns from, by drop reason: every split it knows of."""
+    known = {"in_train_split": set(splits.train.texts), "in_validation_split": set(splits.validation.texts)}
+    if splits.test is not None:
+        known["in_test_split"] = set(splits.test.texts)
+    return known
+
+
+def select_records(records: list[EscalationRecord], known: dict[str, set[str]], config: RefreshConfig) -> tuple[list[EscalationRecord], dict]:
+    """Records to learn from: in the window, deduplicated by id and text, not a text of a known
+    split (``known``: drop reason -> texts, exact match), and above the margin floor. Returns
+    them and the count dropped for each reason."""
     since = _parse_since(config.since)
     kept, seen_ids, seen_texts = [], set(), set()
-    dropped = {"outside_window": 0, "duplicate": 0, "low_margin": 0, "in_base_data": 0}
+    dropped = {"outside_window": 0, "duplicate": 0, **{reason: 0 for reason in known}, "low_margin": 0}
     for record in records:
         if since is not None and datetime.fromisoformat(record.time) < since:
             dropped["outside_window"] += 1
@@ -85,8 +96,9 @@ def select_records(records: list[EscalationRecord], base_texts: set[str], config
             continue
         seen_ids.add(record.id)
         seen_texts.add(key)
-        if record.text in base_texts:
-            dropped["in_base_data"] += 1
+        reason = next((reason for reason, texts in known.items() if record.text in texts), None)
+        if reason is not None:
+            dropped[reason] += 1
             continue
         if _margin(np.array([record.teacher_probs]))[0] < config.margin_floor:
             dropped["low_margin"] += 1
@@ -97,7 +109,7 @@ def select_records(records: list[EscalationRecord], base_texts: set[str], config
 
 def build_dataset(records: list[EscalationRecord], splits: DataSplits, base_log_probs: np.ndarray, label_names: list[str], config: RefreshConfig, seed: int = 0) -> RefreshData:
     """Escalation records plus a replay sample of the base split, weighted (see module docstring)."""
-    kept, dropped = select_records(records, set(splits.train.texts), config)
+    kept, dropped = select_records(records, known_splits(splits), config)
     if len(kept) < config.min_records:
         raise DataError(f"{len(kept)} usable escalation record(s), need at least {config.min_records} (dropped: {dropped})")
     if any(len(r.teacher_probs) != len(label_names) for r in kept):
@@ -194,7 +206,8 @@ def refresh(registry: Registry, home: Path, splits: DataSplits, log_dir: Path, c
             registry.promote("student", meta.version, note="refresh gate passed", expected_current=current.version)
         except RegistryError as err:
             decision = GateDecision(promote=False, reasons=[str(err)], figures=decision.figures)
-    registry.record("student", {"event": "gate", "version": meta.version, "promoted": decision.promote, "reasons": decision.reasons, **decision.figures})
+    registry.record("student", {"event": "gate", "version": meta.version, "promoted": decision.promote, "reasons": decision.reasons,
+                               **decision.figures, "escalation_rows": data.stats["escalation_rows"], "dropped": data.stats["dropped"]})
     return {"version": meta.version, "parent": current.version, "promoted": decision.promote, "reasons": decision.reasons,
             "figures": decision.figures, "data": data.stats, "train_seconds": metrics["train_seconds"]}
 

@@ -43,13 +43,35 @@ def test_dataset_dedupes_filters_and_caps_escalation_weight(splits):
     config = RefreshConfig(margin_floor=0.2, since="2026-06-01T00:00:00+00:00", replay_ratio=0.5, min_replay=10, max_escalation_weight=0.5)
     data = build_dataset(records, splits, base, names, config)
     assert data.stats["escalation_rows"] == 41
-    assert data.stats["dropped"] == {"outside_window": 1, "duplicate": 2, "low_margin": 1, "in_base_data": 1}
+    assert data.stats["dropped"] == {"outside_window": 1, "duplicate": 2, "low_margin": 1,
+                                     "in_train_split": 1, "in_validation_split": 0, "in_test_split": 0}
     assert data.stats["replay_rows"] == 20  # round(0.5 * 41)
     escalated = data.labels == IGNORE
     assert escalated.sum() == 41 and (data.labels[~escalated] >= 0).all()
     share = data.weights[escalated].sum() / data.weights.sum()
     assert share == pytest.approx(0.5, abs=1e-4)
     assert np.allclose(np.exp(data.teacher_log_probs[0]), sure, atol=1e-6)
+
+
+def held_out_texts(splits) -> tuple[str, str]:
+    """A validation text that is in no other split, and a test text that is in no other split."""
+    train, validation, test = set(splits.train.texts), set(splits.validation.texts), set(splits.test.texts)
+    return next(t for t in validation if t not in train | test), next(t for t in test if t not in train | validation)
+
+
+def test_validation_and_test_texts_in_the_log_never_reach_the_training_set(splits):
+    """Evaluation traffic sent through the service lands in the log; refresh must not learn the
+    gate's validation split or the test split from it (matched as the train split is: exact text)."""
+    sure = [0.9, 0.025, 0.025, 0.025, 0.025]
+    validation_text, test_text = held_out_texts(splits)
+    novel = [f"novel query {i}" for i in range(12)]
+    records = [record(t, sure) for t in [validation_text, test_text, *novel, validation_text + " again"]]
+    base = np.log(np.full((len(splits.train), 5), 1 / 5))
+    data = build_dataset(records, splits, base, splits.train.label_names, RefreshConfig(min_replay=10))
+    assert data.stats["dropped"]["in_validation_split"] == 1 and data.stats["dropped"]["in_test_split"] == 1
+    escalated = [t for t, label in zip(data.texts, data.labels) if label == IGNORE]
+    assert escalated == [*novel, validation_text + " again"]  # a text that merely contains one is not held out
+    assert not set(data.texts) & {validation_text, test_text}  # nor through the replay of the train split
 
 
 def test_too_few_records_is_a_clear_error(splits):
@@ -72,18 +94,26 @@ def test_gate_rejects_a_student_trained_on_shuffled_labels(tiny_home, splits, tm
     assert decision.figures["candidate_accuracy"] < decision.figures["current_accuracy"]
 
 
-def test_refresh_round_records_its_decision(own_home, splits, tmp_path):
+def test_refresh_round_records_its_decision(own_home, splits, tmp_path, monkeypatch):
+    import distill.refresh
+
     registry = Registry(own_home / "registry")
     teacher = HFClassifier.load(registry.current_path("teacher"))
-    texts = list(dict.fromkeys(f"{t} please" for t in splits.test.texts))[:20]
+    texts = list(dict.fromkeys(f"{t} please" for t in splits.test.texts))[:20] + list(held_out_texts(splits))
     probs = teacher.predict_proba(texts)
     writer = SegmentWriter(tmp_path / "log")
     writer.append([record(t, p) for t, p in zip(texts, probs)])
+    trained_on: list[str] = []  # the rows the trainer actually receives
+    train_student = distill.refresh.train_student
+    monkeypatch.setattr(distill.refresh, "train_student", lambda model, tokenizer, rows, *rest: trained_on.extend(rows) or train_student(model, tokenizer, rows, *rest))
     before = registry.current("student")
     report = refresh(registry, own_home, splits, tmp_path / "log", RefreshConfig(min_replay=50, train=TrainConfig(epochs=2)), "tiny", progress=False)
     assert report["parent"] == before and report["data"]["escalation_rows"] == 20
+    assert set(texts[:20]) <= set(trained_on) and not set(trained_on) & set(texts[20:])
     gate_events = [e for e in registry.history("student") if e["event"] == "gate"]
     assert gate_events[-1]["version"] == report["version"] and gate_events[-1]["promoted"] == report["promoted"]
+    assert gate_events[-1]["dropped"] == report["data"]["dropped"]
+    assert report["data"]["dropped"]["in_validation_split"] == report["data"]["dropped"]["in_test_split"] == 1
     assert registry.current("student") == (report["version"] if report["promoted"] else before)
     assert registry.meta("student", report["version"]).metrics["gate_passed"] == report["promoted"]
 
@@ -143,10 +173,10 @@ def test_since_accepts_a_plain_date_and_rejects_nonsense(splits):
     from distill.refresh import select_records
 
     records = [record("old one", [0.9, 0.1], time="2026-01-01T00:00:00+00:00"), record("new one", [0.9, 0.1])]
-    kept, dropped = select_records(records, set(), RefreshConfig(since="2026-06-01"))
+    kept, dropped = select_records(records, {}, RefreshConfig(since="2026-06-01"))
     assert [r.text for r in kept] == ["new one"] and dropped["outside_window"] == 1
     with pytest.raises(DataError, match="--since"):
-        select_records(records, set(), RefreshConfig(since="last tuesday"))
+        select_records(records, {}, RefreshConfig(since="last tuesday"))
 
 
 @pytest.mark.slow
