@@ -453,6 +453,7 @@ class BulkSettings(BaseModel):
     """How the pipeline runs: block size, actor pools and their resources."""
 
     rows_per_batch: int = Field(2048, ge=1)  # rows per student and teacher call; the teacher sees the escalated share of them
+    rows_per_part: int = Field(65536, ge=1)  # rows per output part: what a crash can lose, and a re-run answers again
     student_actors: int = Field(1, ge=1)  # the most actors of each pool (a pool grows from one while work waits)
     teacher_actors: int = Field(1, ge=1)
     student_cpus: float = Field(0.5, gt=0)
@@ -518,7 +519,7 @@ def run_bulk(plan: InputPlan, out: OutputDir, job: BulkJob, costs: CostModel, se
                      num_cpus=settings.teacher_cpus, num_gpus=settings.num_gpus)
     )
     bar = tqdm(desc="cascade batch", unit="row", disable=not progress)
-    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+    for block in ds.iter_batches(batch_size=settings.rows_per_part, batch_format="pyarrow"):
         records = [EscalationRecord.model_validate_json(r) for r in block["_record"].to_pylist() if r is not None]
         write_records(records)
         out.write_part(block.drop_columns(list(INTERNAL)))

@@ -51,7 +51,7 @@ def batch(args: argparse.Namespace) -> BulkSummary:
     started = time.monotonic()
     config = load_config(args.config, home=args.home)
     try:
-        settings = BulkSettings(rows_per_batch=args.rows_per_batch, student_actors=args.student_actors, teacher_actors=args.teacher_actors,
+        settings = BulkSettings(rows_per_batch=args.rows_per_batch, rows_per_part=args.rows_per_part, student_actors=args.student_actors, teacher_actors=args.teacher_actors,
                                 teacher_cpus=args.teacher_cpus, num_gpus=args.teacher_gpus)
     except ValidationError as err:
         problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in err.errors())
@@ -118,6 +118,8 @@ def add_parser(sub) -> None:
     p.add_argument("--address", default=None, help="an existing Ray cluster (e.g. ray://head:10001 or auto); default: start one here")
     p.add_argument("--num-cpus", type=_at_least_one, default=None, help="CPUs of the local Ray cluster (default: all)")
     p.add_argument("--rows-per-batch", type=_at_least_one, default=defaults.rows_per_batch, help=f"rows per model call (default: {defaults.rows_per_batch})")
+    p.add_argument("--rows-per-part", type=_at_least_one, default=defaults.rows_per_part,
+                   help=f"rows per output part, the most a crash loses (default: {defaults.rows_per_part})")
     p.add_argument("--student-actors", type=_at_least_one, default=defaults.student_actors, help=f"most student actors (default: {defaults.student_actors})")
     p.add_argument("--teacher-actors", type=_at_least_one, default=defaults.teacher_actors, help=f"most teacher actors (default: {defaults.teacher_actors})")
     p.add_argument("--teacher-cpus", type=float, default=defaults.teacher_cpus, help=f"CPUs per teacher actor (default: {defaults.teacher_cpus:g})")
