@@ -5,7 +5,7 @@ fields stop start-up with a message naming the field."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -77,6 +77,9 @@ class TeacherDeploymentConfig(ModelDeploymentConfig):
     (``remote``: an OpenAI-compatible chat endpoint or a JSON endpoint returning probabilities)."""
 
     remote: RemoteTeacherSettings | None = None  # set: the teacher deployment calls this endpoint instead of loading a model
+    # "auto": wait for company up to half the measured time of a batch (serving.model_server.auto_wait_s),
+    # so unsure texts from concurrent requests share one forward pass; or a fixed wait in seconds
+    batch_wait_timeout_s: Annotated[float, Field(ge=0, le=10)] | Literal["auto"] = "auto"
 
     @model_validator(mode="after")
     def _one_source(self) -> "TeacherDeploymentConfig":

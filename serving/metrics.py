@@ -30,6 +30,7 @@ logger = logging.getLogger("cascade")
 RAY_PREFIX = "ray_"  # what Ray puts before a custom metric's name on export
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
 
 
@@ -76,6 +77,7 @@ SPECS: dict[str, MetricSpec] = {
         MetricSpec("cascade_live_target_ratio", "gauge", "the figure the goal needs: agreement (accuracy goals: the validated agreement) or the budget share"),
         MetricSpec("cascade_goal_held", "gauge", "1 while the goal holds on live traffic at the live threshold, with its bound; 0 when it does not"),
         MetricSpec("cascade_goal_budget_limited", "gauge", "1 while the goal needs more teacher than routing.teacher_budget allows (the budget wins)"),
+        MetricSpec("cascade_teacher_batch_texts", "histogram", "texts in one teacher forward pass, gathered across requests", (), BATCH_BUCKETS),
         MetricSpec("cascade_model_info", "gauge", "1 for each model version a replica serves, 0 once it swapped it out", ("role", "version")),
     )
 }

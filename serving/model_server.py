@@ -17,12 +17,26 @@ from distill.registry import Registry
 from distill.remote import RemoteClassifier, RemoteTeacherSettings, model_labels
 from serving.cascade import ModelOutput
 from serving.config import ModelDeploymentConfig
-from serving.metrics import ModelInfo
+from serving.metrics import ModelInfo, Recorder
 from serving.shared_state import SHARED_STATE_FILE, SharedRouting
 
 logger = logging.getLogger("cascade")
 RELOAD_CHECK_S = 1.0  # how often a model server looks for an admin reload request
 DEFAULTS = ModelDeploymentConfig()  # batching and polling until configure() says otherwise
+AUTO_WAIT_SHARE = 0.5  # with batch_wait_timeout_s "auto": wait up to this share of a batch's measured time ...
+AUTO_WAIT_MAX_S = 0.05  # ... and never longer than this
+BATCH_TIME_SMOOTHING = 0.2  # weight of the newest batch in the moving average of batch time
+
+
+def auto_wait_s(batch_s: float) -> float:
+    """How long an idle model server waits for more texts before a batch runs: a share of what
+    one batch costs, so a text waits at most that share longer, and texts of concurrent requests
+    (each with a few unsure texts) share one forward pass instead of paying one each.
+
+    >>> auto_wait_s(0.02), auto_wait_s(1.0)
+    (0.01, 0.05)
+    """
+    return min(AUTO_WAIT_MAX_S, AUTO_WAIT_SHARE * batch_s)
 
 
 def texts_in(calls: list[list]) -> int:
@@ -34,7 +48,9 @@ class BatchedModel:
     """Serves one model, batching texts from concurrent requests into one forward pass.
 
     ``configure({"model": ..., "max_batch_size": ..., "batch_wait_timeout_s": ...})`` loads a
-    new model beside the old one and swaps it in, so requests never fail during a swap. With
+    new model beside the old one and swaps it in, so requests never fail during a swap. A wait
+    of ``"auto"`` follows the measured batch time (``auto_wait_s``), so a teacher gathers the
+    few unsure texts of concurrent requests into one forward pass. With
     ``model`` None the server follows the registry's ``current`` pointer: every
     ``poll_registry_s`` seconds it checks the pointer and hot-swaps to a newly promoted (or
     rolled-back) version, in every replica, with no restart and no coordination; and within
@@ -59,6 +75,9 @@ class BatchedModel:
         self._watcher: asyncio.Task | None = None
         self._swap_lock = threading.Lock()  # configure() and the registry watcher never interleave
         self.model_info = ModelInfo(role)
+        self.auto_wait = False  # batch_wait_timeout_s "auto": derived from the measured batch time
+        self.batch_s: float | None = None  # moving average of one batch's forward pass, seconds
+        self.batch_metrics = Recorder("cascade_teacher_batch_texts") if role == "teacher" else None
         self.shared = SharedRouting(self.home / "registry" / SHARED_STATE_FILE, check_every_s=0)
         self._reload_generation = self.shared.read().reload_generation
 
@@ -74,7 +93,9 @@ class BatchedModel:
             self._swap_to(Registry(self.home / "registry").resolve(self.role, user_config.get("model")))
         self.max_batch_size = int(user_config.get("max_batch_size", self.max_batch_size))
         self._batched.set_max_batch_size(self.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", DEFAULTS.batch_wait_timeout_s)))
+        wait = user_config.get("batch_wait_timeout_s", DEFAULTS.batch_wait_timeout_s)
+        self.auto_wait = wait == "auto"
+        self._batched.set_batch_wait_timeout_s(auto_wait_s(self.batch_s or 0.0) if self.auto_wait else float(wait))
 
     def _swap_to(self, source: str | None, following: bool = False) -> None:
         """Load ``source`` (None: the registry's current version) if it is not the model in use,
@@ -151,13 +172,23 @@ class BatchedModel:
     async def _batched(self, calls: list[list[str]]) -> list[ModelOutput]:
         model = self.model  # one model for the whole batch, even if a swap happens meanwhile
         flat = [text for call in calls for text in call]
+        start = time.perf_counter()
         probs = model.predict_proba(flat) if self.inline else await asyncio.to_thread(model.predict_proba, flat)
+        self._measured(len(flat), time.perf_counter() - start)
         policy = model.meta.policy if model.meta else None
         out, start = [], 0
         for call in calls:
             out.append(ModelOutput(probs[start : start + len(call)], model.version, policy, model.label_only))
             start += len(call)
         return out
+
+    def _measured(self, texts: int, seconds: float) -> None:
+        """Record one batch: its size (teacher) and time, which sets the next wait when it is auto."""
+        if self.batch_metrics is not None:
+            self.batch_metrics.observe("cascade_teacher_batch_texts", texts)
+        self.batch_s = seconds if self.batch_s is None else (1 - BATCH_TIME_SMOOTHING) * self.batch_s + BATCH_TIME_SMOOTHING * seconds
+        if self.auto_wait:
+            self._batched.set_batch_wait_timeout_s(auto_wait_s(self.batch_s))
 
     async def reload(self) -> str:
         """Re-read the registry's current pointer now (when following it) and swap if it moved;
