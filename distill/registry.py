@@ -4,6 +4,7 @@ Layout under the registry root::
 
     <role>/versions/<version>/   a Hugging Face directory plus cascade.json; read-only once registered
     <role>/CURRENT               {"version": ...}, replaced with os.replace (atomic on POSIX)
+    <role>/SHADOW                {"version": ..., "current": ...}: a candidate judged on live traffic; absent when none
     <role>/history.jsonl         one line per event: registered, promoted, rolled_back, rejected
 
 A version is written into a staging directory and renamed into place, so a crash never
@@ -154,6 +155,47 @@ class Registry:
                 raise RegistryError(f"{role} moved from {expected_current} to {previous} meanwhile; not promoting {version}")
             _atomic_write(self._role_dir(role) / "CURRENT", json.dumps({"version": version}) + "\n")
             self._log(role, {"event": "promoted", "version": version, "previous": previous, "note": note})
+
+    def shadow(self, role: str = "student") -> dict | None:
+        """The candidate in shadow (``{"version", "current", "started_at"}``), or None."""
+        pointer = self._role_dir(role) / "SHADOW"
+        try:
+            return json.loads(pointer.read_text())
+        except FileNotFoundError:
+            return None
+
+    def start_shadow(self, role: str, version: str, note: str = "") -> dict:
+        """Put a registered ``version`` in shadow against the current one: serving replicas score
+        it beside the current model on live traffic until a verdict (``end_shadow``)."""
+        self.path(role, version)  # must exist
+        with self._lock(role):
+            current = self.current(role)
+            if current is None or version == current:
+                raise RegistryError(f"{version} cannot shadow {current}: a shadow needs a current {role} other than itself")
+            shadow = {"version": version, "current": current,
+                      "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            _atomic_write(self._role_dir(role) / "SHADOW", json.dumps(shadow) + "\n")
+            self._log(role, {"event": "shadow_started", "version": version, "current": current, "note": note})
+            return shadow
+
+    def end_shadow(self, role: str, version: str, promote: bool, evidence: dict | None = None, reason: str = "") -> bool:
+        """End ``version``'s shadow with its verdict and evidence (recorded in the history), and
+        promote it if asked and the current pointer has not moved meanwhile. Returns whether
+        this call ended it (False: another replica already did)."""
+        with self._lock(role):
+            shadow = self.shadow(role)
+            if shadow is None or shadow["version"] != version:
+                return False
+            current = self.current(role)
+            promoted = promote and current == shadow["current"]
+            (self._role_dir(role) / "SHADOW").unlink()
+            self._log(role, {"event": "shadow", "version": version, "current": current, "promoted": promoted,
+                             "reason": reason if promoted or not promote else f"{reason}; not promoted: the current pointer moved",
+                             "evidence": evidence or {}})
+            if promoted:
+                _atomic_write(self._role_dir(role) / "CURRENT", json.dumps({"version": version}) + "\n")
+                self._log(role, {"event": "promoted", "version": version, "previous": current, "note": "shadow verdict"})
+            return True
 
     def rollback(self, role: str) -> str:
         """Move ``role`` back to the version it pointed at before the current one."""

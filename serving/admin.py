@@ -35,6 +35,11 @@ class ThresholdRequest(_Body):
     )
 
 
+class ShadowRequest(_Body):
+    # a registered version id (see PromoteRequest), or null to stop the shadow that runs
+    version: str | None = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="a registered student version; null: stop the running shadow")
+
+
 class PointerResponse(BaseModel):
     """Where a role's current pointer stands after a promotion or rollback; model servers that
     follow the registry swap to it within their ``poll_registry_s``, or at once on reload."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -77,6 +77,7 @@ class ModelsResponse(BaseModel):
     )
     fitted_threshold: float | None = Field(description="the student's fitted threshold")
     live: LiveStatus | None = Field(None, description="online control of the goal on live traffic (null: off, or no evidence yet for this student)")
+    shadow: dict[str, Any] | None = Field(None, description="a candidate student judged in shadow on live traffic: its evidence so far and the verdict")
     temperature: float | None
     measure: str | None
     goal: str | None

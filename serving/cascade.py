@@ -41,9 +41,29 @@ class ModelOutput:
 Predict = Callable[[list[str]], Awaitable[ModelOutput]]
 AppendLog = Callable[[list[EscalationRecord]], Awaitable[int]]
 Redact = Callable[[str], str]
-# live evidence of a cascade request: student version, its policy, label count, the route, and
-# per item whether the teacher's label is known and whether the student agreed with it
-OnEvidence = Callable[[str, EscalationPolicy, int, Route, np.ndarray, np.ndarray], None]
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What one cascade request shows of the student against the teacher, for online control
+    and shadow candidates: per item, the teacher's label where it is known (else -1)."""
+
+    texts: list[str]
+    student: ModelOutput
+    policy: EscalationPolicy  # the student's fitted policy
+    plan: Route
+    teacher_label: np.ndarray
+
+    @property
+    def known(self) -> np.ndarray:
+        return self.teacher_label >= 0
+
+    @property
+    def agreed(self) -> np.ndarray:
+        return self.student.probs.argmax(axis=1) == self.teacher_label
+
+
+OnEvidence = Callable[[Evidence], None]
 
 
 class Cascade:
@@ -153,14 +173,17 @@ class Cascade:
             if decision.consulted:
                 scored = student if decision.student_scored else None
                 records.append(self._record(request_id, texts[i], decision.reason, scored, i, teacher, teacher_row[i]))
-        agreed = np.zeros(n, dtype=bool)
-        if teacher is not None and student is not None:
-            consulted = np.flatnonzero(decisions.consulted & decisions.student_scored)
-            agreed[consulted] = student.probs[consulted].argmax(axis=1) == teacher.probs[[teacher_row[i] for i in consulted]].argmax(axis=1)
-        if plan.audited.any() and teacher is not None:
-            self.audit.update(agreed[plan.audited & decisions.consulted])
-        if self.on_evidence is not None and plan.mode == "cascade":
-            self.on_evidence(student.version, self.policy_for(student), len(self.labels), plan, decisions.consulted, agreed)
+        teacher_label = np.full(n, -1)
+        if teacher is not None:
+            consulted = np.flatnonzero(decisions.consulted)
+            teacher_label[consulted] = teacher.probs[[teacher_row[i] for i in consulted]].argmax(axis=1)
+        if plan.mode == "cascade":
+            evidence = Evidence(texts, student, self.policy_for(student), plan, teacher_label)
+            audited = plan.audited & evidence.known
+            if audited.any():
+                self.audit.update(evidence.agreed[audited])
+            if self.on_evidence is not None:
+                self.on_evidence(evidence)
         if options.evaluation:  # evaluation traffic is answered, never logged for distillation
             records = []
         logged = await self._log(records)

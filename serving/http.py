@@ -184,6 +184,12 @@ def _admin_router(service: CascadeService, token: AdminToken) -> APIRouter:
         """Set every ingress replica's escalation threshold (null: the configured, else the fitted one); kept across restarts."""
         return await service.set_threshold(body.threshold)
 
+    @router.post("/shadow")
+    async def admin_shadow(body: admin.ShadowRequest) -> dict:
+        """Judge a registered student in shadow on live traffic beside the serving one; the live
+        evidence promotes or rejects it (see /v1/models' shadow). null stops the running shadow."""
+        return await service.set_shadow(body.version)
+
     @router.post("/reload", response_model=admin.ReloadResponse)
     async def admin_reload() -> admin.ReloadResponse:
         """Make the model servers re-read the registry's current pointers now, not at their next poll."""

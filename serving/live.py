@@ -9,21 +9,20 @@ short history of the live figures for the dashboard, the same whichever replica 
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import json
 import logging
-import os
-import secrets
 import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from pydantic import BaseModel
 
-from router import ControlSettings, EscalationPolicy, LiveEvidence, Route, RouterError, control_step, parse_goal, threshold_grid
+if TYPE_CHECKING:
+    from serving.cascade import Evidence
+
+from router import ControlSettings, EscalationPolicy, LiveEvidence, RouterError, control_step, parse_goal, threshold_grid
+from serving.shared_state import locked, read_json, write_json
 
 logger = logging.getLogger("cascade")
 LIVE_STATE_FILE = "live.json"  # in the registry's root directory
@@ -67,13 +66,14 @@ class LiveControl:
         self._synced_at = float("-inf")
         self._syncing = False
 
-    def observe(self, version: str, policy: EscalationPolicy, n_labels: int, plan: Route, known: np.ndarray, agreed: np.ndarray) -> None:
+    def observe(self, evidence: Evidence) -> None:
         """Add one cascade request's evidence: its items' confidence, which have a known
         teacher label, and where the student agreed with it."""
+        version, policy = evidence.student.version, evidence.policy
         if self._student is None or self._student[0] != version:
-            self._student = (version, policy, n_labels)
-            self._delta = LiveEvidence(threshold_grid(policy.measure, n_labels))
-        self._delta.add(plan.confidence, known, agreed)
+            self._student = (version, policy, evidence.student.probs.shape[1])
+            self._delta = LiveEvidence(threshold_grid(policy.measure, evidence.student.probs.shape[1]))
+        self._delta.add(evidence.plan.confidence, evidence.known, evidence.agreed)
 
     def threshold(self, student_version: str | None) -> float | None:
         """The live threshold for ``student_version``, once the controller has stepped for it."""
@@ -99,11 +99,11 @@ class LiveControl:
         enough is new, and read the state back."""
         delta, student = self._delta, self._student
         self._delta = LiveEvidence(delta.grid) if delta is not None else None
-        with _locked(self.path):
-            state = _read(self.path)
+        with locked(self.path):
+            state = read_json(self.path)
             if student is not None and delta is not None:
                 state = self._merged(state, student, delta)
-                _write(self.path, state)
+                write_json(self.path, state)
         if state is not None:
             self.status = LiveStatus.model_validate(state["status"])
             if self.on_status is not None:
@@ -139,35 +139,5 @@ class LiveControl:
 
     def history(self) -> list[list[Any]]:
         """The shared history of live figures: [unix time, threshold, estimate, bound, held], oldest first."""
-        state = _read(self.path)
+        state = read_json(self.path)
         return state["history"] if state else []
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.with_name(f".{path.name}.lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except ValueError as err:  # replaced atomically, so only a foreign write gets here: start afresh
-        logger.error("live control: unreadable %s (%r); starting afresh", path, err)
-        return None
-
-
-def _write(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with tmp.open("w") as f:
-        f.write(json.dumps(state))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -14,14 +14,16 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from distill.errors import RegistryError
 from distill.metadata import escalation_policy
+from distill.registry import Registry
 from router import AuditSampler, CircuitBreaker, RouterError, TeacherRateLimiter
 from serving import admin
 from serving.api import ClassifyOptions, ClassifyResponse, ModelsResponse, ModelVersions
-from serving.cascade import AppendLog, Cascade, ModelOutput, Redact
+from serving.cascade import AppendLog, Cascade, Evidence, ModelOutput, Redact
 from serving.config import CascadeConfig
 from serving.errors import Conflict, InvalidInput, TooLarge, Unavailable
 from serving.guards import InFlightLimit
 from serving.live import LiveControl
+from serving.shadow import ShadowRun, candidate_figures
 from serving.shared_state import SHARED_STATE_FILE, SharedRouting
 
 logger = logging.getLogger("cascade")
@@ -76,6 +78,7 @@ class CascadeService:
             if routing.control and routing.audit_rate > 0
             else None
         )
+        self.shadow = ShadowRun(config.home / "registry")
         self.cascade: Cascade | None = None
         self._lock = asyncio.Lock()
 
@@ -102,7 +105,7 @@ class CascadeService:
                     breaker=CircuitBreaker(routing.breaker_failures, routing.breaker_reset_s),
                     teacher_max_in_flight=routing.teacher_max_in_flight,
                     redact=self.redact,
-                    on_evidence=self.live.observe if self.live is not None else None,
+                    on_evidence=self._observe,
                 )
                 cascade.versions = ModelVersions(student=student["version"], teacher=None)
                 if self.live is not None:  # a restarted or added replica starts from the shared live threshold
@@ -110,6 +113,12 @@ class CascadeService:
                 self.cascade = cascade
                 cascade.threshold = self._threshold_override(fresh=True)
         return self.cascade
+
+    def _observe(self, evidence: Evidence) -> None:
+        """What a cascade request showed goes to online control and to a shadow candidate."""
+        if self.live is not None:
+            self.live.observe(evidence)
+        self.shadow.observe(evidence)
 
     def _timed(self, predict: Callable[[list[str]], Awaitable[ModelOutput]], tier: str) -> Callable[[list[str]], Awaitable[ModelOutput]]:
         """``predict`` that reports its latency as the tier's."""
@@ -166,6 +175,7 @@ class CascadeService:
             self.metrics.record_audits(cascade.audit.audited, cascade.audit.agreed)
         if self.live is not None:
             await self.live.tick()
+        await self.shadow.tick(cascade.versions.student)
         return answer
 
     def _threshold_override(self, fresh: bool = False) -> float | None:
@@ -197,6 +207,7 @@ class CascadeService:
             threshold_source=source,
             fitted_threshold=policy.threshold,
             live=self.live.status if self.live is not None and self.live.status.student == student["version"] else None,
+            shadow=candidate_figures(self.shadow.status),
             temperature=policy.temperature,
             measure=policy.measure,
             goal=policy.goal,
@@ -241,6 +252,19 @@ class CascadeService:
         await asyncio.to_thread(self.shared.write, threshold=threshold)
         cascade.threshold = self._threshold_override(fresh=True)
         return admin.ThresholdResponse(threshold=threshold, previous=previous)
+
+    async def set_shadow(self, version: str | None) -> dict[str, Any]:
+        """Start judging a registered student in shadow on live traffic (None: stop the one running)."""
+        registry = Registry(self.config.home / "registry")
+        try:
+            if version is not None:
+                return {"shadow": await asyncio.to_thread(registry.start_shadow, "student", version, "admin api")}
+            running = registry.shadow("student")
+            if running is not None:
+                await asyncio.to_thread(registry.end_shadow, "student", running["version"], False, None, "stopped by admin")
+            return {"shadow": None, "stopped": running["version"] if running else None}
+        except RegistryError as err:
+            raise Conflict(str(err)) from None
 
     async def move_pointer(self, move: Callable[[Path, Any], admin.PointerResponse], body: Any) -> admin.PointerResponse:
         """Promote or roll back in the registry (``serving.admin``); a refused move is a 409."""

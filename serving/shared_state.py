@@ -5,13 +5,16 @@ already reads), replaced atomically. Replicas re-read it when it changes, at mos
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import secrets
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 from pydantic import BaseModel, ConfigDict
 
@@ -63,15 +66,44 @@ class SharedRouting:
 
     def write(self, **changes: float | int | None) -> RoutingOverrides:
         """Set fields for every replica; returns the new overrides."""
-        value = self.read(fresh=True).model_copy(
-            update={**changes, "changed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
-        with tmp.open("w") as f:
-            f.write(value.model_dump_json() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        with locked(self.path):  # two admins at once: neither change is lost
+            value = self.read(fresh=True).model_copy(
+                update={**changes, "changed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            )
+            write_json(self.path, value.model_dump(mode="json"))
         self._checked_at = float("-inf")
         return self.read()
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock beside ``path`` (a read-modify-write of it by several processes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.with_name(f".{path.name}.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_json(path: Path) -> dict | None:
+    """A shared state file's content, or None when absent or unreadable (then it starts afresh)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as err:  # files are replaced atomically, so only a foreign write gets here
+        logger.error("unreadable shared state %s (%r); starting afresh", path, err)
+        return None
+
+
+def write_json(path: Path, state: dict) -> None:
+    """Replace ``path`` atomically and durably: a reader sees the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with tmp.open("w") as f:
+        f.write(json.dumps(state) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

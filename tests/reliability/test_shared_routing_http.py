@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from distill.registry import Registry
-from fault_tools import IN_DOMAIN, ODD, reliability_config, replica_pids, running_cascade
+from fault_tools import IN_DOMAIN, ODD, Load, reliability_config, replica_pids, running_cascade
 
 pytestmark = pytest.mark.slow
 
@@ -175,3 +175,40 @@ def test_the_controlled_threshold_is_shared_by_both_replicas_and_kept_across_res
     wait_ready(url)
     after = {view[:2] for view in live_views()}
     assert after == views, "restarted replicas start from the shared live threshold"
+
+
+def test_shadow_candidates_are_judged_on_live_traffic_under_load(app):
+    url, home = app
+    registry = Registry(home / "registry")
+    base = registry.meta("student", registry.current("student"))
+
+    def variant(threshold: float) -> str:
+        """The serving weights with another fitted threshold: same answers, other escalations."""
+        return registry.derive("student", base.version, policy={**(base.policy or {}), "threshold": threshold, "class_thresholds": {}}).version
+
+    def wait_for(condition, what: str, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.5)
+
+    current = variant(0.9)
+    worse, better = variant(1.0), variant(0.3)  # escalates everything / escalates less, agreeing alike
+    try:
+        admin(url, "promote", {"version": current})
+        admin(url, "reload")
+        wait_for(lambda: classify(url, ODD)["versions"]["student"] == current, "the current student")
+        with Load(url, {"inputs": IN_DOMAIN + ODD}, clients=4) as load:
+            admin(url, "shadow", {"version": worse})
+            wait_for(lambda: registry.shadow("student") is None, "the worse candidate's verdict")
+            admin(url, "shadow", {"version": better})
+            wait_for(lambda: registry.shadow("student") is None, "the better candidate's verdict")
+            wait_for(lambda: load.answers and load.answers[-1].body and load.answers[-1].body["versions"]["student"] == better,
+                     "the promoted candidate to serve")
+        assert load.answers and all(a.status == 200 for a in load.answers), "no request may fail while shadows run, start or end"
+        verdicts = [e for e in registry.history("student") if e["event"] == "shadow"][-2:]
+        assert (verdicts[0]["version"], verdicts[0]["promoted"]) == (worse, False) and "escalates more" in verdicts[0]["reason"]
+        assert (verdicts[1]["version"], verdicts[1]["promoted"]) == (better, True) and verdicts[1]["evidence"]["known"] >= 200
+    finally:
+        admin(url, "promote", {"version": base.version})
+        admin(url, "reload")

@@ -1,0 +1,130 @@
+"""Shadow candidates on live traffic. While the registry holds a student in shadow
+(``Registry.start_shadow``: by ``cascade refresh --shadow`` or ``POST /v1/admin/shadow``), each
+ingress replica loads it beside the serving student, scores every cascade request with it
+(its answers are never returned) and keeps paired evidence (``router.shadow``). Once a second
+a replica merges its evidence into the registry's ``shadow.json`` under a file lock; the
+replica whose merge makes the verdict promote or reject ends the shadow in the registry, which
+records the verdict and its evidence in ``history.jsonl`` (and promotes: model servers swap as
+for any promotion). A failure of the candidate never fails a request: it only stops the shadow
+in that replica, loudly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from distill.backends import HFClassifier
+from distill.metadata import escalation_policy
+from distill.registry import Registry
+from router import EscalationPolicy
+from router.shadow import ShadowEvidence, ShadowSettings, shadow_verdict
+from serving.cascade import Evidence
+from serving.shared_state import SHARED_STATE_FILE, SharedRouting, locked, read_json, write_json
+
+logger = logging.getLogger("cascade")
+SHADOW_STATE_FILE = "shadow.json"  # in the registry's root directory
+
+
+class ShadowRun:
+    """One ingress replica's side of a shadow candidate (see the module docstring)."""
+
+    def __init__(self, registry_root: Path, settings: ShadowSettings = ShadowSettings(), check_every_s: float = 1.0,
+                 load: Callable[[str], Any] = HFClassifier.load):
+        self.registry = Registry(registry_root)
+        self.path = Path(registry_root) / SHADOW_STATE_FILE
+        self.settings = settings
+        self.check_every_s = check_every_s
+        self.load = load
+        self.candidate: Any = None  # the loaded candidate model, while a shadow runs
+        self.version: str | None = None
+        self.policy: EscalationPolicy | None = None
+        self.status: dict[str, Any] | None = None  # the last merged evidence and verdict, for /v1/models
+        self._delta = ShadowEvidence()
+        self._checked_at = float("-inf")
+        self._busy = False
+
+    def observe(self, evidence: Evidence) -> None:
+        """Score the candidate on one cascade request beside the serving student."""
+        candidate, policy = self.candidate, self.policy
+        if candidate is None:
+            return
+        try:
+            probs = candidate.predict_proba(evidence.texts)
+            if probs.shape != evidence.student.probs.shape:
+                raise ValueError(f"candidate answered shape {probs.shape}, the student {evidence.student.probs.shape}")
+            self._delta.add(
+                evidence.student.probs.argmax(axis=1), probs.argmax(axis=1), evidence.teacher_label, evidence.known,
+                evidence.policy.escalate_mask(evidence.student.probs), policy.escalate_mask(probs),
+            )
+        except Exception as err:  # the candidate never fails a request
+            logger.error("shadow %s failed on live traffic and is dropped in this replica: %r", self.version, err)
+            self.candidate = None
+
+    async def tick(self, current_version: str | None) -> None:
+        """Follow the registry's shadow pointer and merge evidence, once per ``check_every_s``."""
+        if self._busy or time.monotonic() - self._checked_at < self.check_every_s:
+            return
+        self._busy = True
+        try:
+            await asyncio.to_thread(self.sync, current_version)
+        except Exception as err:
+            logger.error("shadow: cannot sync: %r", err)
+        finally:
+            self._checked_at = time.monotonic()
+            self._busy = False
+
+    def sync(self, current_version: str | None) -> None:
+        """Load or drop the candidate as the pointer says; merge evidence and act on the verdict."""
+        shadow = self.registry.shadow("student")
+        if shadow is None or shadow["current"] != current_version:
+            if self.candidate is not None:
+                logger.info("shadow %s ended", self.version)
+            self.candidate, self.version, self.policy, self.status = None, None, None, None
+            self._delta = ShadowEvidence()
+            return
+        if shadow["version"] != self.version:
+            model = self.load(str(self.registry.path("student", shadow["version"])))
+            model.predict_proba(["warm up"])
+            self._delta = ShadowEvidence()
+            self.candidate, self.version, self.policy = model, shadow["version"], escalation_policy(model.meta)
+            logger.info("shadow %s now scored beside %s", self.version, current_version)
+            return
+        delta, self._delta = self._delta, ShadowEvidence()
+        with locked(self.path):
+            state = read_json(self.path)
+            if state is None or state.get("version") != self.version:
+                state = {"version": self.version, "current": current_version, "evidence": ShadowEvidence().to_dict()}
+            evidence = ShadowEvidence.from_dict(state["evidence"])
+            evidence.merge(delta)
+            state["evidence"] = evidence.to_dict()
+            verdict = shadow_verdict(evidence, self.settings)
+            state["verdict"] = {"decision": verdict.decision, "reason": verdict.reason,
+                                "agreement_gain": verdict.agreement_gain, "escalation_change": verdict.escalation_change}
+            write_json(self.path, state)
+        self.status = state
+        if verdict.decision != "wait":
+            record = {**state["evidence"], "agreement_gain": list(verdict.agreement_gain),
+                      "escalation_change": list(verdict.escalation_change)}
+            promote = verdict.decision == "promote"
+            if self.registry.end_shadow("student", self.version, promote, record, verdict.reason):
+                logger.info("shadow %s %s: %s", self.version, "promoted" if promote else "rejected", verdict.reason)
+                if promote:  # every model server swaps now, as on an admin reload, whatever its poll_registry_s
+                    shared = SharedRouting(self.path.with_name(SHARED_STATE_FILE))
+                    shared.write(reload_generation=shared.read(fresh=True).reload_generation + 1)
+
+
+def candidate_figures(status: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The shadow's evidence and verdict as ``/v1/models`` reports them."""
+    if status is None:
+        return None
+    e = status["evidence"]
+    known = max(e["known"], 1.0)
+    items = max(e["items"], 1.0)
+    return {"version": status["version"], "items": e["items"], "known": e["known"],
+            "current_agreement": e["current_agreed"] / known, "candidate_agreement": e["candidate_agreed"] / known,
+            "current_escalation": e["current_escalated"] / items, "candidate_escalation": e["candidate_escalated"] / items,
+            "verdict": status["verdict"]["decision"], "reason": status["verdict"]["reason"]}
+
