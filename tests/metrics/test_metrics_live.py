@@ -162,7 +162,7 @@ def test_refresh_rounds_recorded_by_another_process_are_counted_once(live, prome
 
 def test_alert_rules_load_and_grafana_queries_run(prometheus):
     rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"][0]["rules"]
-    assert len(rules) == 5 and all(r["health"] == "ok" for r in rules)
+    assert len(rules) == 7 and all(r["health"] == "ok" for r in rules)
     import json
 
     dashboard = json.loads((DEPLOY / "grafana" / "cascade.json").read_text())
