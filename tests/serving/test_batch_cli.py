@@ -49,7 +49,7 @@ def ray_cluster():
 @pytest.fixture(scope="module")
 def unsure_home(tiny_home: Path, tiny_data: Path, tmp_path_factory) -> Path:
     """A copy of the tiny home whose current student leaves some of the tiny test rows unsure."""
-    from tests.distill.test_bulk import unsure_student  # one recipe for an unsure student
+    from tests.distill.test_bulk import unsure_student
 
     home = tmp_path_factory.mktemp("batch") / "home"
     shutil.copytree(tiny_home, home)
