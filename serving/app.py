@@ -230,6 +230,7 @@ def build_app(config: CascadeConfig):
         max_queued_requests=config.ingress.max_queued_requests,
         backpressure_config=BackpressureConfig(status_code=429, retry_after_s=config.ingress.retry_after_s),
         ray_actor_options={"num_cpus": config.ingress.num_cpus},
+        logging_config={"enable_access_log": config.ingress.access_log},
         user_config={"student": _user_config(config.student)},
     )
     return ingress.bind(student, teacher, refresh_runs, config.model_dump(mode="json"))

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence
-from uuid import uuid4
 
 import numpy as np
 
@@ -148,7 +148,7 @@ class Cascade:
     ) -> ClassifyResponse:
         """Answer ``texts`` according to ``options`` (see the module docstring); a ``privileged``
         (admin) request's forced teacher items are not capped by the budget."""
-        request_id = request_id or uuid4().hex
+        request_id = request_id or os.urandom(16).hex()
         n = len(texts)
         student = await self.student(texts) if options.mode != "teacher" else None
         threshold = options.threshold if options.threshold is not None else self.threshold
@@ -191,7 +191,7 @@ class Cascade:
             student=student.version if student else self.versions.student,
             teacher=teacher.version if teacher else self.versions.teacher,
         )
-        return ClassifyResponse(
+        return ClassifyResponse.model_construct(  # every field is built valid here: no second validation
             request_id=request_id,
             predictions=predictions,
             versions=self.versions,
@@ -209,7 +209,7 @@ class Cascade:
 
     def _prediction(self, decision: Decision, probs: np.ndarray, top_k: int) -> Prediction:
         label_index = int(np.argmax(probs))
-        return Prediction(
+        return Prediction.model_construct(
             label=self.labels[label_index],
             score=round(float(probs[label_index]), 6),
             tier=decision.tier,

@@ -99,6 +99,7 @@ class IngressConfig(_Strict):
     max_in_flight: int = Field(128, ge=1)
     max_queued_requests: int = Field(512, ge=-1)  # -1: no bound (not advised)
     retry_after_s: int = Field(1, ge=0)  # the Retry-After of a shed request
+    access_log: bool = False  # Serve's access log line per request (about 1.4 % of the ingress's CPU under load)
 
     @model_validator(mode="after")
     def _shedding_leaves_room(self) -> "IngressConfig":

@@ -149,9 +149,11 @@ class ModelInfo:
 
 class IngressMetrics(Recorder):
     """What the ingress records: requests, items by tier, escalations, degradations, cost,
-    confidence, latencies, audits and its escalation log's writes."""
+    confidence, latencies, audits and its escalation log's writes. Counter increments are
+    summed in memory and handed to Ray once every ``flush_every_s`` by a daemon thread: a
+    Ray metric call per counter per request was about 6 % of the ingress's CPU under load."""
 
-    def __init__(self, student_cost: float):
+    def __init__(self, student_cost: float, flush_every_s: float = 1.0):
         super().__init__(
             "cascade_requests_total", "cascade_items_total", "cascade_escalations_total", "cascade_teacher_consulted_total", "cascade_degraded_total",
             "cascade_teacher_budget_rejections_total", "cascade_shed_requests_total", "cascade_tier_latency_seconds",
@@ -163,6 +165,31 @@ class IngressMetrics(Recorder):
         )
         self.student_cost = student_cost
         self._audits_seen = (0, 0)  # (audited, agreed) already exported
+        self._pending: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._pending_lock = threading.Lock()
+        threading.Thread(target=self._flush_forever, args=(flush_every_s,), daemon=True).start()
+
+    def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
+        """Add to a counter (exported at the next flush)."""
+        if value > 0:
+            key = (name, tuple(sorted(labels.items())))
+            with self._pending_lock:
+                self._pending[key] = self._pending.get(key, 0.0) + value
+
+    def flush(self) -> None:
+        """Hand the summed increments to Ray's metrics."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+        for (name, labels), value in pending.items():
+            super().inc(name, value, **dict(labels))
+
+    def _flush_forever(self, every_s: float) -> None:
+        while True:
+            time.sleep(every_s)
+            try:
+                self.flush()
+            except Exception as err:  # a metrics hiccup must not stop later flushes
+                logger.warning("metrics flush failed: %r", err)
 
     def record_response(self, response: ClassifyResponse, mode: str, seconds: float) -> None:
         """Count one answered request from its items (tier, reason, cause, confidence, cost)."""
