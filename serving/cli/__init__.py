@@ -534,7 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_refresh)
 
     p = sub.add_parser("simulate", help="the refresh loop's story: teacher share falling round after round", description="Distil a seed student on a slice of train, stream the rest of train through the running cascade in rounds, refresh after each, and report per round the teacher's share, the cascade's test accuracy and the cost per 1,000 requests (table, --json, PNG).")
-    p.add_argument("--home", type=Path, default=None, help="a registry for the simulation (default: ./.cascade-simulation)")
+    p.add_argument("--home", type=Path, default=None,
+                   help="a registry for the simulation (default: ./.cascade-simulation); each run logs escalations to a fresh "
+                        "<home>/simulations/<UTC time>/escalations, so that it learns from its own traffic alone, while the "
+                        "home's teacher and cache are reused")
     p.add_argument("--data", default=None, help="data set (default: banking77)")
     p.add_argument("--config", type=Path, default=None, help="serving config file")
     p.add_argument("--port", type=int, default=None, help="HTTP port (default: 8000)")

@@ -10,12 +10,21 @@
    in rounds; the unsure items reach the teacher and land in the escalation log.
 3. After each round, a refresh trains a candidate on the log (plus a replay of the slice),
    the gate decides, and the running service hot-swaps to a promoted student.
-4. Per round: the teacher's share of that round's traffic, the cost per 1,000 requests, and, with
-   the student that served the round, the cascade's accuracy and teacher share on the test split
-   (the same items every round, so that share moves with the student alone, not with the traffic).
+4. Per round: the teacher's share of that round's traffic, the cost per 1,000 requests, the
+   logged rows the round's refresh learned from, and, with the student that served the round,
+   the cascade's accuracy and teacher share on the test split (the same items every round, so
+   that share moves with the student alone, not with the traffic).
+
+Each run logs to a fresh directory of its own, ``<home>/simulations/<UTC time>/escalations``
+(whatever the config's ``log.path`` says), so that it learns from its own traffic alone: a run
+that read the home's log would learn a previous run's traffic in its first refresh. A fresh
+directory rather than a refusal of a used home: the home keeps the teacher and its cached
+outputs, which are slow to rebuild and safe to share, and earlier runs' logs stay there to read.
 """
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +40,6 @@ from distill.pipeline import TeacherCache, data_record, distill_student, fit_stu
 from distill.refresh import refresh
 from router import CascadeFigures, CostModel, cascade_figures
 from serving.cli import runner
-from serving.cli.bench import batched_pass
 from serving.config import CascadeConfig
 
 
@@ -39,6 +47,28 @@ def _on_test(student: HFClassifier, teacher_probs: np.ndarray, splits: DataSplit
     """The cascade's figures on the test split, under the student's policy."""
     probs = student.predict_proba(splits.test.texts)
     return cascade_figures(probs, teacher_probs, labels, escalation_policy(student.meta), costs)
+
+
+def run_log_dir(home: Path) -> Path:
+    """A new, empty escalation log directory for one run: ``<home>/simulations/<UTC time>/escalations``."""
+    run = home / "simulations" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    run.mkdir(parents=True)  # exist_ok=False: never a directory another run wrote to
+    return run / "escalations"
+
+
+def send_traffic(url: str, texts: list[str], batch: int = 64, concurrency: int = 4) -> list[dict]:
+    """Every text through the cascade as production traffic (logged for distillation, unlike the
+    evaluation traffic of ``cascade bench``), in ``batch``-text requests; the predictions in order."""
+    chunks = [texts[i : i + batch] for i in range(0, len(texts), batch)]
+    with httpx.Client(timeout=300) as client:
+
+        def send(chunk: list[str]) -> list[dict]:
+            response = client.post(f"{url}/v1/classify", json={"inputs": chunk, "options": {"mode": "cascade", "evaluation": False}})
+            response.raise_for_status()
+            return response.json()["predictions"]
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            return [p for predictions in pool.map(send, chunks) for p in predictions]
 
 
 def _wait_for_student(url: str, version: str, timeout_s: float = 60.0) -> None:
@@ -57,12 +87,15 @@ def simulate(config: CascadeConfig, data: str, rounds: int, seed_fraction: float
     full = load_splits(data)
     if full.test is None:
         raise ValueError("the simulation reports test accuracy: the data set needs a test split")
+    log_dir = run_log_dir(config.home)
+    config = config.model_copy(update={"log": config.log.model_copy(update={"path": str(log_dir)})})
     registry = ensure_models(config.home, data, progress=False)
     teacher = HFClassifier.load(registry.current_path("teacher"))
     cache = TeacherCache(config.home / "cache")
     rest, seed = split_validation(full.train, seed_fraction, seed=0)
     splits = DataSplits(train=seed, validation=full.validation, test=full.test)
-    say(f"simulate: seed student on {len(seed)} rows ({seed_fraction:.0%} of train); {len(rest)} rows of traffic in {rounds} rounds")
+    say(f"simulate: seed student on {len(seed)} rows ({seed_fraction:.0%} of train); {len(rest)} rows of traffic in {rounds} rounds; "
+        f"escalation log {log_dir} (fresh for this run)")
     spec = StudentSpec()
     student, metrics = distill_student(teacher, seed, spec, cache, progress=False)
     policy = fit_student_policy(student, teacher, splits.validation, cache, config.routing.goal)
@@ -77,19 +110,20 @@ def simulate(config: CascadeConfig, data: str, rounds: int, seed_fraction: float
     refresh_config = RefreshConfig(goal=config.routing.goal, train=TrainConfig(epochs=refresh_epochs))
     url = runner.start(config)
     report = {"teacher_accuracy": round(float(np.mean(teacher_probs.argmax(1) == labels)), 4),
-              "seed_rows": len(seed), "traffic_rows": len(rest), "rounds": []}
+              "seed_rows": len(seed), "traffic_rows": len(rest), "escalation_log": str(log_dir), "rounds": []}
     try:
         for number, chunk in enumerate(chunks, start=1):
             current = HFClassifier.load(registry.current_path("student"))
             _wait_for_student(url, current.version)
             test = _on_test(current, teacher_probs, splits, labels, costs)
-            predictions, _ = batched_pass(url, [rest.texts[i] for i in chunk], "cascade")
+            predictions = send_traffic(url, [rest.texts[i] for i in chunk])
             share = float(np.mean([p["tier"] == "teacher" for p in predictions]))
             degraded = float(np.mean([p["degraded"] for p in predictions]))  # wanted the teacher, did not get it
-            outcome = refresh(registry, config.home, splits, config.log_path(), refresh_config, data, progress=False)
+            outcome = refresh(registry, config.home, splits, log_dir, refresh_config, data, progress=False)
             row = {"round": number, "student": current.version, "traffic": len(chunk), "teacher_share": round(share, 4),
                    "degraded_share": round(degraded, 4), "test_teacher_share": round(test.escalation_rate, 4),
                    "cascade_accuracy": round(test.accuracy, 4), "cost_per_1000": round(costs.cost_per_1000(share), 1),
+                   "refresh_rows": outcome["data"]["escalation_rows"],
                    "refresh": "promoted" if outcome["promoted"] else f"rejected ({'; '.join(outcome['reasons'])})"}
             report["rounds"].append(row)
             say(f"round {number}: teacher share {share:.2%}, cascade test accuracy {test.accuracy:.4f}, cost/1000 {row['cost_per_1000']:.0f}; refresh {row['refresh']}")

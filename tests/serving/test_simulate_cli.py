@@ -26,23 +26,36 @@ from ports import free_port
 pytestmark = pytest.mark.slow
 
 
+def run_simulate(home: Path, data: Path, work: Path, png: Path) -> dict:
+    """``cascade simulate`` for two rounds in ``home``, in its own process; its JSON report."""
+    config = work / "cascade.yaml"
+    config.write_text(json.dumps({"metrics": {"port": free_port()}}))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
+    done = subprocess.run(
+        [sys.executable, "-m", "serving.cli", "simulate", "--home", str(home), "--data", str(data),
+         "--config", str(config), "--port", str(free_port()), "--rounds", "2", "--out", str(png), "--json"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
 @pytest.fixture(scope="module")
 def simulation(tiny_home: Path, tiny_data: Path, tmp_path_factory) -> tuple[dict, Path, Path]:
     """One two-round simulation on a copy of the tiny registry; (report, home, PNG)."""
     work = tmp_path_factory.mktemp("simulate")
     home = work / "home"
     shutil.copytree(tiny_home, home)  # the teacher is reused; the seed student is registered here
-    config = work / "cascade.yaml"
-    config.write_text(json.dumps({"metrics": {"port": free_port()}}))
     png = work / "rounds.png"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
-    done = subprocess.run(
-        [sys.executable, "-m", "serving.cli", "simulate", "--home", str(home), "--data", str(tiny_data),
-         "--config", str(config), "--port", str(free_port()), "--rounds", "2", "--out", str(png), "--json"],
-        capture_output=True, text=True, timeout=600, env=env,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout), home, png
+    return run_simulate(home, tiny_data, work, png), home, png
+
+
+@pytest.fixture(scope="module")
+def second_simulation(simulation, tiny_data: Path, tmp_path_factory) -> dict:
+    """The same simulation run again in the first one's home, right after it."""
+    _, home, _ = simulation
+    work = tmp_path_factory.mktemp("simulate-again")
+    return run_simulate(home, tiny_data, work, work / "rounds.png")
 
 
 def test_report_has_the_documented_json_shape(simulation, tiny_data):
@@ -86,7 +99,7 @@ def test_seed_student_shadows_round_one_and_the_log_holds_all_of_it(simulation):
     assert first["cascade_accuracy"] == report["teacher_accuracy"]
     seed = Registry(home / "registry").meta("student", first["student"])
     assert seed.policy["threshold"] == 1.0 and seed.policy["goal"].startswith("shadow")
-    logged = [r for r in read_records(config.log_path()) if r.student_version == first["student"]]
+    logged = [r for r in read_records(Path(report["escalation_log"])) if r.student_version == first["student"]]
     assert len(logged) == first["traffic"]
     assert all(r.reason == "unsure" and len(r.teacher_probs) == 5 for r in logged)
 
@@ -98,3 +111,19 @@ def test_round_two_is_served_by_the_refreshed_student(simulation):
     assert second["student"] != first["student"]
     assert Registry(home / "registry").meta("student", second["student"]).parent == first["student"]
     assert second["teacher_share"] <= first["teacher_share"]
+
+
+def test_a_second_run_in_the_same_home_learns_from_its_own_traffic_alone(simulation, second_simulation):
+    """A run that read the home's log would learn the first run's traffic in its first refresh,
+    and its round 2 would hardly need the teacher; each run has a fresh log instead."""
+    first, _, _ = simulation
+    again = second_simulation
+    assert Path(first["escalation_log"]).parent.parent == Path(again["escalation_log"]).parent.parent  # under the one home
+    assert first["escalation_log"] != again["escalation_log"]
+    logged = read_records(Path(again["escalation_log"]))
+    assert {r.student_version for r in logged} == {row["student"] for row in again["rounds"]}  # its own students' traffic only
+    assert sum(r.reason != "audit" for r in logged) == sum(round(row["teacher_share"] * row["traffic"]) for row in again["rounds"])
+    # round 1 is shadowed in both runs: its refresh learns that round's traffic, the same rows in both
+    assert again["rounds"][0]["refresh_rows"] == first["rounds"][0]["refresh_rows"]
+    assert again["rounds"][0]["teacher_share"] == 1.0
+    assert again["rounds"][1]["teacher_share"] == pytest.approx(first["rounds"][1]["teacher_share"], abs=0.05)
