@@ -57,8 +57,9 @@ def start_echo(config: CascadeConfig) -> str:
 
 
 def _body(texts: Sequence[str] | str, service: str) -> dict:
+    """A request body; every bench request is evaluation traffic (answered, never logged for distillation)."""
     options = {"mode": service} if service in ("student", "teacher", "cascade") else {}
-    return {"inputs": texts, "options": options}
+    return {"inputs": texts, "options": {**options, "evaluation": True}}
 
 
 _WRK_SCRIPT = """
