@@ -112,7 +112,19 @@ class CascadeService:
                     await asyncio.to_thread(self.live.sync)
                 self.cascade = cascade
                 cascade.threshold = self._threshold_override(fresh=True)
+                # every answer names the teacher's version, even before the teacher first answers
+                self._teacher_task = asyncio.get_running_loop().create_task(self._learn_teacher_version(cascade))
         return self.cascade
+
+    async def _learn_teacher_version(self, cascade: Cascade) -> None:
+        """Ask the teacher its version once, in the background: a teacher that is down does not
+        hold readiness up (its items degrade), and its version is learnt at its first answer."""
+        self._know_teacher(cascade, await self._teacher_info())
+
+    @staticmethod
+    def _know_teacher(cascade: Cascade, teacher: dict[str, Any] | None) -> None:
+        if teacher is not None and cascade.versions.teacher is None:
+            cascade.versions = ModelVersions(student=cascade.versions.student, teacher=teacher["version"])
 
     def _observe(self, evidence: Evidence) -> None:
         """What a cascade request showed goes to online control and to a shadow candidate."""
@@ -136,9 +148,10 @@ class CascadeService:
         """Both models loaded and answering, else ``Unavailable`` naming what is not."""
         try:
             cascade = await asyncio.wait_for(self.ready(), timeout_s)
-            await asyncio.wait_for(self.teacher.info(), timeout_s)
+            teacher = await asyncio.wait_for(self.teacher.info(), timeout_s)
         except Exception as err:
             raise Unavailable(f"not ready: {type(err).__name__}: {err}") from err
+        self._know_teacher(cascade, teacher)
         return {"status": "ready", "labels": len(cascade.labels)}
 
     # ---- classify
