@@ -229,16 +229,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "routing": config.routing.model_copy(update={"goal": args.goal, "teacher_timeout_s": args.teacher_timeout}),
     })
     say = (lambda _: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
-    report = simulate(config, config.data, args.rounds, args.seed_fraction, not args.no_shadow, args.epochs, say)
+    report = simulate(config, config.data, args.rounds, args.seed_fraction, not args.no_shadow, args.epochs,
+                      shift=args.shift, typo_rate=args.typo_rate, say=say)
     plot_rounds(report, args.out)
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"teacher alone: {report['teacher_accuracy']:.4f}")
-        print("| round | teacher share | degraded | teacher share on test | cascade test accuracy | cost / 1,000 | refresh |\n|---|---|---|---|---|---|---|")
+        print(f"teacher alone: {report['teacher_accuracy']:.4f}; stream shift: {report['shift']}; goal: {report['goal']}")
+        print("| round | teacher share | degraded | teacher share on test | cascade test accuracy | cost / 1,000 | goal (agreement) "
+              "| static: agreement, teacher share | controlled: agreement, teacher share, threshold (source) | served agreement | refresh |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|")
         for r in report["rounds"]:
+            target = "-" if r["goal_target"] is None else f"{r['goal_target']:.4f}"
             print(f"| {r['round']} | {r['teacher_share']:.2%} | {r['degraded_share']:.2%} | {r['test_teacher_share']:.2%} | "
-                  f"{r['cascade_accuracy']:.4f} | {r['cost_per_1000']:.0f} | {r['refresh']} |")
+                  f"{r['cascade_accuracy']:.4f} | {r['cost_per_1000']:.0f} | {target} | "
+                  f"{r['static_agreement']:.4f}, {r['static_teacher_share']:.2%} | "
+                  f"{r['controlled_agreement']:.4f}, {r['controlled_teacher_share']:.2%}, {r['controlled_threshold']:.4g} ({r['threshold_source']}) | "
+                  f"{r['served_agreement']:.4f} | {r['refresh']} |")
         print(f"plot: {args.out}")
     return 0
 
@@ -552,6 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-timeout", type=float, default=120.0,
                    help="seconds an escalation waits for the teacher (default: 120: a simulation measures learning, "
                         "so a loaded machine must not turn escalations into degraded answers)")
+    p.add_argument("--shift", choices=["none", "typos"], default="none",
+                   help="make the traffic differ from validation: typos gives words seeded typos (letters swapped, dropped or "
+                        "doubled); the report compares the static threshold's live agreement with the controlled one's (default: none)")
+    p.add_argument("--typo-rate", type=float, default=0.2, help="with --shift typos: share of words (3+ characters) given a typo (default: 0.2)")
     p.add_argument("--out", type=Path, default=Path("simulation.png"), help="PNG to write (default: simulation.png)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_simulate)

@@ -20,20 +20,21 @@ from distill.data import load_splits
 from distill.escalations import read_records
 from distill.registry import Registry
 from router import EscalationPolicy
+from serving.cli.simulate import served_figures, with_typos
 from serving.config import load_config
 from ports import free_port
 
 pytestmark = pytest.mark.slow
 
 
-def run_simulate(home: Path, data: Path, work: Path, png: Path) -> dict:
-    """``cascade simulate`` for two rounds in ``home``, in its own process; its JSON report."""
+def run_simulate(home: Path, data: Path, work: Path, png: Path, *extra: str) -> dict:
+    """``cascade simulate`` in ``home`` (two rounds unless ``extra`` says), in its own process; its JSON report."""
     config = work / "cascade.yaml"
     config.write_text(json.dumps({"metrics": {"port": free_port()}}))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
     done = subprocess.run(
         [sys.executable, "-m", "serving.cli", "simulate", "--home", str(home), "--data", str(data),
-         "--config", str(config), "--port", str(free_port()), "--rounds", "2", "--out", str(png), "--json"],
+         "--config", str(config), "--port", str(free_port()), "--rounds", "2", "--out", str(png), "--json", *extra],
         capture_output=True, text=True, timeout=600, env=env,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -127,3 +128,56 @@ def test_a_second_run_in_the_same_home_learns_from_its_own_traffic_alone(simulat
     assert again["rounds"][0]["refresh_rows"] == first["rounds"][0]["refresh_rows"]
     assert again["rounds"][0]["teacher_share"] == 1.0
     assert again["rounds"][1]["teacher_share"] == pytest.approx(first["rounds"][1]["teacher_share"], abs=0.05)
+
+
+@pytest.fixture(scope="module")
+def shifted_simulation(tiny_home: Path, tiny_data: Path, tmp_path_factory) -> tuple[dict, Path]:
+    """One round of the whole traffic with typos, on a fresh copy of the tiny registry: enough
+    items under one student for online control to step (once per 200 items)."""
+    work = tmp_path_factory.mktemp("simulate-shifted")
+    home = work / "home"
+    shutil.copytree(tiny_home, home)
+    return run_simulate(home, tiny_data, work, work / "rounds.png", "--rounds", "1", "--shift", "typos", "--typo-rate", "0.5"), home
+
+
+def test_typos_are_seeded_and_edit_about_the_rate_of_words():
+    texts = ["please freeze my card right now", "what is the exchange rate today", "ok"] * 200
+    shifted = with_typos(texts, 0.3)
+    assert shifted == with_typos(texts, 0.3)  # the same stream every run
+    assert with_typos(texts, 0.0) == texts and shifted[2::3] == texts[2::3]  # two-letter words are left alone
+    edited = [a != b for text, typo in zip(texts, shifted) for a, b in zip(text.split(" "), typo.split(" ")) if len(a) >= 3]
+    assert all(len(t.split(" ")) == len(s.split(" ")) for t, s in zip(texts, shifted))
+    assert np.mean(edited) == pytest.approx(0.3, abs=0.05)
+    with pytest.raises(ValueError, match="probability"):
+        with_typos(texts, 1.5)
+
+
+def test_served_figures_count_escalations_as_agreeing():
+    policy = EscalationPolicy(threshold=0.6)
+    probs = np.array([[0.9, 0.1], [0.55, 0.45], [0.2, 0.8], [0.7, 0.3]])
+    teacher_top = np.array([0, 1, 0, 1])  # the student agrees on item 0 only; item 1 is escalated
+    assert served_figures(policy, probs, teacher_top) == (0.5, 0.25)
+    assert served_figures(policy, probs, teacher_top, threshold=0.75) == (0.75, 0.5)  # item 3 escalated too
+
+
+def test_shifted_stream_reports_static_against_controlled(shifted_simulation, tiny_data):
+    report, home = shifted_simulation
+    assert report["shift"] == "typos" and report["typo_rate"] == 0.5 and report["control"] is True
+    (row,) = report["rounds"]
+    # the seed student shadows round 1: its static threshold escalates all, which agrees by definition
+    assert row["static_threshold"] == 1.0 and row["static_teacher_share"] == row["static_agreement"] == 1.0
+    # online control stepped on the round's evidence, and the figures are those of its threshold
+    assert row["threshold_source"] == "live" and row["live_estimate"] is not None and row["live_bound"] <= row["live_estimate"]
+    assert row["controlled_threshold"] <= 1.0
+    for key in ("controlled_agreement", "controlled_teacher_share", "served_agreement", "goal_target"):
+        assert 0.0 <= row[key] <= 1.0, (key, row)
+    for key in ("controlled_teacher_share", "static_teacher_share", "teacher_share"):
+        assert row[key] == round(round(row[key] * row["traffic"]) / row["traffic"], 4), (key, row)  # a count of the round's items
+    # only the items the student answers alone can disagree
+    assert 1 - row["controlled_agreement"] <= 1 - row["controlled_teacher_share"] + 1e-4
+    assert 1 - row["served_agreement"] <= 1 - row["teacher_share"] + 1e-4
+    # the traffic sent was the shifted one: the log holds texts that are in no split
+    splits = load_splits(str(tiny_data))
+    known = set(splits.train.texts) | set(splits.test.texts)
+    logged = {r.text for r in read_records(Path(report["escalation_log"]))}
+    assert len(logged - known) > len(logged) / 2
