@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Generic, Iterator, TypeVar
 from uuid import uuid4
 
 from pydantic import BaseModel, Field, ValidationError
@@ -41,17 +41,22 @@ def segments(directory: Path) -> list[Path]:
     return sorted(directory.glob(SEGMENT_GLOB)) if directory.is_dir() else []
 
 
-class LogTail:
+Record = TypeVar("Record", bound=BaseModel)
+
+
+class LogTail(Generic[Record]):
     """Reads the log at ``directory`` incrementally: each pass over ``new_records()`` reads only
     the bytes appended since the previous pass (a watcher polls a growing log without
-    re-reading it) and yields the complete, valid records among them, each id once."""
+    re-reading it) and yields the complete, valid records among them, each id once. Any log of
+    records with an ``id`` written this way (``distill.feedback`` too) reads the same."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, record: type[Record] = EscalationRecord):
         self.directory = directory
+        self.record = record
         self._offsets: dict[Path, int] = {}  # per segment, the end of its last complete line read
         self._seen: set[str] = set()
 
-    def new_records(self) -> Iterator[EscalationRecord]:
+    def new_records(self) -> Iterator[Record]:
         """The records appended since the last call, oldest first."""
         for segment in segments(self.directory):
             offset = self._offsets.get(segment, 0)
@@ -64,7 +69,7 @@ class LogTail:
                     offset += len(raw)
                     self._offsets[segment] = offset
                     try:
-                        record = EscalationRecord.model_validate(json.loads(raw))
+                        record = self.record.model_validate(json.loads(raw))
                     except (json.JSONDecodeError, UnicodeDecodeError, ValidationError):
                         continue
                     if record.id not in self._seen:
