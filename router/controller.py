@@ -10,13 +10,19 @@ any candidate threshold ``t``:
 - teacher share(t) = routed items below ``t`` / routed items;
 - served agreement(t) = 1 - (items at or above ``t`` the student would answer wrongly) / routed
   items: escalated items agree with the teacher by definition;
-- its one-sided lower bound subtracts ``z`` standard errors of that count (binomial sampling
-  within each bin, with a finite-population correction: a fully known bin adds no error).
+- its one-sided lower bound subtracts ``z`` standard errors of that estimate: each bin's rate is
+  a binomial estimate from its known items (no finite-population correction: the threshold is
+  chosen for the traffic to come, so a fully known bin's rate is still an estimate), with the
+  variance's rate shrunk toward the pooled rate above ``t``, so that a bin whose few known items
+  all agreed does not claim a zero error.
 
-``control_step`` moves the threshold toward the cheapest one whose lower bound meets the goal
-(agreement goals) or whose share meets it (budget goals), never past ``teacher_budget`` (the
-budget wins, and says so), at most ``max_step`` grid steps per update, and toward a cheaper
-threshold only when it clears the goal by ``hysteresis``, so it does not oscillate.
+``control_step`` moves the threshold straight to the cheapest one whose lower bound meets the
+goal (agreement goals) or whose share meets it (budget goals), never past ``teacher_budget``
+(the budget wins, and says so). When the goal fails the move up is direct: more teacher is the
+safe side. A move down goes only to a threshold that clears the goal by ``hysteresis``, so the
+threshold does not oscillate, and at most ``max_step`` grid steps while fewer than
+``min_known`` items above it are known (thin evidence). A ``floor`` keeps the threshold at or
+above a grid point (a student whose fitted policy escalates everything is held there).
 Evidence merges across replicas (``merge``) and ages by halving past ``window_items``.
 """
 
@@ -101,26 +107,23 @@ class LiveEvidence:
         """The estimated served agreement at each grid threshold and its one-sided lower bound
         (``z`` = 1.645: 95 %). Where nothing above a threshold is known, its bound is what
         escalation alone guarantees (every student answer counted as wrong)."""
-        n = self.known
-        rate = np.divide(self.disagreed, n, out=np.zeros_like(n), where=n > 0)
-        smooth = (self.disagreed + 0.5) / (n + 1.0)  # keeps an all-agreeing bin from claiming no error
-        fpc = np.clip(1.0 - n / np.maximum(self.routed, 1e-12), 0.0, 1.0)
-        variance = np.divide(self.routed**2 * smooth * (1 - smooth) * fpc, n, out=np.zeros_like(n), where=n > 0)
-        # bins routed but never known borrow the pooled rate of the known bins above them
+        n, k, routed = self.known, self.disagreed, self.routed
+        rate = np.divide(k, n, out=np.zeros_like(n), where=n > 0)
         above = lambda a: np.cumsum(a[::-1])[::-1][1:]  # noqa: E731  (sum over bins > j, per j)
-        pooled_n, pooled_k = above(n), above(self.disagreed)
-        unknown = np.where(n > 0, 0.0, self.routed)
-        pooled = np.divide(pooled_k, pooled_n, out=np.ones_like(pooled_n), where=pooled_n > 0)
-        pooled_smooth = (pooled_k + 0.5) / (pooled_n + 1.0)
-        wrong = above(self.routed * rate) + above(unknown) * pooled
-        var = above(variance) + above(unknown) ** 2 * np.divide(
-            pooled_smooth * (1 - pooled_smooth), pooled_n, out=np.full_like(pooled_n, 0.25), where=pooled_n > 0
-        )
+        pooled_n, pooled_k = above(n), above(k)
+        pooled = (pooled_k + 0.5) / (pooled_n + 1.0)  # the rate above each threshold, kept off 0 and 1
+        # per threshold j (rows) and bin b (columns): bin b's rate for the variance, shrunk toward the pool above j
+        shrunk = (k[None, :] + 2.0 * pooled[:, None]) / (n[None, :] + 2.0)
+        per_bin = np.divide(routed**2, n, out=np.zeros_like(n), where=n > 0)[None, :] * shrunk * (1 - shrunk)
+        is_above = np.arange(len(n))[None, :] > np.arange(len(self.grid))[:, None]
+        unknown = above(np.where(n > 0, 0.0, routed))  # routed in bins never known: they take the pooled rate
+        wrong = above(routed * rate) + unknown * pooled
+        var = (per_bin * is_above).sum(axis=1) + unknown**2 * pooled * (1 - pooled) / np.maximum(pooled_n, 1.0)
         total = max(self.items, 1e-12)
         estimate = 1.0 - wrong / total
-        lower = 1.0 - np.minimum(wrong + z * np.sqrt(var), above(self.routed)) / total
+        lower = 1.0 - np.minimum(wrong + z * np.sqrt(var), above(routed)) / total
         nothing_known = pooled_n <= 0
-        lower[nothing_known] = 1.0 - above(self.routed)[nothing_known] / total
+        estimate[nothing_known] = lower[nothing_known] = 1.0 - above(routed)[nothing_known] / total
         return estimate, lower
 
     def to_dict(self) -> dict:
@@ -137,9 +140,13 @@ class ControlSettings:
     """How the controller moves."""
 
     z: float = 1.645  # one-sided 95 % bound
-    max_step: int = 2  # grid steps per update
+    max_step: int = 10  # grid steps per update down, while the evidence above the destination is thin
     hysteresis: float = 0.003  # a cheaper threshold must clear the goal by this much
-    min_known: int = 100  # known items above a threshold before the controller trusts its bound
+    # known items above a threshold before the controller moves down to it directly: coming down
+    # from the top by bounded steps, the bins about to be answered by the student were all known
+    # for longer, and a lucky first few hundred items cannot take it straight to a threshold
+    # that the audits alone (2 %) would take a long time to correct
+    min_known: int = 500
     window_items: float = 50_000  # evidence halves past this many routed items
 
 
@@ -171,41 +178,45 @@ def agreement_target(goal: Goal, validation: dict[str, float] | None = None) -> 
 
 
 def control_step(evidence: LiveEvidence, index: int, goal: Goal, teacher_budget: float = 1.0,
-                 validation: dict[str, float] | None = None, settings: ControlSettings = ControlSettings()) -> ControlState:
-    """One bounded move of the live threshold (see the module docstring)."""
+                 validation: dict[str, float] | None = None, settings: ControlSettings = ControlSettings(),
+                 floor: int = 0) -> ControlState:
+    """One move of the live threshold, never below ``grid[floor]`` unless the budget forces it
+    (see the module docstring)."""
     grid = evidence.grid
-    if not 0 <= index < len(grid):
-        raise RouterError(f"index must lie in [0, {len(grid)}); got {index}")
+    for name, value in (("index", index), ("floor", floor)):
+        if not 0 <= value < len(grid):
+            raise RouterError(f"{name} must lie in [0, {len(grid)}); got {value}")
     share = evidence.teacher_share()
     allowed = share <= teacher_budget + 1e-12
     highest_allowed = int(np.flatnonzero(allowed).max()) if allowed.any() else 0
+    position = np.arange(len(grid))
 
-    if isinstance(goal, TeacherBudget):
+    if isinstance(goal, TeacherBudget):  # the share is counted on every item: no bound, and straight to it
         target = goal.max_share
         fits = share <= min(target, teacher_budget) + 1e-12
-        desired = int(np.flatnonzero(fits).max()) if fits.any() else 0
-        # hysteresis in share: go up (more teacher) only if the higher threshold stays under target - margin
-        if desired > index and share[min(index + 1, len(grid) - 1)] > target - settings.hysteresis:
-            desired = index
-        new = index + int(np.clip(desired - index, -settings.max_step, settings.max_step))
+        if fits[index]:  # up (more teacher) only to a threshold whose share stays under target - hysteresis
+            margin = share <= min(target - settings.hysteresis, teacher_budget) + 1e-12
+            new = max(index, int(np.flatnonzero(margin).max()) if margin.any() else 0)
+        else:
+            new = int(np.flatnonzero(fits).max()) if fits.any() else 0
         return ControlState(new, float(grid[new]), float(share[new]), float(share[new]), target,
                             bool(share[new] <= target + 1e-12), bool(target > teacher_budget))
 
     target = agreement_target(goal, validation)
     estimate, lower = evidence.agreement(settings.z)
     known_above = np.cumsum(evidence.known[::-1])[::-1][1:]
-    trusted = known_above >= settings.min_known
-    meets = (lower >= target) & allowed
-    clears = (lower >= target + settings.hysteresis) & allowed & trusted
-    if not meets[index] or not allowed[index]:  # the goal fails here: toward the cheapest threshold that holds it
-        candidates = np.flatnonzero(meets & (np.arange(len(grid)) > index))
-        desired = int(candidates.min()) if candidates.size else highest_allowed
-        if not allowed[index]:
-            desired = min(desired, highest_allowed)
-    else:  # it holds: toward a cheaper one only if that one clears the goal by the hysteresis
-        candidates = np.flatnonzero(clears & (np.arange(len(grid)) < index))
-        desired = int(candidates.min()) if candidates.size else index
-    new = index + int(np.clip(desired - index, -settings.max_step, settings.max_step))
-    budget_limited = bool((lower >= target).any() and not meets.any())  # only thresholds past the budget hold it
+    meets = (lower >= target) & allowed & (position >= min(floor, highest_allowed))
+    if not meets[index]:  # the goal fails here (or the budget or the floor does): straight to the cheapest that holds it
+        candidates = np.flatnonzero(meets & ((position > index) if allowed[index] else True))
+        new = int(candidates.min()) if candidates.size else highest_allowed
+    else:  # it holds: down to the cheapest that clears it by the hysteresis, by max_step while the evidence is thin
+        clears = np.flatnonzero(meets & (lower >= target + settings.hysteresis) & (position < index))
+        new = index
+        if clears.size:
+            new = int(clears.min())
+            if known_above[new] < settings.min_known:
+                near = clears[clears >= index - settings.max_step]
+                new = int(near.min()) if near.size else index
+    budget_limited = bool((lower >= target).any() and not (allowed & (lower >= target)).any())  # only thresholds past the budget hold it
     return ControlState(new, float(grid[new]), float(estimate[new]), float(lower[new]), target,
                         bool(lower[new] >= target and allowed[new]), budget_limited)

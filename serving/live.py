@@ -2,9 +2,18 @@
 requests it answers, and once a second merges it into one shared state file beside the
 registry, under a file lock, where the controller (``router.controller``) steps once per
 ``update_every`` new items. Every replica reads the live threshold back from that file, so
-all replicas route alike, a restarted or added replica starts from it, and a newly promoted
-student starts it afresh (the state names the student it belongs to). The state also keeps a
-short history of the live figures for the dashboard, the same whichever replica answers."""
+all replicas route alike and a restarted or added replica starts from it.
+
+A newly promoted student starts control afresh (the state names the student it belongs to),
+from a safe point: ``routing.threshold`` when set, else the top of the measure's range, where
+every item goes to the teacher, agrees by definition and is known; the first step (after
+``update_every`` items) comes down to what that complete evidence bounds. Starting from the
+fitted threshold instead served a shifted stream under the goal until the evidence had
+climbed to it. A student whose fitted policy escalates everything (a seed student in shadow)
+is held there: control does not undo it. A replica that still sees the previous student for a
+while after a promotion (its model servers swap one by one) does not bring it back: that
+student's evidence is dropped for ``stale_s`` after the switch. The state also keeps a short
+history of the live figures for the dashboard, the same whichever replica answers."""
 
 from __future__ import annotations
 
@@ -21,7 +30,8 @@ from pydantic import BaseModel
 if TYPE_CHECKING:
     from serving.cascade import Evidence
 
-from router import ControlSettings, EscalationPolicy, LiveEvidence, RouterError, control_step, parse_goal, threshold_grid
+from router import (ControlSettings, EscalationPolicy, LiveEvidence, RouterError, TeacherBudget, agreement_target, control_step,
+                    parse_goal, threshold_grid)
 from serving.shared_state import locked, read_json, write_json
 
 logger = logging.getLogger("cascade")
@@ -51,18 +61,19 @@ class LiveControl:
 
     def __init__(self, registry_root: Path, goal: str, teacher_budget: float, start_threshold: float | None = None,
                  settings: ControlSettings = ControlSettings(), update_every: int = 200, sync_every_s: float = 1.0,
-                 on_status: Callable[[LiveStatus], None] | None = None):
+                 on_status: Callable[[LiveStatus], None] | None = None, stale_s: float = 60.0):
         self.path = Path(registry_root) / LIVE_STATE_FILE
         self.goal = parse_goal(goal)
         self.teacher_budget = teacher_budget
-        self.start_threshold = start_threshold  # routing.threshold; None: each student's fitted one
+        self.start_threshold = start_threshold  # routing.threshold; None: the top of each student's range
         self.settings = settings
         self.update_every = update_every
         self.sync_every_s = sync_every_s
         self.on_status = on_status
+        self.stale_s = stale_s
         self.status = LiveStatus(goal=str(self.goal))
-        self._delta: LiveEvidence | None = None
-        self._student: tuple[str, EscalationPolicy, int] | None = None  # version, policy, labels
+        self._deltas: dict[str, tuple[EscalationPolicy, LiveEvidence]] = {}  # new evidence per student version
+        self._latest: str | None = None  # the student version observed last
         self._synced_at = float("-inf")
         self._syncing = False
 
@@ -70,16 +81,43 @@ class LiveControl:
         """Add one cascade request's evidence: its items' confidence, which have a known
         teacher label, and where the student agreed with it."""
         version, policy = evidence.student.version, evidence.policy
-        if self._student is None or self._student[0] != version:
-            self._student = (version, policy, evidence.student.probs.shape[1])
-            self._delta = LiveEvidence(threshold_grid(policy.measure, evidence.student.probs.shape[1]))
-        self._delta.add(evidence.plan.confidence, evidence.known, evidence.agreed)
+        if version not in self._deltas:
+            self._deltas[version] = (policy, LiveEvidence(threshold_grid(policy.measure, evidence.student.probs.shape[1])))
+        self._deltas[version][1].add(evidence.plan.confidence, evidence.known, evidence.agreed)
+        self._latest = version
 
     def threshold(self, student_version: str | None) -> float | None:
-        """The live threshold for ``student_version``, once the controller has stepped for it."""
-        if student_version is None or self.status.student != student_version:
+        """The live threshold for ``student_version``: the shared one, or, for a student this
+        replica has seen but the shared state does not know yet, the safe point control will
+        start it from; None for a student not seen yet."""
+        if student_version is None:
             return None
-        return self.status.threshold
+        if self.status.student == student_version:
+            return self.status.threshold
+        if student_version in self._deltas and self._controllable(self._deltas[student_version][0]):
+            policy, delta = self._deltas[student_version]
+            return float(delta.grid[self._start(policy, delta.grid)[0]])
+        return None
+
+    def _controllable(self, policy: EscalationPolicy) -> bool:
+        """Whether control can hold the goal for this student (an accuracy goal needs its validated agreement)."""
+        try:
+            agreement_target(self.goal, policy.validation)
+        except RouterError:
+            return False
+        return True
+
+    def _start(self, policy: EscalationPolicy, grid: np.ndarray) -> tuple[int, int]:
+        """Where control starts a new student, and the floor it never goes below (grid indices):
+        ``routing.threshold`` when set; for a budget goal the fitted threshold (more teacher is
+        not its safe side); else the top of the range, where a student whose fitted policy
+        escalates everything is also held."""
+        top = len(grid) - 1
+        if self.start_threshold is not None or isinstance(self.goal, TeacherBudget):
+            start = self.start_threshold if self.start_threshold is not None else policy.threshold
+            return int(np.abs(grid - start).argmin()), 0
+        escalates_all = policy.threshold >= grid[top] and all(t >= grid[top] for t in policy.class_thresholds.values())
+        return top, top if escalates_all else 0
 
     async def tick(self) -> None:
         """Sync with the shared state if ``sync_every_s`` has passed (off the event loop)."""
@@ -97,12 +135,13 @@ class LiveControl:
     def sync(self) -> LiveStatus:
         """Merge this replica's new evidence into the shared state, step the controller when
         enough is new, and read the state back."""
-        delta, student = self._delta, self._student
-        self._delta = LiveEvidence(delta.grid) if delta is not None else None
+        deltas, latest = self._deltas, self._latest
+        self._deltas = {}
         with locked(self.path):
             state = read_json(self.path)
-            if student is not None and delta is not None:
-                state = self._merged(state, student, delta)
+            if deltas:
+                for version in sorted(deltas, key=lambda v: v == latest):  # the student observed last goes last
+                    state = self._merged(state, version, *deltas[version])
                 write_json(self.path, state)
         if state is not None:
             self.status = LiveStatus.model_validate(state["status"])
@@ -110,25 +149,29 @@ class LiveControl:
                 self.on_status(self.status)
         return self.status
 
-    def _merged(self, state: dict | None, student: tuple[str, EscalationPolicy, int], delta: LiveEvidence) -> dict:
-        version, policy, _ = student
+    def _merged(self, state: dict | None, version: str, policy: EscalationPolicy, delta: LiveEvidence) -> dict:
+        if state is not None and state["status"]["student"] != version and state.get("previous") == version \
+                and time.time() - state.get("started_at", 0.0) < self.stale_s:
+            return state  # a replica not yet swapped: the previous student's evidence, dropped
         if state is None or state["status"]["student"] != version or state["evidence"]["grid"] != delta.grid.tolist():
-            start = self.start_threshold if self.start_threshold is not None else policy.threshold
-            index = int(np.abs(delta.grid - start).argmin())
-            state = {"status": LiveStatus(goal=str(self.goal), student=version, fitted_threshold=policy.threshold).model_dump(),
-                     "evidence": LiveEvidence(delta.grid).to_dict(), "index": index, "since_step": 0.0, "history": []}
+            index, floor = self._start(policy, delta.grid)
+            controllable = self._controllable(policy)
+            if not controllable:
+                logger.error("live control off for %s: goal %s needs the policy's validated teacher_agreement", version, self.goal)
+            status = LiveStatus(goal=str(self.goal), student=version, fitted_threshold=policy.threshold,
+                                threshold=float(delta.grid[index]) if controllable else None)
+            state = {"status": status.model_dump(), "evidence": LiveEvidence(delta.grid).to_dict(), "index": index,
+                     "floor": floor, "since_step": 0.0, "history": [], "started_at": time.time(),
+                     "previous": None if state is None else state["status"]["student"]}
         evidence = LiveEvidence.from_dict(state["evidence"])
         evidence.merge(delta)
         evidence.age(self.settings.window_items)
         state["since_step"] += delta.items
         state["evidence"] = evidence.to_dict()
-        if state["since_step"] < self.update_every:
+        if state["since_step"] < self.update_every or state["status"]["threshold"] is None:  # None: control off
             return state
-        try:
-            step = control_step(evidence, state["index"], self.goal, self.teacher_budget, policy.validation, self.settings)
-        except RouterError as err:  # e.g. an accuracy goal without a validated agreement: control stays off
-            logger.error("live control off for %s: %s", version, err)
-            return state
+        step = control_step(evidence, state["index"], self.goal, self.teacher_budget, policy.validation, self.settings,
+                            state.get("floor", 0))
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         state["index"], state["since_step"] = step.index, 0.0
         state["status"].update(threshold=step.threshold, estimate=step.estimate, bound=step.bound, target=step.target,

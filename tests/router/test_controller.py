@@ -1,6 +1,8 @@
 """The online goal controller on synthetic streams whose true agreement at every threshold is
 known: it converges to the cheapest threshold that meets the goal, from either side, does not
-oscillate, and lets the teacher budget win when the goal needs more."""
+oscillate, holds the goal on the answers served from a safe start where a static threshold
+misses it, keeps a floor (a seed student escalating everything), and lets the teacher budget
+win when the goal needs more."""
 
 from __future__ import annotations
 
@@ -44,7 +46,15 @@ def run(start: float, goal=TargetAgreement(TARGET), teacher_budget: float = 1.0,
     return path
 
 
-@pytest.mark.parametrize("start", [0.05, 0.95])
+def serve(rng: np.random.Generator, threshold: float, items: int, audit_rate: float) -> tuple[np.ndarray, ...]:
+    """``items`` of the synthetic stream served at ``threshold``: scores, known, agreed, escalated."""
+    scores = rng.random(items)
+    agreed = rng.random(items) >= 0.4 * (1 - scores) ** 2
+    escalated = scores < threshold
+    return scores, escalated | (rng.random(items) < audit_rate), agreed, escalated
+
+
+@pytest.mark.parametrize("start", [0.05, 0.95, 1.0])
 def test_it_converges_to_the_cheapest_threshold_that_meets_the_goal(start):
     # with the defaults (5 % audits here, evidence halving past 50,000 items) the bound keeps a margin
     settled = run(start)[60:]
@@ -56,17 +66,75 @@ def test_it_converges_to_the_cheapest_threshold_that_meets_the_goal(start):
     assert max(settled) <= CHEAPEST + 0.025, (CHEAPEST, max(settled))
 
 
-def test_it_does_not_oscillate():
-    settled = np.array(run(0.05, rounds=200)[100:])
+@pytest.mark.parametrize("start", [0.05, 1.0])
+def test_it_does_not_oscillate(start):
+    settled = np.array(run(start, rounds=200)[100:])
     moves = np.sign(np.diff(settled))
     moves = moves[moves != 0]
     reversals = int(np.sum(moves[1:] != moves[:-1]))  # up then down, or down then up
     assert reversals <= 2 and np.ptp(settled) <= 0.04 + 1e-9, (reversals, np.ptp(settled))
 
 
-def test_steps_are_bounded():
-    path = np.array(run(0.05, rounds=30))
-    assert np.max(np.abs(np.diff(path))) <= 2 * (GRID[1] - GRID[0]) + 1e-9
+def test_a_failing_goal_moves_straight_up_to_a_threshold_whose_bound_meets_it():
+    rng = np.random.default_rng(2)
+    evidence = LiveEvidence(GRID)
+    evidence.add(*serve(rng, 0.05, 5000, audit_rate=0.3)[:3])
+    state = control_step(evidence, 5, TargetAgreement(TARGET))
+    assert state.index > 5 + ControlSettings().max_step and state.held and state.bound >= TARGET
+    assert true_agreement(state.threshold) >= TARGET and state.threshold <= CHEAPEST + 0.1
+
+
+def test_thin_evidence_comes_down_by_bounded_steps_and_ample_evidence_directly():
+    rng = np.random.default_rng(3)
+    evidence = LiveEvidence(GRID)
+    evidence.add(*serve(rng, 1.0, 200, audit_rate=0.02)[:3])  # the first items at the top: all known, but few
+    top = len(GRID) - 1
+    state = control_step(evidence, top, TargetAgreement(TARGET))
+    assert top - ControlSettings().max_step <= state.index < top and state.held
+    evidence.add(*serve(rng, 1.0, 20_000, audit_rate=0.02)[:3])
+    state = control_step(evidence, top, TargetAgreement(TARGET))
+    assert state.threshold <= CHEAPEST + 0.05 and true_agreement(state.threshold) >= TARGET
+
+
+def test_a_fully_known_bin_still_has_an_error_and_an_all_agreeing_bin_does_not_claim_none():
+    evidence = LiveEvidence(GRID)
+    evidence.add(np.full(300, 0.95), np.ones(300, bool), np.ones(300, bool))  # every item known, every one agreeing
+    estimate, lower = evidence.agreement()
+    assert estimate[0] == 1.0 and lower[0] < 1.0  # the rate of the traffic to come is still an estimate
+
+
+def test_the_answers_served_hold_the_goal_round_after_round_where_a_static_threshold_misses():
+    """``cascade simulate``'s setting: each round is a new student (fresh evidence) starting at the
+    top, 1,600 items, a step per 200, 2 % audits; the stream is shifted, so the threshold fitted
+    on validation (0.2 here) is too low for it."""
+    static = 0.2
+    assert true_agreement(static) < TARGET
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        for _ in range(4):
+            evidence, index, served, static_served, teacher = LiveEvidence(GRID), len(GRID) - 1, 0, 0, 0
+            for _ in range(8):
+                scores, known, agreed, escalated = serve(rng, GRID[index], 200, audit_rate=0.02)
+                served += int((escalated | agreed).sum())
+                static_served += int(((scores < static) | agreed).sum())
+                teacher += int(escalated.sum())
+                evidence.add(scores, known, agreed)
+                index = control_step(evidence, index, TargetAgreement(TARGET)).index
+            assert served / 1600 >= TARGET and static_served / 1600 < TARGET, (seed, served / 1600, static_served / 1600)
+            assert teacher / 1600 < 0.8  # it comes down from the top within the round
+
+
+def test_a_floor_holds_an_escalate_all_start_unless_the_budget_forces_it_down():
+    rng = np.random.default_rng(4)
+    evidence = LiveEvidence(GRID)
+    evidence.add(*serve(rng, 1.0, 20_000, audit_rate=0.02)[:3])
+    top = len(GRID) - 1
+    state = control_step(evidence, top, TargetAgreement(TARGET), floor=top)
+    assert state.index == top and state.held and state.bound == 1.0
+    state = control_step(evidence, top, TargetAgreement(TARGET), teacher_budget=0.5, floor=top)
+    assert evidence.teacher_share()[state.index] <= 0.5 and state.threshold == pytest.approx(0.5, abs=0.011)
+    with pytest.raises(RouterError, match="floor"):
+        control_step(evidence, top, TargetAgreement(TARGET), floor=top + 1)
 
 
 def test_the_budget_wins_when_the_goal_needs_more_and_says_so():

@@ -1,0 +1,102 @@
+"""Online control's shared state (``serving.live``) on fake evidence: a new student starts from a
+safe point (the top of its range, or ``routing.threshold``) and comes down; a seed student that
+escalates everything is held there; replicas and restarts share one threshold; a replica not
+yet swapped does not bring the previous student back."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from router import EscalationPolicy
+from serving.live import LiveControl
+
+GOAL = "agreement>=0.97"
+FITTED = EscalationPolicy(threshold=0.3, goal=GOAL, validation={"teacher_agreement": 0.98})
+
+
+def evidence(rng: np.random.Generator, version: str, policy: EscalationPolicy, threshold: float, items: int = 100) -> SimpleNamespace:
+    """One request's evidence: confidence ~ U(0, 1), the student disagreeing with probability
+    0.4 (1 - c)^2, items below ``threshold`` escalated (known), 20 % of the rest audited."""
+    confidence = rng.random(items)
+    escalated = confidence < threshold
+    return SimpleNamespace(student=SimpleNamespace(version=version, probs=np.zeros((items, 3))), policy=policy,
+                           plan=SimpleNamespace(confidence=confidence), known=escalated | (rng.random(items) < 0.2),
+                           agreed=rng.random(items) >= 0.4 * (1 - confidence) ** 2)
+
+
+def serve(live: LiveControl, rng: np.random.Generator, version: str, policy: EscalationPolicy = FITTED, requests: int = 1) -> None:
+    """``requests`` requests routed at the replica's threshold for ``version``, each synced."""
+    for _ in range(requests):
+        threshold = live.threshold(version)
+        live.observe(evidence(rng, version, policy, policy.threshold if threshold is None else threshold))
+        live.sync()
+
+
+def test_a_new_student_starts_at_the_top_and_comes_down_to_the_goal(tmp_path):
+    live, rng = LiveControl(tmp_path, GOAL, teacher_budget=1.0), np.random.default_rng(0)
+    assert live.threshold("student-v1") is None  # not seen yet: the fitted threshold serves
+    live.observe(evidence(rng, "student-v1", FITTED, 0.3))
+    assert live.threshold("student-v1") == 1.0  # seen: the safe start at once, before any sync
+    live.sync()
+    # 100 items: not yet a step (one per 200)
+    assert live.status.student == "student-v1" and live.status.threshold == 1.0 and live.status.fitted_threshold == 0.3
+    assert live.status.updated_at is None and live.status.held is None
+    serve(live, rng, "student-v1", requests=300)
+    # served agreement 1 - 0.4 (1 - t)^3 / 3 meets 0.97 from t = 0.40
+    assert 0.4 <= live.status.threshold <= 0.5 and live.status.held and live.status.bound >= 0.97, live.status
+
+
+def test_a_seed_student_that_escalates_everything_is_held_there(tmp_path):
+    seed = EscalationPolicy(threshold=1.0, goal="shadow: escalate all", validation={"teacher_agreement": 0.98})
+    live, rng = LiveControl(tmp_path, GOAL, teacher_budget=1.0), np.random.default_rng(1)
+    serve(live, rng, "student-seed", seed, requests=40)
+    assert live.status.threshold == 1.0 and live.status.held and len(live.history()) >= 15
+    # the next student starts afresh, from the top too, and comes down
+    serve(live, rng, "student-v2", requests=100)
+    assert live.status.student == "student-v2" and live.status.threshold < 0.6
+
+
+def test_routing_threshold_is_the_start_when_set(tmp_path):
+    live, rng = LiveControl(tmp_path, GOAL, teacher_budget=1.0, start_threshold=0.9), np.random.default_rng(2)
+    serve(live, rng, "student-v1")
+    assert live.status.threshold == 0.9
+
+
+def test_a_budget_goal_starts_from_the_fitted_threshold(tmp_path):
+    live, rng = LiveControl(tmp_path, "budget<=0.10", teacher_budget=1.0), np.random.default_rng(3)
+    serve(live, rng, "student-v1")
+    assert live.status.threshold == pytest.approx(0.3)
+
+
+def test_an_accuracy_goal_without_a_validated_agreement_leaves_control_off(tmp_path):
+    unvalidated = EscalationPolicy(threshold=0.3, goal="accuracy>=teacher")
+    live, rng = LiveControl(tmp_path, "accuracy>=teacher", teacher_budget=1.0), np.random.default_rng(4)
+    serve(live, rng, "student-v1", unvalidated, requests=5)
+    assert live.threshold("student-v1") is None and live.status.threshold is None
+
+
+def test_replicas_share_the_threshold_and_a_restart_starts_from_it(tmp_path):
+    a, b, rng = LiveControl(tmp_path, GOAL, 1.0), LiveControl(tmp_path, GOAL, 1.0), np.random.default_rng(5)
+    for _ in range(60):
+        serve(a, rng, "student-v1")
+        serve(b, rng, "student-v1")
+    a.sync()
+    assert a.status.threshold == b.status.threshold < 1.0 and a.status.evidence_items == pytest.approx(12_000)
+    restarted = LiveControl(tmp_path, GOAL, 1.0)
+    assert restarted.threshold("student-v1") is None  # nothing read yet
+    restarted.sync()  # as a replica does once ready, before any traffic
+    assert restarted.threshold("student-v1") == a.status.threshold
+
+
+def test_a_replica_not_yet_swapped_does_not_bring_the_previous_student_back(tmp_path):
+    a, b, rng = LiveControl(tmp_path, GOAL, 1.0), LiveControl(tmp_path, GOAL, 1.0), np.random.default_rng(6)
+    serve(a, rng, "student-v1", requests=60)
+    serve(a, rng, "student-v2")  # promoted: a sees the new student (100 items, no step yet)
+    serve(b, rng, "student-v1", requests=3)  # b's model servers still answer with the old one
+    assert b.status.student == a.sync().student == "student-v2" and a.status.threshold == 1.0
+    rollback = LiveControl(tmp_path, GOAL, 1.0, stale_s=0.0)  # past stale_s, the old student is a rollback
+    serve(rollback, rng, "student-v1")
+    assert rollback.status.student == "student-v1"
