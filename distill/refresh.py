@@ -8,26 +8,45 @@
    feed the gate's own evidence back to it nor leak test answers into training. Plus a replay
    sample of the base training split (ground truth and cached teacher outputs) against
    forgetting. Escalations are a biased sample of hard inputs, so their total weight is capped.
+   Outcome feedback (``distill.feedback``: a client's true label of an answered item) joins as
+   hard labels mixed with the teacher's soft ones: a feedback item whose text is also an
+   escalation record keeps the teacher's soft label where the two agree and gets the true
+   label's one-hot as its target where they disagree (the feedback overrides the teacher); one
+   the student answered alone becomes a one-hot example. A one-hot target is what a teacher
+   certain of the label would give, so every trainer (in process, Ray Train, label-only) learns
+   it unchanged. Feedback rows are ground truth, not a biased guess: they weigh as a replayed
+   base row, outside the escalations' cap. Never trained on: evaluation feedback, feedback on a
+   text of a known split, and a held-out share of feedback requests (by a hash of the request
+   id, so a request stays on its side in every round), which the gate measures with instead;
+   escalation records of held-out texts are dropped too.
 2. Train a candidate, warm-started from the current student (or from scratch). When records
    come from a black-box teacher that gave labels alone (``teacher_label_only``), the round
    trains label-only (the teacher's top label, ``losses.label_only_loss``) instead of soft.
 3. Gate on the validation split, which no training run sees: the candidate must be at least
    as accurate as the current student (minus a tolerance) and, at its freshly fitted policy,
-   reach the goal with no more escalation than the current student's policy.
+   reach the goal with no more escalation than the current student's policy. On the held-out
+   feedback (live traffic with its true outcomes) the gate reports both students' accuracy and
+   rejects a candidate that is worse there beyond a one-sided bound of a paired sign test (the
+   items only one of the two gets right): validation is a fixed sample that traffic drifts
+   away from, the bound keeps a few noisy items from deciding, and pairing on the same items
+   makes it need far fewer items than comparing two accuracies would.
 4. Register the candidate either way, with the decision and its figures; promote it only if
-   it passed. Every decision is appended to the registry's history.
+   it passed, or with ``shadow`` put it in shadow (``Registry.start_shadow``) so the serving
+   replicas judge it on live traffic. Every decision is appended to the registry's history.
 """
 
 from __future__ import annotations
 
 import copy
 import fcntl
+import hashlib
+import math
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -36,6 +55,7 @@ from distill.config import RefreshConfig, StudentSpec, WatchConfig
 from distill.data import DataSplits
 from distill.errors import DataError, DistillError, RegistryError
 from distill.escalations import EscalationRecord, LogTail, read_records
+from distill.feedback import FeedbackRecord, feedback_dir, read_feedback
 from distill.losses import IGNORE
 from distill.metadata import ModelMeta, escalation_policy
 from distill.pipeline import TeacherCache, data_record, new_student, register_model
@@ -44,15 +64,25 @@ from distill.train import train_student
 from router import EscalationPolicy, fit_policy
 
 
+@dataclass(frozen=True)
+class FeedbackSettings:
+    """How a refresh round learns from outcome feedback and measures with it."""
+
+    holdout_share: float = 0.2  # share of feedback requests never trained on (by a hash of the id): the gate measures with them
+    weight: float = 1.0  # loss weight of a feedback row (a replayed base row weighs 1)
+    significance: float = 0.05  # the gate rejects a candidate worse on held-out feedback at this one-sided level (paired sign test)
+
+
 @dataclass
 class RefreshData:
-    """A training set ready for ``train_student``."""
+    """A training set ready for ``train_student``, and the feedback held out for the gate."""
 
     texts: list[str]
     labels: np.ndarray  # IGNORE where there is no ground truth
     teacher_log_probs: np.ndarray
     weights: np.ndarray
     stats: dict
+    holdout: list[FeedbackRecord] = field(default_factory=list)
 
 
 def _parse_since(text: str | None) -> datetime | None:
@@ -107,28 +137,103 @@ def select_records(records: list[EscalationRecord], known: dict[str, set[str]], 
     return kept, dropped
 
 
-def build_dataset(records: list[EscalationRecord], splits: DataSplits, base_log_probs: np.ndarray, label_names: list[str], config: RefreshConfig, seed: int = 0) -> RefreshData:
-    """Escalation records plus a replay sample of the base split, weighted (see module docstring)."""
-    kept, dropped = select_records(records, known_splits(splits), config)
-    if len(kept) < config.min_records:
-        raise DataError(f"{len(kept)} usable escalation record(s), need at least {config.min_records} (dropped: {dropped})")
+def _text_key(text: str) -> str:
+    """Texts that differ only in case and surrounding space are one text."""
+    return text.strip().lower()
+
+
+def held_out(record: FeedbackRecord, share: float) -> bool:
+    """Feedback never trained on: evaluation traffic, and the requests whose id hashes under
+    ``share`` (deterministic, so an item stays held out in every round)."""
+    digest = hashlib.sha256(record.request_id.encode()).digest()
+    return record.evaluation or int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def split_feedback(feedback: Iterable[FeedbackRecord], known: dict[str, set[str]], label_names: Sequence[str],
+                   settings: FeedbackSettings) -> tuple[dict[str, FeedbackRecord], list[FeedbackRecord], dict]:
+    """Feedback to train on (by text key; the latest label of a text wins), feedback held out
+    for the gate (evaluation feedback and the held-out share), and the count of each fate.
+    Never trained on besides: a text of a known split (``known``, as for escalation records),
+    a text that is also held out, and a label the models do not know."""
+    records = sorted(feedback, key=lambda r: r.time)
+    holdout = [r for r in records if held_out(r, settings.holdout_share)]
+    holdout_texts = {_text_key(r.text) for r in holdout}
+    counts = {"items": len(records), "evaluation": sum(r.evaluation for r in holdout),
+              "held_out": sum(not r.evaluation for r in holdout), **{reason: 0 for reason in known},
+              "in_feedback_holdout": 0, "unknown_label": 0, "duplicate": 0}
+    train: dict[str, FeedbackRecord] = {}
+    for record in records:
+        if held_out(record, settings.holdout_share):
+            continue
+        reason = next((reason for reason, texts in known.items() if record.text in texts), None)
+        if reason is None and _text_key(record.text) in holdout_texts:
+            reason = "in_feedback_holdout"
+        elif reason is None and record.label not in label_names:
+            reason = "unknown_label"
+        elif reason is None and _text_key(record.text) in train:
+            reason = "duplicate"  # the later record of the text replaces the earlier one
+        if reason is not None:
+            counts[reason] += 1
+        if reason in (None, "duplicate"):
+            train[_text_key(record.text)] = record
+    return train, holdout, counts
+
+
+def _one_hot_log_probs(label_ids: np.ndarray, n_labels: int) -> np.ndarray:
+    """Log-probabilities of a teacher certain of each label (floored at 1e-12, as logged ones are)."""
+    rows = np.full((len(label_ids), n_labels), np.log(1e-12), dtype=np.float32)
+    rows[np.arange(len(label_ids)), label_ids] = 0.0
+    return rows
+
+
+def build_dataset(records: list[EscalationRecord], splits: DataSplits, base_log_probs: np.ndarray, label_names: list[str], config: RefreshConfig,
+                  seed: int = 0, feedback: Iterable[FeedbackRecord] = (), feedback_settings: FeedbackSettings = FeedbackSettings()) -> RefreshData:
+    """Escalation records, feedback and a replay sample of the base split, weighted (see module docstring)."""
+    known = known_splits(splits)
+    train_feedback, holdout, feedback_counts = split_feedback(feedback, known, label_names, feedback_settings)
+    kept, dropped = select_records(records, known | {"in_feedback_holdout": {r.text for r in holdout}}, config)
+    index = {name: i for i, name in enumerate(label_names)}
+    plain = [r for r in kept if _text_key(r.text) not in train_feedback]
+    joined = [r for r in kept if _text_key(r.text) in train_feedback]
+    joined_keys = {_text_key(r.text) for r in joined}
+    alone = [f for key, f in train_feedback.items() if key not in joined_keys]  # no escalation record: mostly the student's answers
+    if len(kept) + len(alone) < config.min_records:
+        raise DataError(f"{len(kept)} usable escalation record(s) and {len(alone)} feedback item(s) without one, need at least "
+                        f"{config.min_records} (dropped: {dropped}; feedback: {feedback_counts})")
     if any(len(r.teacher_probs) != len(label_names) for r in kept):
         raise DataError(f"escalation records have teacher probabilities over a different label count than the model's {len(label_names)}")
     rng = np.random.default_rng(seed)
-    n_replay = min(len(splits.train), max(config.min_replay, int(round(config.replay_ratio * len(kept)))))
+    n_replay = min(len(splits.train), max(config.min_replay, int(round(config.replay_ratio * (len(kept) + len(alone))))))
     replay = np.sort(rng.choice(len(splits.train), size=n_replay, replace=False))
-    escalation_log_probs = np.log(np.clip(np.array([r.teacher_probs for r in kept], dtype=np.float32), 1e-12, 1.0))
-    texts = [r.text for r in kept] + [splits.train.texts[i] for i in replay]
-    labels = np.concatenate([np.full(len(kept), IGNORE), splits.train.label_ids(label_names)[replay]])
-    log_probs = np.concatenate([escalation_log_probs, base_log_probs[replay]])
-    # cap the escalations' share of the loss weight: they are a biased sample of hard inputs
-    share = len(kept) / len(texts)
-    escalation_weight = min(1.0, config.max_escalation_weight / (1 - config.max_escalation_weight) * n_replay / len(kept)) if share > config.max_escalation_weight else 1.0
-    weights = np.concatenate([np.full(len(kept), escalation_weight), np.ones(n_replay)]).astype(np.float32)
+
+    def logged(rows: list[EscalationRecord]) -> np.ndarray:
+        return np.log(np.clip(np.array([r.teacher_probs for r in rows], dtype=np.float32).reshape(len(rows), len(label_names)), 1e-12, 1.0))
+
+    # feedback on an escalated item: the true label; its target stays the teacher's soft label
+    # where the two agree and becomes the true label's one-hot where they disagree (the override)
+    joined_labels = np.array([index[train_feedback[_text_key(r.text)].label] for r in joined], dtype=np.int64)
+    joined_log_probs = logged(joined)
+    overridden = joined_log_probs.argmax(1) != joined_labels
+    joined_log_probs[overridden] = _one_hot_log_probs(joined_labels[overridden], len(label_names))
+    alone_labels = np.array([index[f.label] for f in alone], dtype=np.int64)
+    texts = [r.text for r in plain] + [r.text for r in joined] + [f.text for f in alone] + [splits.train.texts[i] for i in replay]
+    labels = np.concatenate([np.full(len(plain), IGNORE), joined_labels, alone_labels, splits.train.label_ids(label_names)[replay]])
+    log_probs = np.concatenate([logged(plain), joined_log_probs, _one_hot_log_probs(alone_labels, len(label_names)), base_log_probs[replay]])
+    # cap the plain escalations' share of the loss weight: they are a biased sample of hard inputs
+    n_feedback = len(joined) + len(alone)
+    others = n_replay + feedback_settings.weight * n_feedback
+    cap = config.max_escalation_weight
+    escalation_weight = min(1.0, cap / (1 - cap) * others / len(plain)) if plain else 1.0
+    weights = np.concatenate([np.full(len(plain), escalation_weight), np.full(n_feedback, feedback_settings.weight),
+                              np.ones(n_replay)]).astype(np.float32)
+    contradicted = int(overridden.sum()) + sum(f.teacher_label is not None and f.teacher_label != f.label for f in alone)
+    feedback_stats = {**feedback_counts, "used": n_feedback, "on_escalations": len(joined), "alone": len(alone),
+                      "contradicted_teacher": contradicted, "weight": feedback_settings.weight}
     stats = {"escalation_rows": len(kept), "replay_rows": int(n_replay), "escalation_weight": round(escalation_weight, 4),
              "audit_rows": sum(r.reason == "audit" for r in kept), "label_only_rows": sum(r.teacher_label_only for r in kept),
-             "teacher_versions": sorted({r.teacher_version for r in kept}), "dropped": dropped}
-    return RefreshData(texts, labels, log_probs, weights, stats)
+             "teacher_versions": sorted({r.teacher_version for r in kept}), "dropped": dropped,
+             "feedback_rows": n_feedback, "feedback_contradicted": contradicted, "feedback": feedback_stats}
+    return RefreshData(texts, labels, log_probs, weights, stats, holdout)
 
 
 @dataclass
@@ -140,8 +245,36 @@ class GateDecision:
     figures: dict
 
 
-def gate(candidate: HFClassifier, current: HFClassifier, teacher: HFClassifier, splits: DataSplits, cache: TeacherCache, goal: str, tolerance: float) -> tuple[GateDecision, EscalationPolicy]:
-    """Compare candidate and current student on the validation split (see module docstring)."""
+def sign_test_p(worse: int, better: int) -> float:
+    """One-sided exact sign test: the chance of at least ``worse`` losses among ``worse + better``
+    items where two models differ, were neither better (1.0 when they never differ)."""
+    n = worse + better
+    return sum(math.comb(n, k) for k in range(worse, n + 1)) / 2**n if n else 1.0
+
+
+def feedback_figures(candidate: HFClassifier, current: HFClassifier, teacher: HFClassifier,
+                     holdout: Sequence[FeedbackRecord]) -> dict:
+    """Accuracy of the candidate, the current student and the teacher on held-out feedback, and
+    the paired counts (items only one of the two students gets right) with the sign test's p."""
+    usable = [r for r in holdout if r.label in teacher.labels]
+    if not usable:
+        return {"feedback_items": 0, "candidate_feedback_accuracy": None, "current_feedback_accuracy": None,
+                "teacher_feedback_accuracy": None, "feedback_candidate_only": 0, "feedback_current_only": 0, "feedback_p_worse": 1.0}
+    texts = [r.text for r in usable]
+    truth = np.array([teacher.labels.index(r.label) for r in usable])
+    candidate_right = candidate.predict_proba(texts).argmax(1) == truth
+    current_right = current.predict_proba(texts).argmax(1) == truth
+    worse, better = int((current_right & ~candidate_right).sum()), int((candidate_right & ~current_right).sum())
+    return {"feedback_items": len(usable), "candidate_feedback_accuracy": round(float(candidate_right.mean()), 4),
+            "current_feedback_accuracy": round(float(current_right.mean()), 4),
+            "teacher_feedback_accuracy": round(float((teacher.predict_proba(texts).argmax(1) == truth).mean()), 4),
+            "feedback_candidate_only": better, "feedback_current_only": worse, "feedback_p_worse": round(sign_test_p(worse, better), 4)}
+
+
+def gate(candidate: HFClassifier, current: HFClassifier, teacher: HFClassifier, splits: DataSplits, cache: TeacherCache, goal: str, tolerance: float,
+         holdout: Sequence[FeedbackRecord] = (), significance: float = FeedbackSettings.significance) -> tuple[GateDecision, EscalationPolicy]:
+    """Compare candidate and current student on the validation split and on held-out feedback
+    (see module docstring)."""
     data = splits.validation
     labels = data.label_ids(teacher.labels)
     teacher_probs = np.exp(cache.log_probs(teacher, data))
@@ -156,6 +289,7 @@ def gate(candidate: HFClassifier, current: HFClassifier, teacher: HFClassifier, 
         "current_escalation": round(float(current_policy.escalate_mask(current_probs).mean()), 4),
         "goal": goal,
         "tolerance": tolerance,
+        **feedback_figures(candidate, current, teacher, holdout),
     }
     reasons = []
     if figures["candidate_accuracy"] < figures["current_accuracy"] - tolerance:
@@ -164,15 +298,26 @@ def gate(candidate: HFClassifier, current: HFClassifier, teacher: HFClassifier, 
         reasons.append(f"the goal '{goal}' is unreachable for the candidate")
     if figures["candidate_escalation"] > figures["current_escalation"]:
         reasons.append(f"escalation {figures['candidate_escalation']:.4f} > current {figures['current_escalation']:.4f}")
+    if figures["feedback_p_worse"] < significance:
+        reasons.append(f"held-out feedback accuracy {figures['candidate_feedback_accuracy']:.4f} < current "
+                       f"{figures['current_feedback_accuracy']:.4f} on {figures['feedback_items']} items "
+                       f"(sign test p {figures['feedback_p_worse']:.4f} < {significance})")
     return GateDecision(promote=not reasons, reasons=reasons or ["passed"], figures=figures), candidate_policy
 
 
-def refresh(registry: Registry, home: Path, splits: DataSplits, log_dir: Path, config: RefreshConfig, data_spec: str, progress: bool = True) -> dict:
-    """One refresh round; returns its report (decision, figures, data stats, versions)."""
+def refresh(registry: Registry, home: Path, splits: DataSplits, log_dir: Path, config: RefreshConfig, data_spec: str, progress: bool = True,
+            feedback: Iterable[FeedbackRecord] | None = None, feedback_settings: FeedbackSettings = FeedbackSettings(),
+            shadow: bool = False) -> dict:
+    """One refresh round; returns its report (decision, figures, data stats, versions).
+    ``feedback``: the outcome feedback to use (None: the home's feedback log). ``shadow``: a
+    candidate that passes the gate goes into shadow instead of being promoted."""
     teacher = HFClassifier.load(registry.current_path("teacher"))
     current = HFClassifier.load(registry.current_path("student"))
     cache = TeacherCache(home / "cache")
-    data = build_dataset(read_records(log_dir), splits, cache.log_probs(teacher, splits.train), teacher.labels, config, config.train.seed)
+    if feedback is None:
+        feedback = read_feedback(feedback_dir(home)).values()
+    data = build_dataset(read_records(log_dir), splits, cache.log_probs(teacher, splits.train), teacher.labels, config, config.train.seed,
+                         feedback, feedback_settings)
     train_config = config.train
     if data.stats["label_only_rows"] and train_config.mode == "soft":
         # a black-box teacher's records hold its label alone (one-hot rows), not soft labels: learn them as labels
@@ -192,7 +337,7 @@ def refresh(registry: Registry, home: Path, splits: DataSplits, log_dir: Path, c
     else:
         metrics = train_student(model, tokenizer, data.texts, data.labels, data.teacher_log_probs, train_config, data.weights, progress)
     candidate = HFClassifier(model, tokenizer, version="candidate", max_length=train_config.max_length)
-    decision, policy = gate(candidate, current, teacher, splits, cache, config.goal, config.tolerance)
+    decision, policy = gate(candidate, current, teacher, splits, cache, config.goal, config.tolerance, data.holdout, feedback_settings.significance)
     meta = ModelMeta(
         version=new_version_id("student"), role="student", kind=current.meta.kind if current.meta else "student",
         parent=current.version, teacher=teacher.version, data=data_record(data_spec, splits) | {"refresh": data.stats},
@@ -201,15 +346,33 @@ def refresh(registry: Registry, home: Path, splits: DataSplits, log_dir: Path, c
         policy=policy.to_dict(),
     )
     register_model(registry, candidate, meta, promote=False)
-    if decision.promote:
+    shadowed = False
+    if decision.promote and shadow:
+        shadowed, reason = _start_shadow(registry, meta.version, current.version)
+        decision = GateDecision(promote=False, reasons=[reason], figures=decision.figures)
+    elif decision.promote:
         try:  # only over the student it was gated against: a rollback meanwhile wins
             registry.promote("student", meta.version, note="refresh gate passed", expected_current=current.version)
         except RegistryError as err:
             decision = GateDecision(promote=False, reasons=[str(err)], figures=decision.figures)
-    registry.record("student", {"event": "gate", "version": meta.version, "promoted": decision.promote, "reasons": decision.reasons,
-                               **decision.figures, "escalation_rows": data.stats["escalation_rows"], "dropped": data.stats["dropped"]})
-    return {"version": meta.version, "parent": current.version, "promoted": decision.promote, "reasons": decision.reasons,
-            "figures": decision.figures, "data": data.stats, "train_seconds": metrics["train_seconds"]}
+    registry.record("student", {"event": "gate", "version": meta.version, "promoted": decision.promote, "shadow": shadowed,
+                               "reasons": decision.reasons, **decision.figures, "escalation_rows": data.stats["escalation_rows"],
+                               "dropped": data.stats["dropped"], "feedback": data.stats["feedback"]})
+    return {"version": meta.version, "parent": current.version, "promoted": decision.promote, "shadow": shadowed,
+            "reasons": decision.reasons, "figures": decision.figures, "data": data.stats, "train_seconds": metrics["train_seconds"]}
+
+
+def _start_shadow(registry: Registry, version: str, gated_against: str) -> tuple[bool, str]:
+    """Put a candidate that passed the gate in shadow against the student it was gated against
+    (a pointer moved meanwhile, by a rollback, wins); whether it did, and why."""
+    try:
+        moved_to = registry.current("student")
+        if moved_to != gated_against:
+            raise RegistryError(f"student moved from {gated_against} to {moved_to} meanwhile; not shadowing {version}")
+        registry.start_shadow("student", version, note="refresh gate passed; judged on live traffic")
+    except RegistryError as err:
+        return False, str(err)
+    return True, "passed; in shadow"
 
 
 @contextmanager
@@ -242,10 +405,12 @@ def failures_recorded(registry: Registry) -> Iterator[None]:
 def watch(
     registry: Registry, home: Path, splits: DataSplits, log_dir: Path, config: RefreshConfig, data_spec: str,
     schedule: WatchConfig, max_rounds: int | None = None, on_round: Callable[[dict], None] = print,
+    feedback_log: Path | None = None, feedback_settings: FeedbackSettings = FeedbackSettings(), shadow: bool = False,
 ) -> None:
     """Refresh whenever ``schedule.every_records`` new records arrived or ``schedule.every_minutes``
     passed with at least ``config.min_records`` new ones, whichever comes first; one round at a
-    time. Each poll reads only what was appended since the last one."""
+    time. Each poll reads only what was appended since the last one. Each round reads the
+    feedback log (``feedback_log``, default the home's) whole: a label may change any time."""
     tail = LogTail(log_dir)
     for _ in tail.new_records():  # records already there are not new
         pass
@@ -258,7 +423,9 @@ def watch(
             continue
         try:
             with refresh_lock(home), failures_recorded(registry):
-                on_round(refresh(registry, home, splits, log_dir, config, data_spec, progress=False))
+                feedback = read_feedback(feedback_log).values() if feedback_log else None
+                on_round(refresh(registry, home, splits, log_dir, config, data_spec, progress=False, feedback=feedback,
+                                 feedback_settings=feedback_settings, shadow=shadow))
         except DistillError as err:  # one failed round (too few usable records, a moved pointer) does not end the watch
             on_round({"error": str(err)})
         new, last, rounds = 0, time.monotonic(), rounds + 1

@@ -31,6 +31,17 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _share(text: str) -> float:
+    """An argparse type: a share in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
 def _common(parser: argparse.ArgumentParser, data: bool = True) -> None:
     parser.add_argument("--home", type=Path, default=None, help="registry and cache directory (default: $CASCADE_HOME or ./.cascade)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -200,23 +211,39 @@ def refresh_config(args: argparse.Namespace):
 def cmd_refresh(args: argparse.Namespace) -> int:
     from distill.config import WatchConfig
     from distill.data import load_splits
-    from distill.refresh import failures_recorded, refresh, refresh_lock, watch
+    from distill.feedback import feedback_dir, read_feedback
+    from distill.refresh import FeedbackSettings, failures_recorded, refresh, refresh_lock, watch
 
     registry = _registry(args)
     splits = load_splits(args.data, args.text_column, args.label_column)
     config = refresh_config(args)
     log_dir = args.log or _home(args) / "escalations"
+    feedback_log = args.feedback or feedback_dir(_home(args))
+    settings = FeedbackSettings() if args.feedback_holdout is None else FeedbackSettings(holdout_share=args.feedback_holdout)
     if args.watch:
         print(f"watching {log_dir}: a round every {args.every_records} new records or {args.every_minutes} minutes; Ctrl-C stops", flush=True)
         try:
             watch(registry, _home(args), splits, log_dir, config, args.data,
-                  WatchConfig(every_records=args.every_records, every_minutes=args.every_minutes), on_round=lambda report: print(json.dumps(report), flush=True))
+                  WatchConfig(every_records=args.every_records, every_minutes=args.every_minutes), on_round=lambda report: print(json.dumps(report), flush=True),
+                  feedback_log=feedback_log, feedback_settings=settings, shadow=args.shadow)
         except KeyboardInterrupt:
             return 0
     with refresh_lock(_home(args)), failures_recorded(registry):
-        report = refresh(registry, _home(args), splits, log_dir, config, args.data, progress=not args.quiet)
+        report = refresh(registry, _home(args), splits, log_dir, config, args.data, progress=not args.quiet,
+                         feedback=read_feedback(feedback_log).values(), feedback_settings=settings, shadow=args.shadow)
     print(json.dumps(report, indent=2))
+    print(_refresh_summary(report), file=sys.stderr)
     return 0
+
+
+def _refresh_summary(report: dict) -> str:
+    """One round's outcome in a line: the decision, and what feedback it used and measured."""
+    f, used = report["figures"], report["data"]["feedback"]
+    decision = "in shadow" if report["shadow"] else "promoted" if report["promoted"] else f"rejected ({'; '.join(report['reasons'])})"
+    measured = (f"; held-out feedback accuracy candidate {f['candidate_feedback_accuracy']:.4f}, current {f['current_feedback_accuracy']:.4f}, "
+                f"teacher {f['teacher_feedback_accuracy']:.4f} on {f['feedback_items']} items" if f["feedback_items"] else "")
+    return (f"refresh: {report['version']} {decision}; trained on {report['data']['escalation_rows']} escalation records and "
+            f"{used['used']} feedback labels ({used['contradicted_teacher']} contradicted the teacher){measured}")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -535,6 +562,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--goal", default=DEFAULT_GOAL, help=f"policy goal the gate checks (default: {DEFAULT_GOAL})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="train as a Ray Train job with this many workers (default: 0, in this process)")
+    p.add_argument("--feedback", type=Path, default=None,
+                   help="outcome feedback log directory (default: <home>/feedback): true labels override the teacher's where they "
+                        "disagree, and items the student answered alone become hard-label examples")
+    p.add_argument("--feedback-holdout", type=_share, default=None,  # None: distill.refresh.FeedbackSettings' (not imported for --help: torch)
+                   help="share of feedback requests (by a hash of the request id) never trained on: the gate reports both students' "
+                        "accuracy on them and rejects a candidate significantly worse there; evaluation feedback is always held out "
+                        "(default: 0.2)")
+    p.add_argument("--shadow", action="store_true",
+                   help="a candidate that passes the gate goes into shadow instead of being promoted: the serving replicas judge it on live traffic")
     p.add_argument("--watch", action="store_true", help="keep running: a round every --every-records new records or --every-minutes, whichever first")
     p.add_argument("--every-records", type=_at_least_one, default=WatchConfig.every_records, help=f"with --watch: new records that trigger a round (default: {WatchConfig.every_records})")
     p.add_argument("--every-minutes", type=float, default=WatchConfig.every_minutes, help=f"with --watch: minutes after which new records trigger a round (default: {WatchConfig.every_minutes:g})")

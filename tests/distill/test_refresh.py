@@ -44,7 +44,7 @@ def test_dataset_dedupes_filters_and_caps_escalation_weight(splits):
     data = build_dataset(records, splits, base, names, config)
     assert data.stats["escalation_rows"] == 41
     assert data.stats["dropped"] == {"outside_window": 1, "duplicate": 2, "low_margin": 1,
-                                     "in_train_split": 1, "in_validation_split": 0, "in_test_split": 0}
+                                     "in_train_split": 1, "in_validation_split": 0, "in_test_split": 0, "in_feedback_holdout": 0}
     assert data.stats["replay_rows"] == 20  # round(0.5 * 41)
     escalated = data.labels == IGNORE
     assert escalated.sum() == 41 and (data.labels[~escalated] >= 0).all()
@@ -142,7 +142,7 @@ def test_watch_runs_a_round_once_enough_new_records_arrive(own_home, splits, tmp
     writer.append([record(t, p) for t, p in zip(texts[:4], teacher.predict_proba(texts[:4]))])  # present before watching
     later = threading.Timer(0.5, lambda: writer.append([record(t, p) for t, p in zip(texts[4:], teacher.predict_proba(texts[4:]))]))
     later.start()
-    before, reports = registry.current("student"), []
+    reports: list[dict] = []
     watch(registry, own_home, splits, tmp_path / "log", RefreshConfig(min_replay=50, train=TrainConfig(epochs=1)), "tiny",
           WatchConfig(every_records=8, every_minutes=60, poll_s=0.2), max_rounds=1, on_round=reports.append)
     assert len(reports) == 1 and reports[0]["data"]["escalation_rows"] == 12
