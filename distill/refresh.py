@@ -18,7 +18,12 @@
    base row, outside the escalations' cap. Never trained on: evaluation feedback, feedback on a
    text of a known split, and a held-out share of feedback requests (by a hash of the request
    id, so a request stays on its side in every round), which the gate measures with instead;
-   escalation records of held-out texts are dropped too.
+   escalation records of held-out texts are dropped too. Feedback also shows where the
+   teacher is systematically wrong: a label the teacher gives that the feedback shows wrong
+   more often than right (one-sided sign test) is distrusted, so the escalation records where
+   the teacher gave it are dropped and replayed base rows where it gave it learn their own
+   ground truth instead (else the many records of a class the teacher gets wrong outvote the
+   few feedback labels that correct it, round after round).
 2. Train a candidate, warm-started from the current student (or from scratch). When records
    come from a black-box teacher that gave labels alone (``teacher_label_only``), the round
    trains label-only (the teacher's top label, ``losses.label_only_loss``) instead of soft.
@@ -46,7 +51,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -71,6 +76,7 @@ class FeedbackSettings:
     holdout_share: float = 0.2  # share of feedback requests never trained on (by a hash of the id): the gate measures with them
     weight: float = 1.0  # loss weight of a feedback row (a replayed base row weighs 1)
     significance: float = 0.05  # the gate rejects a candidate worse on held-out feedback at this one-sided level (paired sign test)
+    distrust_significance: float = 0.05  # a teacher label shown wrong more often than right at this one-sided level is distrusted
 
 
 @dataclass
@@ -137,7 +143,7 @@ def select_records(records: list[EscalationRecord], known: dict[str, set[str]], 
     return kept, dropped
 
 
-def _text_key(text: str) -> str:
+def text_key(text: str) -> str:
     """Texts that differ only in case and surrounding space are one text."""
     return text.strip().lower()
 
@@ -157,7 +163,7 @@ def split_feedback(feedback: Iterable[FeedbackRecord], known: dict[str, set[str]
     a text that is also held out, and a label the models do not know."""
     records = sorted(feedback, key=lambda r: r.time)
     holdout = [r for r in records if held_out(r, settings.holdout_share)]
-    holdout_texts = {_text_key(r.text) for r in holdout}
+    holdout_texts = {text_key(r.text) for r in holdout}
     counts = {"items": len(records), "evaluation": sum(r.evaluation for r in holdout),
               "held_out": sum(not r.evaluation for r in holdout), **{reason: 0 for reason in known},
               "in_feedback_holdout": 0, "unknown_label": 0, "duplicate": 0}
@@ -166,17 +172,29 @@ def split_feedback(feedback: Iterable[FeedbackRecord], known: dict[str, set[str]
         if held_out(record, settings.holdout_share):
             continue
         reason = next((reason for reason, texts in known.items() if record.text in texts), None)
-        if reason is None and _text_key(record.text) in holdout_texts:
+        if reason is None and text_key(record.text) in holdout_texts:
             reason = "in_feedback_holdout"
         elif reason is None and record.label not in label_names:
             reason = "unknown_label"
-        elif reason is None and _text_key(record.text) in train:
+        elif reason is None and text_key(record.text) in train:
             reason = "duplicate"  # the later record of the text replaces the earlier one
         if reason is not None:
             counts[reason] += 1
         if reason in (None, "duplicate"):
-            train[_text_key(record.text)] = record
+            train[text_key(record.text)] = record
     return train, holdout, counts
+
+
+def distrusted_labels(truth: Sequence[str], said: Sequence[str | None], significance: float) -> dict[str, dict]:
+    """Teacher labels the feedback shows wrong more often than right: for each label the teacher
+    gave (``said``, None where unknown), the items and how many of them had it as their true
+    label (``truth``), kept where a one-sided sign test rejects "right at least half the time"."""
+    given: dict[str, list[int]] = {}
+    for true, label in zip(truth, said):
+        if label is not None:
+            given.setdefault(label, [0, 0])[true == label] += 1
+    return {label: {"items": wrong + right, "agreed": right} for label, (wrong, right) in sorted(given.items())
+            if sign_test_p(wrong, right) < significance}
 
 
 def _one_hot_log_probs(label_ids: np.ndarray, n_labels: int) -> np.ndarray:
@@ -187,38 +205,52 @@ def _one_hot_log_probs(label_ids: np.ndarray, n_labels: int) -> np.ndarray:
 
 
 def build_dataset(records: list[EscalationRecord], splits: DataSplits, base_log_probs: np.ndarray, label_names: list[str], config: RefreshConfig,
-                  seed: int = 0, feedback: Iterable[FeedbackRecord] = (), feedback_settings: FeedbackSettings = FeedbackSettings()) -> RefreshData:
-    """Escalation records, feedback and a replay sample of the base split, weighted (see module docstring)."""
+                  seed: int = 0, feedback: Iterable[FeedbackRecord] = (), feedback_settings: FeedbackSettings = FeedbackSettings(),
+                  teacher_labels: Mapping[str, str] | None = None) -> RefreshData:
+    """Escalation records, feedback and a replay sample of the base split, weighted (see module
+    docstring). ``teacher_labels``: the teacher's label of feedback texts (by ``text_key``) whose
+    records do not name one (the student answered them alone)."""
     known = known_splits(splits)
     train_feedback, holdout, feedback_counts = split_feedback(feedback, known, label_names, feedback_settings)
     kept, dropped = select_records(records, known | {"in_feedback_holdout": {r.text for r in holdout}}, config)
     index = {name: i for i, name in enumerate(label_names)}
-    plain = [r for r in kept if _text_key(r.text) not in train_feedback]
-    joined = [r for r in kept if _text_key(r.text) in train_feedback]
-    joined_keys = {_text_key(r.text) for r in joined}
+    plain = [r for r in kept if text_key(r.text) not in train_feedback]
+    joined = [r for r in kept if text_key(r.text) in train_feedback]
+    joined_keys = {text_key(r.text) for r in joined}
     alone = [f for key, f in train_feedback.items() if key not in joined_keys]  # no escalation record: mostly the student's answers
     if len(kept) + len(alone) < config.min_records:
         raise DataError(f"{len(kept)} usable escalation record(s) and {len(alone)} feedback item(s) without one, need at least "
                         f"{config.min_records} (dropped: {dropped}; feedback: {feedback_counts})")
     if any(len(r.teacher_probs) != len(label_names) for r in kept):
         raise DataError(f"escalation records have teacher probabilities over a different label count than the model's {len(label_names)}")
+    # the teacher's label of each feedback item: from its escalation record, its feedback record, or asked
+    said = [label_names[int(np.argmax(r.teacher_probs))] for r in joined]
+    said += [f.teacher_label or (teacher_labels or {}).get(text_key(f.text)) for f in alone]
+    truth = [train_feedback[text_key(r.text)].label for r in joined] + [f.label for f in alone]
+    distrusted = distrusted_labels(truth, said, feedback_settings.distrust_significance)
+    distrusted_ids = [index[label] for label in distrusted]
+    dropped["distrusted_teacher_label"] = sum(int(np.argmax(r.teacher_probs)) in distrusted_ids for r in plain)
+    plain = [r for r in plain if int(np.argmax(r.teacher_probs)) not in distrusted_ids]
     rng = np.random.default_rng(seed)
     n_replay = min(len(splits.train), max(config.min_replay, int(round(config.replay_ratio * (len(kept) + len(alone))))))
     replay = np.sort(rng.choice(len(splits.train), size=n_replay, replace=False))
+    replay_labels, replay_log_probs = splits.train.label_ids(label_names)[replay], base_log_probs[replay].copy()
+    relabelled = np.isin(replay_log_probs.argmax(1), distrusted_ids)  # the teacher's distrusted label: learn the row's own truth
+    replay_log_probs[relabelled] = _one_hot_log_probs(replay_labels[relabelled], len(label_names))
 
     def logged(rows: list[EscalationRecord]) -> np.ndarray:
         return np.log(np.clip(np.array([r.teacher_probs for r in rows], dtype=np.float32).reshape(len(rows), len(label_names)), 1e-12, 1.0))
 
     # feedback on an escalated item: the true label; its target stays the teacher's soft label
     # where the two agree and becomes the true label's one-hot where they disagree (the override)
-    joined_labels = np.array([index[train_feedback[_text_key(r.text)].label] for r in joined], dtype=np.int64)
+    joined_labels = np.array([index[train_feedback[text_key(r.text)].label] for r in joined], dtype=np.int64)
     joined_log_probs = logged(joined)
     overridden = joined_log_probs.argmax(1) != joined_labels
     joined_log_probs[overridden] = _one_hot_log_probs(joined_labels[overridden], len(label_names))
     alone_labels = np.array([index[f.label] for f in alone], dtype=np.int64)
     texts = [r.text for r in plain] + [r.text for r in joined] + [f.text for f in alone] + [splits.train.texts[i] for i in replay]
-    labels = np.concatenate([np.full(len(plain), IGNORE), joined_labels, alone_labels, splits.train.label_ids(label_names)[replay]])
-    log_probs = np.concatenate([logged(plain), joined_log_probs, _one_hot_log_probs(alone_labels, len(label_names)), base_log_probs[replay]])
+    labels = np.concatenate([np.full(len(plain), IGNORE), joined_labels, alone_labels, replay_labels])
+    log_probs = np.concatenate([logged(plain), joined_log_probs, _one_hot_log_probs(alone_labels, len(label_names)), replay_log_probs])
     # cap the plain escalations' share of the loss weight: they are a biased sample of hard inputs
     n_feedback = len(joined) + len(alone)
     others = n_replay + feedback_settings.weight * n_feedback
@@ -226,9 +258,10 @@ def build_dataset(records: list[EscalationRecord], splits: DataSplits, base_log_
     escalation_weight = min(1.0, cap / (1 - cap) * others / len(plain)) if plain else 1.0
     weights = np.concatenate([np.full(len(plain), escalation_weight), np.full(n_feedback, feedback_settings.weight),
                               np.ones(n_replay)]).astype(np.float32)
-    contradicted = int(overridden.sum()) + sum(f.teacher_label is not None and f.teacher_label != f.label for f in alone)
+    contradicted = sum(label is not None and label != true for true, label in zip(truth, said))
     feedback_stats = {**feedback_counts, "used": n_feedback, "on_escalations": len(joined), "alone": len(alone),
-                      "contradicted_teacher": contradicted, "weight": feedback_settings.weight}
+                      "contradicted_teacher": contradicted, "weight": feedback_settings.weight,
+                      "distrusted_teacher_labels": distrusted, "replay_relabelled": int(relabelled.sum())}
     stats = {"escalation_rows": len(kept), "replay_rows": int(n_replay), "escalation_weight": round(escalation_weight, 4),
              "audit_rows": sum(r.reason == "audit" for r in kept), "label_only_rows": sum(r.teacher_label_only for r in kept),
              "teacher_versions": sorted({r.teacher_version for r in kept}), "dropped": dropped,
@@ -314,10 +347,11 @@ def refresh(registry: Registry, home: Path, splits: DataSplits, log_dir: Path, c
     teacher = HFClassifier.load(registry.current_path("teacher"))
     current = HFClassifier.load(registry.current_path("student"))
     cache = TeacherCache(home / "cache")
-    if feedback is None:
-        feedback = read_feedback(feedback_dir(home)).values()
+    feedback = list(read_feedback(feedback_dir(home)).values() if feedback is None else feedback)
+    unasked = list({text_key(f.text): f.text for f in feedback if f.teacher_label is None}.values())  # the student answered alone
+    asked = {text_key(t): teacher.labels[i] for t, i in zip(unasked, teacher.predict_proba(unasked).argmax(1))} if unasked else {}
     data = build_dataset(read_records(log_dir), splits, cache.log_probs(teacher, splits.train), teacher.labels, config, config.train.seed,
-                         feedback, feedback_settings)
+                         feedback, feedback_settings, asked)
     train_config = config.train
     if data.stats["label_only_rows"] and train_config.mode == "soft":
         # a black-box teacher's records hold its label alone (one-hot rows), not soft labels: learn them as labels

@@ -44,7 +44,8 @@ def test_dataset_dedupes_filters_and_caps_escalation_weight(splits):
     data = build_dataset(records, splits, base, names, config)
     assert data.stats["escalation_rows"] == 41
     assert data.stats["dropped"] == {"outside_window": 1, "duplicate": 2, "low_margin": 1,
-                                     "in_train_split": 1, "in_validation_split": 0, "in_test_split": 0, "in_feedback_holdout": 0}
+                                     "in_train_split": 1, "in_validation_split": 0, "in_test_split": 0, "in_feedback_holdout": 0,
+                                     "distrusted_teacher_label": 0}
     assert data.stats["replay_rows"] == 20  # round(0.5 * 41)
     escalated = data.labels == IGNORE
     assert escalated.sum() == 41 and (data.labels[~escalated] >= 0).all()

@@ -114,6 +114,32 @@ def test_evaluation_held_out_and_known_split_feedback_is_never_trained_on(splits
     assert data.stats["dropped"]["in_feedback_holdout"] == 1  # the held-out text's escalation record too
 
 
+def test_a_teacher_label_feedback_shows_wrong_is_distrusted(splits):
+    """Feedback shows the teacher answering "alarm" for music requests: its other "alarm"
+    records are dropped and replayed base rows it called "alarm" learn their own truth."""
+    names = splits.train.label_names
+    alarm, music = names.index("alarm"), names.index("music")
+    says_alarm = [0.9, 0.025, 0.025, 0.025, 0.025]
+    records = [escalation(f"put on tune {i}", says_alarm) for i in range(8)] + [escalation("will it snow", [0.025, 0.025, 0.025, 0.025, 0.9])]
+    items = [feedback(f"put on tune {i}", "music", f"q{i}") for i in range(4)]  # four of the teacher's "alarm" records were music
+    items.append(feedback("play the song", "music", "q9"))  # the student answered it; the teacher, asked, says alarm
+    base = np.log(np.full((len(splits.train), len(names)), 0.1 / (len(names) - 1)))
+    base[:, alarm] = np.log(0.9)  # the teacher says "alarm" of every base row
+    data = build_dataset(records, splits, base, names, RefreshConfig(min_replay=10, replay_ratio=1.0), feedback=items,
+                         feedback_settings=TRAIN_ALL, teacher_labels={"play the song": "alarm"})
+    stats = data.stats["feedback"]
+    assert stats["distrusted_teacher_labels"] == {"alarm": {"items": 5, "agreed": 0}} and stats["contradicted_teacher"] == 5
+    assert data.stats["dropped"]["distrusted_teacher_label"] == 4  # the "alarm" records without feedback
+    assert not {f"put on tune {i}" for i in range(4, 8)} & set(data.texts) and "will it snow" in data.texts
+    replay = np.arange(len(data.texts)) >= len(data.texts) - data.stats["replay_rows"]
+    targets, labels = np.exp(data.teacher_log_probs[replay]).argmax(1), data.labels[replay]
+    assert (targets == labels).all() and stats["replay_relabelled"] == replay.sum()  # each learns its own truth
+    assert (labels == music).any() and (labels != alarm).any()
+    # four contradictions are not yet evidence enough (p = 1/16): nothing is distrusted
+    data = build_dataset(records, splits, base, names, RefreshConfig(min_replay=10), feedback=items[:4], feedback_settings=TRAIN_ALL)
+    assert data.stats["feedback"]["distrusted_teacher_labels"] == {} and data.stats["dropped"]["distrusted_teacher_label"] == 0
+
+
 def test_the_held_out_share_follows_the_request_id():
     ids = [f"request-{i}" for i in range(4000)]
     share = np.mean([held_out(feedback("t", "a", request_id=i), 0.2) for i in ids])
