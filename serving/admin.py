@@ -1,6 +1,6 @@
 """Admin operations over HTTP (promote, rollback, threshold, reload): their request and
 response bodies, and the registry moves behind them. Every admin route needs the bearer token
-of ``serving.guards.AdminToken``; the ingress checks it before calling anything here."""
+of ``serving.guards.BearerToken``; the ingress checks it before calling anything here."""
 
 from __future__ import annotations
 

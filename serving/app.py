@@ -23,7 +23,7 @@ from distill.remote import model_labels
 from serving.cascade import ModelOutput
 from serving.config import CascadeConfig, ConfigError, ModelDeploymentConfig
 from serving.errors import Unavailable
-from serving.guards import AdminToken, GuardSettings, InFlightLimit
+from serving.guards import BearerToken, GuardSettings, InFlightLimit
 from serving.http import build_api
 from serving.log_writer import GroupCommitLog, SegmentWriter
 from serving.metrics import ClusterMetricsReader, IngressMetrics, Recorder, refresh_outcome
@@ -149,7 +149,8 @@ class Ingress:
             max_body_bytes=self.config.limits.max_body_bytes,
             in_flight=in_flight,
             retry_after_s=self.config.ingress.retry_after_s,
-            admin_token=AdminToken.from_environment(),
+            admin_token=BearerToken.from_environment(),
+            feedback_token=BearerToken.feedback(),
         )
         self.cluster_metrics = ClusterMetricsReader()
 

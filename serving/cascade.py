@@ -7,13 +7,15 @@ budget admits, and audited confident ones); (3) those go to the teacher in one b
 a timeout, unless the circuit breaker is open or the teacher queue is full; (4)
 ``router.settle`` gives each item its tier, reason, escalated/consulted/degraded flags, cause
 and cost; (5) every item the teacher was consulted on becomes an escalation record (its text
-redacted), written durably before the response.
+redacted), written durably before the response; (6) the whole request (every item's text and
+labels) goes to the traffic log, durably too, so that feedback can name any item later.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence
@@ -24,6 +26,7 @@ from distill.escalations import EscalationRecord
 from distill.metadata import escalation_policy
 from router import AgreementEstimate, AuditSampler, CircuitBreaker, CostModel, Decision, EscalationPolicy, Route, TeacherRateLimiter, route, settle
 from serving.api import ClassifyOptions, ClassifyResponse, LabelScore, ModelVersions, Prediction
+from serving.traffic import KeptItem, KeptRequest
 
 logger = logging.getLogger("cascade")
 
@@ -40,6 +43,7 @@ class ModelOutput:
 
 Predict = Callable[[list[str]], Awaitable[ModelOutput]]
 AppendLog = Callable[[list[EscalationRecord]], Awaitable[int]]
+KeepTraffic = Callable[[list[KeptRequest]], Awaitable[int]]
 Redact = Callable[[str], str]
 
 
@@ -84,6 +88,8 @@ class Cascade:
         teacher_max_in_flight: int | None = None,
         redact: Redact | None = None,
         on_evidence: OnEvidence | None = None,
+        keep_traffic: KeepTraffic | None = None,
+        new_request_id: Callable[[], str] = lambda: os.urandom(16).hex(),
     ):
         self.student = student
         self.teacher = teacher
@@ -100,9 +106,12 @@ class Cascade:
         self.teacher_in_flight = 0  # items sent to the teacher and not yet answered
         self.redact = redact  # applied to every text before it is logged
         self.on_evidence = on_evidence  # told what each cascade request shows of student-teacher agreement
+        self.keep_traffic = keep_traffic  # writes each answered request to the traffic log, durably
+        self.new_request_id = new_request_id  # ids the traffic log can find requests by
         self.degraded = Counter()  # degraded items by cause, since start
         self.log_write_errors = 0  # failed escalation log writes
         self.unlogged_records = 0  # records those failed writes did not log
+        self.traffic_write_errors = 0  # failed traffic log writes (their requests cannot get feedback)
         self._policies: dict[str, EscalationPolicy] = {}
         # the versions last seen, so every response names both models, even one it did not call
         self.versions = ModelVersions(student=None, teacher=None)
@@ -148,7 +157,7 @@ class Cascade:
     ) -> ClassifyResponse:
         """Answer ``texts`` according to ``options`` (see the module docstring); a ``privileged``
         (admin) request's forced teacher items are not capped by the budget."""
-        request_id = request_id or os.urandom(16).hex()
+        request_id = request_id or self.new_request_id()
         n = len(texts)
         student = await self.student(texts) if options.mode != "teacher" else None
         threshold = options.threshold if options.threshold is not None else self.threshold
@@ -164,15 +173,18 @@ class Cascade:
         if student is None and decisions.student_scored.any():  # mode teacher: the student answers what the teacher did not
             student = await self._student_for(texts, decisions.student_scored)
         teacher_row = dict(zip(asked.tolist(), range(len(asked)))) if teacher is not None else {}
-        records, predictions = [], []
+        records, predictions, kept = [], [], []
         for i, decision in enumerate(decisions):
             probs = teacher.probs[teacher_row[i]] if decision.tier == "teacher" else student.probs[i]
             if decision.degraded:
                 self.degraded[decision.cause] += 1
-            predictions.append(self._prediction(decision, probs, options.top_k))
+            prediction = self._prediction(decision, probs, options.top_k)
+            predictions.append(prediction)
             if decision.consulted:
                 scored = student if decision.student_scored else None
                 records.append(self._record(request_id, texts[i], decision.reason, scored, i, teacher, teacher_row[i]))
+            if self.keep_traffic is not None:
+                kept.append(self._kept(texts[i], decision, prediction, student, i, teacher, teacher_row.get(i)))
         teacher_label = np.full(n, -1)
         if teacher is not None:
             consulted = np.flatnonzero(decisions.consulted)
@@ -186,11 +198,12 @@ class Cascade:
                 self.on_evidence(evidence)
         if options.evaluation:  # evaluation traffic is answered, never logged for distillation
             records = []
-        logged = await self._log(records)
         self.versions = ModelVersions(
             student=student.version if student else self.versions.student,
             teacher=teacher.version if teacher else self.versions.teacher,
         )
+        request = KeptRequest(request_id, time.time(), options.evaluation, self.versions.student, self.versions.teacher, kept) if kept else None
+        logged = await self._write(records, request)
         return ClassifyResponse.model_construct(  # every field is built valid here: no second validation
             request_id=request_id,
             predictions=predictions,
@@ -245,6 +258,37 @@ class Cascade:
             teacher_label_only=teacher.label_only,  # refresh then trains on it as a label
         )
 
+    def _kept(self, text: str, decision: Decision, prediction: Prediction, student: ModelOutput | None, i: int,
+              teacher: ModelOutput | None, row: int | None) -> KeptItem:
+        """Item ``i`` as the traffic log keeps it: its text (redacted) and every label it got."""
+        return KeptItem(
+            text=self.redact(text) if self.redact else text,
+            tier=decision.tier,
+            answered=prediction.label,
+            student_label=self.labels[int(np.argmax(student.probs[i]))] if decision.student_scored else None,
+            teacher_label=self.labels[int(np.argmax(teacher.probs[row]))] if decision.consulted else None,
+        )
+
+    async def _write(self, records: list[EscalationRecord], request: KeptRequest | None) -> int:
+        """Log the records and keep the request, the two durable writes in parallel; returns the
+        records logged."""
+        if request is None:
+            return await self._log(records)
+        if not records:
+            await self._keep(request)
+            return 0
+        logged, _ = await asyncio.gather(self._log(records), self._keep(request))
+        return logged
+
+    async def _keep(self, request: KeptRequest) -> None:
+        """Keep the request in the traffic log; a failed write is logged loudly but never fails
+        the request (feedback on it will answer 404)."""
+        try:
+            await self.keep_traffic([request])
+        except Exception as err:
+            self.traffic_write_errors += 1
+            logger.error("traffic log write failed; request %s cannot get feedback: %r", request.request_id, err)
+
     async def _log(self, records: list[EscalationRecord]) -> int:
         """Write records durably; a failed write is logged loudly but never fails the request."""
         if not records:
@@ -265,4 +309,5 @@ class Cascade:
             "teacher_in_flight": self.teacher_in_flight,
             "log_write_errors": self.log_write_errors,
             "unlogged_records": self.unlogged_records,
+            "traffic_write_errors": self.traffic_write_errors,
         }

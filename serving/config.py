@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from distill.config import DEFAULT_GOAL
+from distill.feedback import feedback_dir
 from distill.remote import RemoteTeacherSettings
 from distill.settings import default_home
 from router import CostModel, parse_goal
@@ -204,6 +205,17 @@ class LogConfig(_Strict):
         return spec
 
 
+class FeedbackConfig(_Strict):
+    """Outcome feedback (``POST /v1/feedback``, on when ``$CASCADE_FEEDBACK_TOKEN`` is set) and the
+    traffic log it needs: every answered request, kept durably for ``retention_hours`` so that
+    feedback can name any item, including those the student answered alone."""
+
+    traffic_path: str | None = None  # directory of the replicas' SQLite traffic files; None = <home>/traffic
+    path: str | None = None  # directory of feedback segments (JSONL, like the escalation log); None = <home>/feedback
+    retention_hours: float = Field(168.0, gt=0)  # how long an answered item can still get feedback
+    max_items: int = Field(1000, ge=1)  # feedback items per request
+
+
 class MetricsConfig(_Strict):
     """Prometheus metrics (through Ray's metrics API) and the built-in dashboard."""
 
@@ -226,12 +238,21 @@ class CascadeConfig(_Strict):
     routing: RoutingConfig = RoutingConfig()
     limits: LimitsConfig = LimitsConfig()
     log: LogConfig = LogConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
     metrics: MetricsConfig = MetricsConfig()
     proxy: ProxyConfig = ProxyConfig()
 
     def log_path(self) -> Path:
         """Where escalation segments go."""
         return Path(self.log.path) if self.log.path else self.home / "escalations"
+
+    def traffic_path(self) -> Path:
+        """Where the replicas' traffic files go."""
+        return Path(self.feedback.traffic_path) if self.feedback.traffic_path else self.home / "traffic"
+
+    def feedback_path(self) -> Path:
+        """Where feedback segments go."""
+        return Path(self.feedback.path) if self.feedback.path else feedback_dir(self.home)
 
     @model_validator(mode="after")
     def _remote_teacher_answers_in_time(self) -> "CascadeConfig":

@@ -21,6 +21,10 @@ class InvalidInput(ServingError):
     status = 422
 
 
+class NotFound(ServingError):
+    status = 404
+
+
 class TooLarge(ServingError):
     status = 413
 

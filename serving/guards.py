@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 ADMIN_TOKEN_ENV = "CASCADE_ADMIN_TOKEN"
+FEEDBACK_TOKEN_ENV = "CASCADE_FEEDBACK_TOKEN"
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -33,7 +34,8 @@ class GuardSettings:
     max_body_bytes: int
     in_flight: "InFlightLimit"
     retry_after_s: int
-    admin_token: "AdminToken"
+    admin_token: "BearerToken"
+    feedback_token: "BearerToken | None" = None  # None: feedback is off
     shed_paths: tuple[str, ...] = ("/v1/classify",)  # admin, health and stats are never shed
 
 
@@ -130,24 +132,29 @@ class InFlightLimit:
         self.in_flight -= 1
 
 
-class AdminToken:
-    """The bearer token admin operations need, taken from ``$CASCADE_ADMIN_TOKEN``; with none
-    set, admin operations are off."""
+class BearerToken:
+    """A bearer token taken from an environment variable (``$CASCADE_ADMIN_TOKEN`` for admin
+    operations, ``$CASCADE_FEEDBACK_TOKEN`` for feedback); with none set, what it guards is off."""
 
-    def __init__(self, token: str | None):
+    def __init__(self, token: str | None, env: str = ADMIN_TOKEN_ENV, guards: str = "admin operations"):
         self.token = token or None
+        self.env, self.guards = env, guards
 
     @classmethod
-    def from_environment(cls) -> "AdminToken":
-        return cls(os.environ.get(ADMIN_TOKEN_ENV))
+    def from_environment(cls, env: str = ADMIN_TOKEN_ENV, guards: str = "admin operations") -> "BearerToken":
+        return cls(os.environ.get(env), env, guards)
+
+    @classmethod
+    def feedback(cls) -> "BearerToken":
+        return cls.from_environment(FEEDBACK_TOKEN_ENV, "feedback")
 
     def refusal(self, authorization: str | None) -> tuple[int, str] | None:
         """None when ``authorization`` carries the token; else the status and message to answer."""
         if self.token is None:
-            return 403, f"admin operations are off: set {ADMIN_TOKEN_ENV} in the serving environment to turn them on"
+            return 403, f"{self.guards}: turned off; set {self.env} in the serving environment to turn on"
         scheme, _, given = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not given:
-            return 401, "admin operations need the header 'Authorization: Bearer <token>'"
+            return 401, f"{self.guards}: send the header 'Authorization: Bearer <token>'"
         if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
-            return 401, "admin token not accepted"
+            return 401, f"{self.guards}: token not accepted"
         return None

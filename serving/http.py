@@ -16,13 +16,14 @@ from starlette.exceptions import HTTPException
 from serving import admin, kserve
 from serving.api import ClassifyRequest, ClassifyResponse, ErrorResponse, ModelsResponse
 from serving.errors import ServingError
-from serving.guards import AdminToken, GuardSettings, RequestGuard
+from serving.feedback import FeedbackRequest, FeedbackResponse
+from serving.guards import FEEDBACK_TOKEN_ENV, BearerToken, GuardSettings, RequestGuard
 from serving.metrics import DashboardFigures
 from serving.service import CascadeService
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (413, 422, 503)}
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (401, 403, 409, 422)}
-Authorization = Annotated[str | None, Header(description="Bearer <$CASCADE_ADMIN_TOKEN>")]
+Authorization = Annotated[str | None, Header(description="Bearer <$CASCADE_ADMIN_TOKEN> (admin), or <$CASCADE_FEEDBACK_TOKEN> (feedback)")]
 
 
 def json_body(model: Any) -> Response:
@@ -46,6 +47,7 @@ def build_api(
     api.add_middleware(RequestGuard)  # sheds past the in-flight bound; body byte cap and UTF-8 check before parsing
     _handle_errors(api)
     api.include_router(_v1_router(service, guard.admin_token, dashboard_figures))
+    api.include_router(_feedback_router(service, guard.feedback_token or BearerToken(None, FEEDBACK_TOKEN_ENV, "feedback")))
     api.include_router(_v2_router(service, app_name))
     api.include_router(_admin_router(service, guard.admin_token))
     return api
@@ -69,7 +71,7 @@ def _handle_errors(api: FastAPI) -> None:
         return JSONResponse(status_code=422, content={"error": problems})
 
 
-def _v1_router(service: CascadeService, token: AdminToken, dashboard_figures: Callable[[], Awaitable[DashboardFigures]]) -> APIRouter:
+def _v1_router(service: CascadeService, token: BearerToken, dashboard_figures: Callable[[], Awaitable[DashboardFigures]]) -> APIRouter:
     router = APIRouter()
     page = resources.files("serving").joinpath("dashboard.html").read_text()
 
@@ -159,15 +161,34 @@ def _v2_router(service: CascadeService, app_name: str) -> APIRouter:
     return router
 
 
-def _admin_router(service: CascadeService, token: AdminToken) -> APIRouter:
-    def require_admin(authorization: Authorization = None) -> None:
-        """Let an admin request through only with the bearer token (checked before its body)."""
+def _require(token: BearerToken) -> Callable[[str | None], None]:
+    """A dependency that lets a request through only with ``token`` (checked before its body)."""
+
+    def require(authorization: Authorization = None) -> None:
         refusal = token.refusal(authorization)
         if refusal is not None:
             status, message = refusal
             raise HTTPException(status, message, headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
 
-    router = APIRouter(prefix="/v1/admin", dependencies=[Depends(require_admin)], responses=ADMIN_ERRORS)
+    return require
+
+
+def _feedback_router(service: CascadeService, token: BearerToken) -> APIRouter:
+    router = APIRouter(dependencies=[Depends(_require(token))])
+
+    @router.post("/v1/feedback", response_model=FeedbackResponse,
+                 responses={code: {"model": ErrorResponse} for code in (401, 403, 404, 413, 422)})
+    async def feedback(body: FeedbackRequest) -> FeedbackResponse:
+        """The true labels of earlier answers (needs ``$CASCADE_FEEDBACK_TOKEN``): they become
+        live accuracy by tier (``/v1/stats``) and hard labels for the next refresh. A repeat is a
+        no-op; a changed label replaces the earlier one, which the log keeps."""
+        return await service.feedback(body.items)
+
+    return router
+
+
+def _admin_router(service: CascadeService, token: BearerToken) -> APIRouter:
+    router = APIRouter(prefix="/v1/admin", dependencies=[Depends(_require(token))], responses=ADMIN_ERRORS)
 
     @router.post("/promote", response_model=admin.PointerResponse)
     async def admin_promote(body: admin.PromoteRequest) -> admin.PointerResponse:

@@ -1,5 +1,5 @@
-"""Appends escalation records to JSONL segments, durably: a batch of records is acknowledged
-only after its bytes are written and fsynced. Segments rotate by size or age.
+"""Appends escalation (and feedback) records to JSONL segments, durably: a batch of records is
+acknowledged only after its bytes are written and fsynced. Segments rotate by size or age.
 
 Every ingress replica writes its own segments (their names carry its process id), through a
 ``GroupCommitLog``: one thread writes and fsyncs what concurrent requests appended meanwhile,
@@ -16,7 +16,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from distill.escalations import EscalationRecord
 from serving.config import LogConfig
@@ -101,6 +101,15 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+class DurableWriter(Protocol):
+    """What a ``GroupCommitLog`` writes through: ``SegmentWriter``, or ``serving.traffic.TrafficWriter``."""
+
+    directory: Path
+    bytes_written: int
+
+    def append(self, records: Sequence[Any]) -> int: ...
+
+
 class GroupCommitLog:
     """Durable appends from an event loop: ``await append(records)`` returns once the records
     are written and fsynced, together with whatever other requests appended meanwhile (one
@@ -110,16 +119,16 @@ class GroupCommitLog:
 
     ``on_written(records, bytes)`` and ``on_error()`` are called from the writer thread."""
 
-    def __init__(self, writer: SegmentWriter, max_batch: int = 512,
+    def __init__(self, writer: DurableWriter, max_batch: int = 512,
                  on_written: Callable[[int, int], None] | None = None, on_error: Callable[[], None] | None = None):
         self.writer = writer
         self.max_batch = max_batch
         self.on_written = on_written
         self.on_error = on_error
         self._pending: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._run, name="escalation-log", daemon=True).start()
+        threading.Thread(target=self._run, name=f"log-{writer.directory.name}", daemon=True).start()
 
-    async def append(self, records: Sequence[EscalationRecord]) -> int:
+    async def append(self, records: Sequence[Any]) -> int:
         """Write ``records`` durably; returns how many were written."""
         if not records:
             return 0
@@ -150,14 +159,14 @@ class GroupCommitLog:
             self.writer.append(records)
         except Exception as err:
             outcome = err
-            logger.error("escalation log: writing %d record(s) to %s failed: %r", len(records), self.writer.directory, err)
+            logger.error("log %s: writing %d record(s) failed: %r", self.writer.directory, len(records), err)
         try:
             if outcome is None and self.on_written:
                 self.on_written(len(records), self.writer.bytes_written - bytes_before)
             elif outcome is not None and self.on_error:
                 self.on_error()
         except Exception as err:  # a metrics hiccup must not stop the log
-            logger.warning("escalation log: counting a write failed: %r", err)
+            logger.warning("log: counting a write failed: %r", err)
         for call_records, done, loop in batch:
             try:
                 loop.call_soon_threadsafe(_settle, done, outcome, len(call_records))

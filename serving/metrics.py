@@ -70,6 +70,8 @@ SPECS: dict[str, MetricSpec] = {
         MetricSpec("cascade_log_records_total", "counter", "escalation records written and fsynced"),
         MetricSpec("cascade_log_bytes_total", "counter", "escalation log bytes written and fsynced"),
         MetricSpec("cascade_log_write_errors_total", "counter", "escalation log writes that failed (their records were not acknowledged)"),
+        MetricSpec("cascade_feedback_items_total", "counter", "feedback items recorded (new or changed labels), by the tier that answered the item and whether its answer was right (outcome correct, wrong)", ("tier", "outcome")),
+        MetricSpec("cascade_traffic_write_errors_total", "counter", "traffic log writes that failed (their requests cannot get feedback)"),
         MetricSpec("cascade_refresh_runs_total", "counter", "refresh rounds recorded in the registry, by outcome (promoted, rejected, failed)", ("outcome",)),
         MetricSpec("cascade_live_threshold", "gauge", "the escalation threshold online control holds the goal with (routing.control)"),
         MetricSpec("cascade_live_estimate_ratio", "gauge", "online control's live estimate: served agreement with the teacher (agreement and accuracy goals) or teacher share (budget goals)"),
@@ -160,6 +162,7 @@ class IngressMetrics(Recorder):
             "cascade_request_latency_seconds", "cascade_student_confidence_ratio", "cascade_cost_units_total",
             "cascade_audits_total", "cascade_audit_agreements_total",
             "cascade_log_records_total", "cascade_log_bytes_total", "cascade_log_write_errors_total",
+            "cascade_feedback_items_total", "cascade_traffic_write_errors_total",
             "cascade_live_threshold", "cascade_live_estimate_ratio", "cascade_live_bound_ratio", "cascade_live_target_ratio",
             "cascade_goal_held", "cascade_goal_budget_limited",
         )

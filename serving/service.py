@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
 from distill.errors import RegistryError
+from distill.feedback import FeedbackRecord
 from distill.metadata import escalation_policy
 from distill.registry import Registry
 from router import AuditSampler, CircuitBreaker, RouterError, TeacherRateLimiter
@@ -21,10 +22,13 @@ from serving.api import ClassifyOptions, ClassifyResponse, ModelsResponse, Model
 from serving.cascade import AppendLog, Cascade, Evidence, ModelOutput, Redact
 from serving.config import CascadeConfig
 from serving.errors import Conflict, InvalidInput, TooLarge, Unavailable
+from serving.feedback import FeedbackDesk, FeedbackItem, FeedbackLedger, FeedbackResponse
 from serving.guards import InFlightLimit
 from serving.live import LiveControl
+from serving.log_writer import GroupCommitLog, SegmentWriter
 from serving.shadow import ShadowRun, candidate_figures
 from serving.shared_state import SHARED_STATE_FILE, SharedRouting
+from serving.traffic import TrafficReader, TrafficWriter
 
 logger = logging.getLogger("cascade")
 
@@ -47,6 +51,8 @@ class Metrics(Protocol):
     def record_audits(self, audited: int, agreed: int) -> None: ...
 
     def observe(self, name: str, value: float, **labels: str) -> None: ...
+
+    def inc(self, name: str, value: float = 1.0, **labels: str) -> None: ...
 
 
 class CascadeService:
@@ -79,6 +85,16 @@ class CascadeService:
             else None
         )
         self.shadow = ShadowRun(config.home / "registry")
+        retention_s = config.feedback.retention_hours * 3600
+        # every answered request, kept durably so that feedback can name any item (serving.traffic)
+        self.traffic = TrafficWriter(config.traffic_path(), retention_s)
+        self.traffic_log = GroupCommitLog(self.traffic, on_error=lambda: self._count("cascade_traffic_write_errors_total"))
+        self.ledger = FeedbackLedger(config.feedback_path())
+        self.desk = FeedbackDesk(
+            TrafficReader(config.traffic_path(), retention_s).find, self.ledger,
+            GroupCommitLog(SegmentWriter(config.feedback_path())).append, config.feedback.max_items,
+            config.feedback.retention_hours, on_recorded=self._count_feedback,
+        )
         self.cascade: Cascade | None = None
         self._lock = asyncio.Lock()
 
@@ -106,6 +122,8 @@ class CascadeService:
                     teacher_max_in_flight=routing.teacher_max_in_flight,
                     redact=self.redact,
                     on_evidence=self._observe,
+                    keep_traffic=self.traffic_log.append,
+                    new_request_id=self.traffic.new_request_id,
                 )
                 cascade.versions = ModelVersions(student=student["version"], teacher=None)
                 if self.live is not None:  # a restarted or added replica starts from the shared live threshold
@@ -131,6 +149,13 @@ class CascadeService:
         if self.live is not None:
             self.live.observe(evidence)
         self.shadow.observe(evidence)
+
+    def _count(self, name: str, **labels: str) -> None:
+        if self.metrics is not None:
+            self.metrics.inc(name, **labels)
+
+    def _count_feedback(self, record: FeedbackRecord) -> None:
+        self._count("cascade_feedback_items_total", tier=record.tier, outcome="correct" if record.correct else "wrong")
 
     def _timed(self, predict: Callable[[list[str]], Awaitable[ModelOutput]], tier: str) -> Callable[[list[str]], Awaitable[ModelOutput]]:
         """``predict`` that reports its latency as the tier's."""
@@ -236,17 +261,27 @@ class CascadeService:
 
     async def stats(self) -> dict[str, Any]:
         """Audit agreement so far (the unbiased estimate of the student's agreement with the
-        teacher on what it answers alone) and this replica's fault counters."""
+        teacher on what it answers alone), live accuracy by tier from every replica's feedback,
+        and this replica's fault counters."""
         cascade = await self.ready()
         low, high = cascade.audit.interval()
         reliability = cascade.reliability_stats()
         if self.in_flight is not None:
             reliability = {"shed_requests": self.in_flight.shed, "in_flight": self.in_flight.in_flight, **reliability}
+        await asyncio.to_thread(self.ledger.sync)
         return {
             "audit": {"audited": cascade.audit.audited, "agreed": cascade.audit.agreed,
                       "agreement": cascade.audit.value, "interval_95": [round(low, 4), round(high, 4)]},
+            "feedback": self.ledger.figures(),
             "reliability": reliability,
         }
+
+    # ---- feedback (the token is checked at the edge)
+
+    async def feedback(self, items: list[FeedbackItem]) -> FeedbackResponse:
+        """Record the true labels of answered items (``serving.feedback``)."""
+        cascade = await self.ready()
+        return await self.desk.record(items, cascade.labels)
 
     # ---- admin (the token is checked at the edge)
 

@@ -127,6 +127,7 @@ def test_cascade_serve_leaves_no_haproxy(tiny_home: Path, tmp_path: Path, how: s
     config.write_text(yaml.safe_dump({
         "home": str(tiny_home), "port": ports["port"], "metrics": {"port": free_port()},
         "log": {"path": str(tmp_path / "escalations")},
+        "feedback": {"traffic_path": str(tmp_path / "traffic"), "path": str(tmp_path / "feedback")},
         "proxy": {"stats_port": ports["stats_port"], "metrics_port": ports["metrics_port"]},
     }))
     log = tmp_path / "serve.log"

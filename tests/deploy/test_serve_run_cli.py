@@ -31,7 +31,8 @@ NO_TOKEN = {"RAY_AUTH_MODE": "disabled"}
 
 def serving_settings(port: int, work: Path) -> dict:
     """The test cascade's serving config; the home comes from $CASCADE_HOME."""
-    return {"port": port, "routing": {"threshold": 0.9, "audit_rate": 0.0}, "log": {"path": str(work / "escalations")}}
+    return {"port": port, "routing": {"threshold": 0.9, "audit_rate": 0.0}, "log": {"path": str(work / "escalations")},
+            "feedback": {"traffic_path": str(work / "traffic"), "path": str(work / "feedback")}}
 
 
 def write_serve_config(work: Path, name: str, settings: dict) -> Path:

@@ -42,6 +42,7 @@ def remote_cascade(tiny_home, fake_teacher, tmp_path_factory):
         "routing": {"threshold": 0.9, "audit_rate": 0.0},
         "limits": {"max_items": 64},
         "log": {"path": str(tmp_path_factory.mktemp("remote-escalations"))},
+        "feedback": {"traffic_path": str(tmp_path_factory.mktemp("traffic")), "path": str(tmp_path_factory.mktemp("feedback"))},
         "teacher": {"num_cpus": 0.25, "remote": {"kind": "openai", "url": f"{fake_teacher.url}/v1", "model": "fake-llm",
                                                  "timeout_s": 3, "retries": 2, "backoff_s": 0.05, "concurrency": 4}},
     })

@@ -39,6 +39,7 @@ def live(tiny_home: Path, tmp_path_factory) -> tuple[CascadeConfig, str]:
         "port": free_port(),
         "routing": {"threshold": 0.9, "audit_rate": 0.3, "control": False},  # a fixed threshold keeps "unsure" deterministic
         "log": {"path": str(tmp_path_factory.mktemp("escalations"))},
+        "feedback": {"traffic_path": str(tmp_path_factory.mktemp("traffic")), "path": str(tmp_path_factory.mktemp("feedback"))},
         "metrics": {"port": free_port(), "report_interval_s": 1.0, "refresh_poll_s": 0.5},
     })
     url = runner.start(config, num_cpus=2)

@@ -23,8 +23,10 @@ ODD = ["zebra quantum pancake", "the of and a", "purple", "music alarm weather b
 
 def reliability_config(home: Path, log_path: Path, **sections: Any) -> CascadeConfig:
     """A cascade on the tiny models as `cascade serve` ships it (the fast path), with HAProxy
-    listeners of its own: a fixed threshold makes the ODD texts unsure."""
+    listeners of its own: a fixed threshold makes the ODD texts unsure. The traffic and feedback
+    logs go beside the escalation log, out of ``home`` (which may be the session's shared one)."""
     raw: dict[str, Any] = {"home": str(home), "port": free_port(), "log": {"path": str(log_path)},
+                           "feedback": {"traffic_path": f"{log_path}-traffic", "path": f"{log_path}-feedback"},
                            "routing": {"threshold": 0.9, "audit_rate": 0.0}, "limits": {"max_items": 64},
                            "proxy": {"stats_port": free_port(), "metrics_port": free_port()}, "metrics": {"port": free_port()}}
     for key, value in sections.items():

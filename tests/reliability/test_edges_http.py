@@ -16,16 +16,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fault_tools import IN_DOMAIN, ODD, Load, reliability_config, replica_pids, running_cascade
 from distill.escalations import read_records
+from distill.feedback import read_feedback
 from distill.registry import Registry
 
 pytestmark = pytest.mark.slow
 
 TOKEN = "test-admin-token-7"
+FEEDBACK_TOKEN = "test-feedback-token-3"
+FEEDBACK = {"Authorization": f"Bearer {FEEDBACK_TOKEN}"}
 MAX_BODY = 64 * 1024
 
 
@@ -47,14 +50,16 @@ def app(tiny_home, log_dir, tmp_path_factory):
     home = tmp_path_factory.mktemp("edges") / "home"
     shutil.copytree(tiny_home, home)  # the admin calls promote, roll back and set the threshold in it, not in the session's home
     config = reliability_config(
-        home, log_dir[0], limits={"max_body_bytes": MAX_BODY, "max_text_chars": 2000}, ingress={"max_in_flight": 4}
+        home, log_dir[0], limits={"max_body_bytes": MAX_BODY, "max_text_chars": 2000}, ingress={"max_in_flight": 4},
+        feedback={"traffic_path": str(home / "traffic"), "path": str(home / "feedback")},  # off the small disk
     )
-    os.environ["CASCADE_ADMIN_TOKEN"] = TOKEN  # read by the ingress at start, in the Ray workers this process starts
+    # read by the ingress at start, in the Ray workers this process starts
+    os.environ |= {"CASCADE_ADMIN_TOKEN": TOKEN, "CASCADE_FEEDBACK_TOKEN": FEEDBACK_TOKEN}
     try:
         with running_cascade(config) as url:
             yield url, config
     finally:
-        del os.environ["CASCADE_ADMIN_TOKEN"]
+        del os.environ["CASCADE_ADMIN_TOKEN"], os.environ["CASCADE_FEEDBACK_TOKEN"]
 
 
 def post(url: str, path: str, **kwargs) -> httpx.Response:
@@ -163,6 +168,115 @@ def test_fuzz_run_size(fuzz_run):
     print(f"\nfuzz: {len(fuzz_run)} cases, status counts {dict(sorted(statuses.items()))}")
     assert len(fuzz_run) >= FUZZ_EXAMPLES
     assert statuses[200] > 0 and statuses[422] > 0, "the fuzz run must reach both valid and invalid bodies"
+
+
+def classified(url: str, texts: list[str], **options) -> dict:
+    response = httpx.post(f"{url}/v1/classify", json={"inputs": texts, "options": options}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_feedback_answers_every_status_over_http(app):
+    url, config = app
+    student, teacher = classified(url, [IN_DOMAIN[0], IN_DOMAIN[2]]), classified(url, [ODD[0]], mode="teacher")
+    assert [p["tier"] for p in student["predictions"] + teacher["predictions"]] == ["student", "student", "teacher"]
+    labels = httpx.get(f"{url}/v1/models").json()["labels"]
+    truth = labels[0], teacher["predictions"][0]["label"]
+    items = [{"request_id": student["request_id"], "index": 0, "label": truth[0]},
+             {"request_id": teacher["request_id"], "index": 0, "label": truth[1]}]
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": FEEDBACK_TOKEN}, {"Authorization": f"Bearer {TOKEN}"}):
+        refused = post(url, "/v1/feedback", json={"items": items}, headers=headers)
+        assert refused.status_code == 401 and "feedback" in refused.json()["error"], headers
+    unknown = post(url, "/v1/feedback", json={"items": [{**items[0], "request_id": "0" * 32}]}, headers=FEEDBACK)
+    assert unknown.status_code == 404 and "not a kept request" in unknown.json()["error"]
+    past_end = post(url, "/v1/feedback", json={"items": [{**items[0], "index": 2}]}, headers=FEEDBACK)
+    assert past_end.status_code == 404 and "no index 2" in past_end.json()["error"]
+    bad_label = post(url, "/v1/feedback", json={"items": [{**items[0], "label": "no-such-intent"}]}, headers=FEEDBACK)
+    assert bad_label.status_code == 422 and "'no-such-intent'" in bad_label.json()["error"]
+    too_many = post(url, "/v1/feedback", json={"items": [{"request_id": "0", "index": 0, "label": "x"}] * 1001}, headers=FEEDBACK)
+    assert too_many.status_code == 413 and "at most 1000" in too_many.json()["error"]
+    before = httpx.get(f"{url}/v1/stats").json()["feedback"]
+    assert post(url, "/v1/feedback", json={"items": items}, headers=FEEDBACK).json() == {"recorded": 2, "changed": 0, "unchanged": 0}
+    assert post(url, "/v1/feedback", json={"items": items}, headers=FEEDBACK).json() == {"recorded": 0, "changed": 0, "unchanged": 2}
+    after = httpx.get(f"{url}/v1/stats").json()["feedback"]
+    assert after["student"]["items"] - before["student"]["items"] == 1
+    assert (after["teacher"]["items"] - before["teacher"]["items"], after["teacher"]["correct"] - before["teacher"]["correct"]) == (1, 1)
+    other = next(label for label in labels if label != truth[1])
+    changed = post(url, "/v1/feedback", json={"items": [{**items[1], "label": other}]}, headers=FEEDBACK)
+    assert changed.json() == {"recorded": 1, "changed": 1, "unchanged": 0}
+    assert httpx.get(f"{url}/v1/stats").json()["feedback"]["teacher"]["correct"] == before["teacher"]["correct"]
+    kept = read_feedback(config.feedback_path())
+    assert kept[(student["request_id"], 0)].tier == "student" and kept[(teacher["request_id"], 0)].replaces == truth[1]
+
+
+def test_feedback_reaches_an_item_answered_before_the_ingress_restarted(app):
+    url, config = app
+    answer = classified(url, [IN_DOMAIN[1]])
+    assert answer["predictions"][0]["tier"] == "student" and answer["logged"] == 0  # not in the escalation log
+    [pid] = replica_pids("Ingress")
+    os.kill(pid, 9)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        pids = replica_pids("Ingress")
+        if pids and pids != [pid]:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.5)
+    else:
+        pytest.fail("the ingress was not restarted within 120 s")
+    label = httpx.get(f"{url}/v1/models").json()["labels"][1]
+    response = post(url, "/v1/feedback", json={"items": [{"request_id": answer["request_id"], "index": 0, "label": label}]},
+                    headers=FEEDBACK)
+    assert response.status_code == 200 and response.json()["recorded"] == 1, response.text
+    record = read_feedback(config.feedback_path())[(answer["request_id"], 0)]
+    assert (record.text, record.tier, record.label) == (IN_DOMAIN[1], "student", label)
+
+
+FEEDBACK_EXAMPLES = 200
+
+
+def test_fuzzed_feedback_never_gets_a_5xx_and_loses_nothing(app):
+    """Hypothesis draws feedback bodies around a real answer: every answer is JSON and 4xx or
+    200, and every 200's items are in the feedback log with the label sent last."""
+    url, config = app
+    answer = classified(url, IN_DOMAIN + ODD)
+    labels = httpx.get(f"{url}/v1/models").json()["labels"]
+    item = st.fixed_dictionaries(
+        {"request_id": st.one_of(st.just(answer["request_id"]), TEXTS, JSON_VALUES),
+         "index": st.one_of(st.integers(-2, len(IN_DOMAIN + ODD) + 2), JSON_VALUES),
+         "label": st.one_of(st.sampled_from(labels), TEXTS, JSON_VALUES)},
+        optional={"extra": JSON_VALUES},
+    )
+    bodies = st.one_of(st.fixed_dictionaries({"items": st.lists(item, max_size=6)}).map(lambda b: json.dumps(b).encode()),
+                       JSON_VALUES.map(lambda value: json.dumps(value).encode()), st.binary(max_size=200))
+    accepted: dict[tuple[str, int], str] = {}
+    statuses: Counter = Counter()
+
+    valid = {"request_id": answer["request_id"], "index": 1, "label": labels[0]}
+
+    @settings(max_examples=FEEDBACK_EXAMPLES, deadline=None, database=None)
+    @given(body=bodies)
+    @example(body=json.dumps({"items": [valid, {**valid, "label": labels[-1]}]}).encode())  # the later label wins
+    @example(body=json.dumps({"items": [{**valid, "index": 99}]}).encode())
+    def send(body):
+        response = post(url, "/v1/feedback", content=body, headers={**FEEDBACK, "content-type": "application/json"})
+        statuses[response.status_code] += 1
+        answer_body = response.json()  # every answer is JSON
+        assert response.status_code < 500, (body, answer_body)
+        if response.status_code == 200:
+            for sent in json.loads(body)["items"]:
+                accepted[(sent["request_id"], sent["index"])] = sent["label"]
+        else:
+            assert isinstance(answer_body["error"], str)
+
+    send()
+    print(f"\nfeedback fuzz: {sum(statuses.values())} bodies, status counts {dict(sorted(statuses.items()))}")
+    kept = read_feedback(config.feedback_path())
+    assert all(kept[key].label == label for key, label in accepted.items()), "an acknowledged label is missing"
+    assert statuses[200] > 0 and statuses[422] > 0 and statuses[404] > 0
 
 
 def test_admin_calls_need_the_token(app):

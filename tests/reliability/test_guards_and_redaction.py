@@ -6,14 +6,14 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
-from serving.guards import AdminToken, GuardSettings, InFlightLimit, RequestGuard
+from serving.guards import BearerToken, GuardSettings, InFlightLimit, RequestGuard
 from serving.redaction import RedactionError, load_redactor, mask_card_numbers_and_emails
 
 
 def guarded_app(max_body_bytes: int = 100, max_in_flight: int = 4) -> FastAPI:
     app = FastAPI()
     app.add_middleware(RequestGuard)
-    app.state.guard = GuardSettings(max_body_bytes, InFlightLimit(max_in_flight), retry_after_s=2, admin_token=AdminToken(None))
+    app.state.guard = GuardSettings(max_body_bytes, InFlightLimit(max_in_flight), retry_after_s=2, admin_token=BearerToken(None))
 
     @app.post("/v1/classify")
     async def echo(request: Request) -> dict:
@@ -52,9 +52,9 @@ def test_in_flight_slots_are_given_back():
 
 
 def test_admin_token():
-    assert AdminToken(None).refusal("Bearer anything")[0] == 403
-    assert "CASCADE_ADMIN_TOKEN" in AdminToken("").refusal(None)[1]
-    token = AdminToken("s3cret")
+    assert BearerToken(None).refusal("Bearer anything")[0] == 403
+    assert "CASCADE_ADMIN_TOKEN" in BearerToken("").refusal(None)[1]
+    token = BearerToken("s3cret")
     assert token.refusal(None)[0] == 401
     assert token.refusal("Basic s3cret")[0] == 401
     assert token.refusal("Bearer wrong")[0] == 401

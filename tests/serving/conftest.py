@@ -19,6 +19,8 @@ def cascade_config(tiny_home: Path, tmp_path_factory) -> CascadeConfig:
             "port": free_port(),
             "routing": {"threshold": 0.9, "audit_rate": 0.0},  # no audits: answers stay deterministic
             "log": {"path": str(tmp_path_factory.mktemp("escalations"))},
+            # the traffic and feedback logs too, away from the session's shared home
+            "feedback": {"traffic_path": str(tmp_path_factory.mktemp("traffic")), "path": str(tmp_path_factory.mktemp("feedback"))},
             "limits": {"max_items": 64},
             "student": {"poll_registry_s": 0.5},
             # the fast path, as `cascade serve` ships it, with HAProxy listeners of its own

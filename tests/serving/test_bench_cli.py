@@ -25,7 +25,8 @@ def report(tiny_home: Path, tiny_data: Path, tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("bench")
     config = work / "cascade.yaml"
     # no audits: the cascade's teacher share is then exactly what its fitted policy escalates, as eval computes it
-    config.write_text(json.dumps({"metrics": {"port": free_port()}, "log": {"path": str(work / "escalations")}, "routing": {"audit_rate": 0.0},
+    config.write_text(json.dumps({"metrics": {"port": free_port()}, "log": {"path": str(work / "escalations")},
+                                  "feedback": {"traffic_path": str(work / "traffic"), "path": str(work / "feedback")}, "routing": {"audit_rate": 0.0},
                                   "proxy": {"stats_port": free_port(), "metrics_port": free_port()}}))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
     done = subprocess.run(

@@ -147,3 +147,12 @@ def test_hot_swap_under_load_fails_no_request(cascade_url, cascade_config):
     assert failures == [] and sent[0] > 20
     assert {old, new} <= seen_versions
     assert classify(cascade_url, "play some jazz")["versions"]["student"] == old  # rolled back
+
+
+def test_feedback_is_off_with_403_when_no_token_is_set(cascade_url):
+    """This session's cascade starts without $CASCADE_FEEDBACK_TOKEN: feedback would become
+    training data, so it is off, and the answer says how to turn it on."""
+    answer = classify(cascade_url, "play some jazz")
+    response = httpx.post(f"{cascade_url}/v1/feedback", timeout=30, headers={"Authorization": "Bearer anything"},
+                          json={"items": [{"request_id": answer["request_id"], "index": 0, "label": "x"}]})
+    assert response.status_code == 403 and "CASCADE_FEEDBACK_TOKEN" in response.json()["error"]

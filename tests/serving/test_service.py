@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.config import CascadeConfig
-from serving.guards import AdminToken, GuardSettings, InFlightLimit
+from serving.guards import FEEDBACK_TOKEN_ENV, BearerToken, GuardSettings, InFlightLimit
 from serving.http import build_api
 from serving.metrics import DashboardFigures
 from serving.service import CascadeService
@@ -46,7 +46,8 @@ class FakeModel:
         return self.version
 
 
-def make_service(home: Path, student=None, teacher=None, **routing) -> tuple[CascadeService, TestClient, list]:
+def make_service(home: Path, student=None, teacher=None, feedback_token: str | None = None,
+                 **routing) -> tuple[CascadeService, TestClient, list]:
     written: list = []
 
     async def append(records):
@@ -58,7 +59,8 @@ def make_service(home: Path, student=None, teacher=None, **routing) -> tuple[Cas
     teacher = teacher or FakeModel("teacher-v1", [0.1, 0.8, 0.1])
     in_flight = InFlightLimit(8)
     service = CascadeService(config, student, teacher, append, in_flight=in_flight, shared_check_every_s=0)
-    guard = GuardSettings(max_body_bytes=1 << 20, in_flight=in_flight, retry_after_s=1, admin_token=AdminToken(TOKEN))
+    guard = GuardSettings(max_body_bytes=1 << 20, in_flight=in_flight, retry_after_s=1, admin_token=BearerToken(TOKEN),
+                          feedback_token=BearerToken(feedback_token, FEEDBACK_TOKEN_ENV, "feedback"))
 
     async def figures():
         return DashboardFigures(time=0.0)

@@ -1,0 +1,177 @@
+"""Outcome feedback: ``POST /v1/feedback`` records the true label of answered items (found in the
+traffic log, ``serving.traffic``) in the feedback log (``distill.feedback``), and ``FeedbackLedger``
+reads that log back, from every replica, into live accuracy by tier. Ray-free."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from distill.escalations import LogTail
+from distill.feedback import FeedbackRecord
+from serving.errors import InvalidInput, NotFound, TooLarge
+from serving.traffic import KeptRequest
+
+TIERS = ("student", "teacher")
+
+
+class FeedbackItem(BaseModel):
+    """The true label of item ``index`` of an earlier request."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    request_id: str = Field(min_length=1, max_length=128, pattern="^[0-9a-f]+$", description="the request_id of a /v1/classify answer")
+    index: int = Field(ge=0, description="the item's position in that request's inputs")
+    label: str = Field(min_length=1, description="the true label: one the models know")
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True,
+                              json_schema_extra={"examples": [{"items": [{"request_id": "…", "index": 0, "label": "card_arrival"}]}]})
+
+    items: list[FeedbackItem] = Field(description="outcomes of earlier answers; a repeat is a no-op, a changed label replaces the earlier one")
+
+
+class FeedbackResponse(BaseModel):
+    recorded: int = Field(description="items whose feedback was written now (new or changed)")
+    changed: int = Field(description="of those, items whose earlier label this one replaces")
+    unchanged: int = Field(description="repeats of an item's current label: nothing written")
+
+
+def wilson(correct: int, items: int, z: float = 1.96) -> tuple[float, float] | None:
+    """The 95 % Wilson interval of ``correct / items`` (None without items)."""
+    if items == 0:
+        return None
+    p, n = correct / items, items
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)
+
+
+@dataclass
+class Tally:
+    items: int = 0
+    correct: int = 0
+
+    def add(self, correct: bool, sign: int = 1) -> None:
+        self.items += sign
+        self.correct += sign * int(correct)
+
+    def figures(self) -> dict:
+        interval = wilson(self.correct, self.items)
+        return {"items": self.items, "correct": self.correct,
+                "accuracy": round(self.correct / self.items, 4) if self.items else None, "interval_95": interval}
+
+
+@dataclass
+class FeedbackLedger:
+    """Every replica's feedback, read incrementally from the feedback log: each item's latest
+    record, live accuracy by the tier that answered, and, on items both models labelled (the
+    escalated and the audited ones), the student's accuracy against the teacher's."""
+
+    directory: Path
+    latest: dict[tuple[str, int], FeedbackRecord] = field(default_factory=dict)
+    tiers: dict[str, Tally] = field(default_factory=lambda: {tier: Tally() for tier in TIERS})
+    both_student: Tally = field(default_factory=Tally)  # the student's labels where both models gave one
+    both_teacher: Tally = field(default_factory=Tally)  # the teacher's, on the same items
+
+    def __post_init__(self) -> None:
+        self._tail = LogTail(self.directory, FeedbackRecord)
+        self._lock = threading.Lock()
+
+    def sync(self) -> None:
+        """Read what every replica recorded since the last sync (blocking: call it in a thread)."""
+        with self._lock:
+            for record in self._tail.new_records():
+                self._apply(record)
+
+    def _apply(self, record: FeedbackRecord) -> None:
+        held = self.latest.get(record.key)
+        if held is not None and record.time < held.time:
+            return
+        if held is not None:
+            self._count(held, -1)
+        self.latest[record.key] = record
+        self._count(record, 1)
+
+    def _count(self, record: FeedbackRecord, sign: int) -> None:
+        self.tiers[record.tier].add(record.correct, sign)
+        if record.student_label is not None and record.teacher_label is not None:
+            self.both_student.add(record.student_label == record.label, sign)
+            self.both_teacher.add(record.teacher_label == record.label, sign)
+
+    def figures(self) -> dict:
+        """``/v1/stats``' ``feedback``: per tier, items, correct, accuracy and its 95 % interval;
+        ``both``: the student's and the teacher's accuracy on the items both labelled."""
+        return {
+            **{tier: tally.figures() for tier, tally in self.tiers.items()},
+            "both": {"student": self.both_student.figures(), "teacher": self.both_teacher.figures()},
+        }
+
+
+class FeedbackDesk:
+    """Checks and records feedback: every item must name a kept request and one of its items,
+    with a label the models know; all are checked before any is written, and an item whose
+    current feedback already has that label is left alone."""
+
+    def __init__(self, find: Callable[[Sequence[str]], dict[str, KeptRequest]], ledger: FeedbackLedger,
+                 append: Callable[[list[FeedbackRecord]], Awaitable[int]], max_items: int, retention_hours: float,
+                 on_recorded: Callable[[FeedbackRecord], None] | None = None):
+        self.find = find
+        self.ledger = ledger
+        self.append = append
+        self.max_items = max_items
+        self.retention_hours = retention_hours
+        self.on_recorded = on_recorded
+
+    async def record(self, items: list[FeedbackItem], labels: Sequence[str]) -> FeedbackResponse:
+        """Record ``items``' labels durably, or raise naming the first item that cannot be."""
+        if not items:
+            raise InvalidInput("items: expected at least one feedback item")
+        if len(items) > self.max_items:
+            raise TooLarge(f"items: {len(items)} feedback items, at most {self.max_items} per request")
+        known = set(labels)
+        for i, item in enumerate(items):
+            if item.label not in known:
+                raise InvalidInput(f"items[{i}].label: {item.label!r} is not a label the models know")
+        kept, _ = await asyncio.gather(asyncio.to_thread(self.find, [item.request_id for item in items]),
+                                       asyncio.to_thread(self.ledger.sync))
+        records: dict[tuple[str, int], FeedbackRecord] = {}
+        unchanged = 0
+        for i, item in enumerate(items):
+            request = kept.get(item.request_id)
+            if request is None:
+                raise NotFound(f"items[{i}].request_id: {item.request_id!r} is not a kept request (unknown, "
+                               f"or answered more than {self.retention_hours:g} hours ago)")
+            if item.index >= len(request.items):
+                raise NotFound(f"items[{i}].index: request {item.request_id!r} had {len(request.items)} item(s), no index {item.index}")
+            key = (item.request_id, item.index)
+            prior = self.ledger.latest.get(key)
+            current = records.get(key) or prior
+            if current is not None and current.label == item.label:
+                unchanged += 1
+                continue
+            records[key] = self._record(item, request, prior)
+        written = list(records.values())
+        if written:
+            await self.append(written)
+            if self.on_recorded is not None:
+                for record in written:
+                    self.on_recorded(record)
+        return FeedbackResponse(recorded=len(written), changed=sum(r.replaces is not None for r in written), unchanged=unchanged)
+
+    @staticmethod
+    def _record(item: FeedbackItem, request: KeptRequest, held: FeedbackRecord | None) -> FeedbackRecord:
+        kept = request.items[item.index]
+        return FeedbackRecord(
+            request_id=item.request_id, index=item.index, label=item.label, replaces=held.label if held else None,
+            text=kept.text, tier=kept.tier, answered=kept.answered, student_label=kept.student_label,
+            teacher_label=kept.teacher_label, student_version=request.student_version,
+            teacher_version=request.teacher_version, evaluation=request.evaluation,
+        )

@@ -1,0 +1,140 @@
+"""Outcome feedback over the service's real FastAPI app, with plain async fakes for the models
+(``test_service``): every status of ``POST /v1/feedback``, live accuracy by tier in
+``/v1/stats``, feedback on a student-answered item after a restart, and the traffic log's
+retention and failures."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from distill.feedback import feedback_dir, read_feedback
+from serving.traffic import TrafficReader
+from test_service import FakeModel, make_service
+
+FEEDBACK = "fb-token"
+AUTH = {"Authorization": f"Bearer {FEEDBACK}"}
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    return tmp_path / "home"
+
+
+def confident_student() -> FakeModel:
+    return FakeModel("student-v1", [0.9, 0.05, 0.05], {"threshold": 0.7})  # label a, answered alone
+
+
+def unsure_student() -> FakeModel:
+    return FakeModel("student-v1", [0.5, 0.3, 0.2], {"threshold": 0.7})  # label a, escalated; the teacher says b
+
+
+def classify(client, inputs, **options) -> dict:
+    response = client.post("/v1/classify", json={"inputs": inputs, "options": options})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def feedback(client, items, headers=AUTH):
+    return client.post("/v1/feedback", json={"items": items}, headers=headers)
+
+
+def test_feedback_is_off_without_a_token_and_refused_with_a_wrong_one(home):
+    _, off, _ = make_service(home / "off", confident_student())
+    request_id = classify(off, "x")["request_id"]
+    item = [{"request_id": request_id, "index": 0, "label": "a"}]
+    refused = feedback(off, item)
+    assert refused.status_code == 403 and "CASCADE_FEEDBACK_TOKEN" in refused.json()["error"]
+    _, on, _ = make_service(home / "on", confident_student(), feedback_token=FEEDBACK)
+    request_id = classify(on, "x")["request_id"]
+    item = [{"request_id": request_id, "index": 0, "label": "a"}]
+    assert feedback(on, item, headers={}).status_code == 401
+    wrong = feedback(on, item, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "not accepted" in wrong.json()["error"]
+    assert not read_feedback(feedback_dir(home / "on"))  # nothing refused was written
+
+
+def test_every_bad_item_is_refused_with_its_status_and_nothing_is_written(home):
+    service, client, _ = make_service(home, confident_student(), feedback_token=FEEDBACK)
+    request_id = classify(client, ["x", "y"])["request_id"]
+    good = {"request_id": request_id, "index": 0, "label": "a"}
+    cases = [
+        ([good, {"request_id": "f" * 32, "index": 0, "label": "a"}], 404, "items[1].request_id"),
+        ([good, {"request_id": request_id, "index": 2, "label": "a"}], 404, "had 2 item(s), no index 2"),
+        ([good, {"request_id": request_id, "index": 1, "label": "zebra"}], 422, "'zebra' is not a label"),
+        ([good] * (service.config.feedback.max_items + 1), 413, "at most 1000"),
+        ([], 422, "at least one"),
+        ([{"request_id": request_id, "index": -1, "label": "a"}], 422, "index"),
+        ([{"request_id": request_id, "index": "0", "label": "a"}], 422, "index"),
+        ([{"request_id": request_id, "label": "a"}], 422, "index"),
+        ([{**good, "extra": 1}], 422, "extra"),
+    ]
+    for items, status, fragment in cases:
+        response = feedback(client, items)
+        assert response.status_code == status and fragment in response.json()["error"], (items, response.text)
+    not_json = client.post("/v1/feedback", content=b"{", headers={**AUTH, "content-type": "application/json"})
+    assert not_json.status_code == 422
+    assert not read_feedback(feedback_dir(home))
+
+
+def test_live_accuracy_by_tier_counts_each_items_latest_label(home):
+    student = FakeModel("student-v1", [0.5, 0.3, 0.2], {"threshold": 0.55})
+    service, client, _ = make_service(home, student, feedback_token=FEEDBACK)
+    confident = classify(client, ["x", "y"], threshold=0.4)  # student answers a, alone
+    unsure = classify(client, "z")  # the teacher answers b
+    assert [p["tier"] for p in confident["predictions"] + unsure["predictions"]] == ["student", "student", "teacher"]
+    items = [{"request_id": confident["request_id"], "index": 0, "label": "a"},
+             {"request_id": confident["request_id"], "index": 1, "label": "c"},
+             {"request_id": unsure["request_id"], "index": 0, "label": "b"}]
+    assert feedback(client, items).json() == {"recorded": 3, "changed": 0, "unchanged": 0}
+    assert feedback(client, items).json() == {"recorded": 0, "changed": 0, "unchanged": 3}  # a repeat writes nothing
+    stats = client.get("/v1/stats").json()["feedback"]
+    assert (stats["student"]["items"], stats["student"]["correct"]) == (2, 1)
+    assert (stats["teacher"]["items"], stats["teacher"]["correct"]) == (1, 1)
+    # on the escalated item both models labelled: the student said a, the teacher b, truly b
+    assert stats["both"]["student"]["correct"] == 0 and stats["both"]["teacher"]["correct"] == 1
+    changed = feedback(client, [{"request_id": confident["request_id"], "index": 1, "label": "a"}]).json()
+    assert changed == {"recorded": 1, "changed": 1, "unchanged": 0}
+    stats = client.get("/v1/stats").json()["feedback"]
+    assert (stats["student"]["items"], stats["student"]["correct"]) == (2, 2)
+    history = [json.loads(line) for segment in sorted(feedback_dir(home).glob("segment-*.jsonl")) for line in segment.read_text().splitlines()]
+    assert [(r["index"], r["label"], r["replaces"]) for r in history if r["request_id"] == confident["request_id"]] == [
+        (0, "a", None), (1, "c", None), (1, "a", "c")]  # the changed label is a new record; the old one stays
+    record = read_feedback(feedback_dir(home))[(unsure["request_id"], 0)]
+    assert (record.text, record.tier, record.answered, record.student_label, record.teacher_label) == ("z", "teacher", "b", "a", "b")
+
+
+def test_feedback_reaches_a_student_answered_item_after_a_restart_and_from_another_replica(home):
+    _, first, _ = make_service(home, confident_student(), feedback_token=FEEDBACK)
+    answered = classify(first, ["my card", "a refund"], evaluation=True)
+    _, second, _ = make_service(home, confident_student(), feedback_token=FEEDBACK)  # a restart: a new replica, new traffic file
+    response = feedback(second, [{"request_id": answered["request_id"], "index": 1, "label": "c"}])
+    assert response.status_code == 200 and response.json()["recorded"] == 1
+    record = read_feedback(feedback_dir(home))[(answered["request_id"], 1)]
+    assert (record.text, record.tier, record.evaluation, record.correct) == ("a refund", "student", True, False)
+    assert first.get("/v1/stats").json()["feedback"]["student"]["items"] == 1  # every replica counts every replica's feedback
+
+
+def test_a_failed_traffic_write_answers_the_request_and_its_feedback_is_404(home):
+    service, client, _ = make_service(home, confident_student(), feedback_token=FEEDBACK)
+    classify(client, "x")
+    service.traffic.close()  # every later commit fails
+    answered = classify(client, "y")
+    assert client.get("/v1/stats").json()["reliability"]["traffic_write_errors"] == 1
+    assert feedback(client, [{"request_id": answered["request_id"], "index": 0, "label": "a"}]).status_code == 404
+
+
+def test_kept_requests_past_retention_are_purged_and_not_found(home):
+    service, client, _ = make_service(home, confident_student(), feedback_token=FEEDBACK)
+    request_id = classify(client, "x")["request_id"]
+    reader = TrafficReader(service.config.traffic_path(), retention_s=3600)
+    assert request_id in reader.find([request_id])
+    assert request_id not in TrafficReader(service.config.traffic_path(), retention_s=0).find([request_id])
+    later, _, _ = make_service(home, confident_student(), feedback_token=FEEDBACK)  # another replica, long after
+    later.traffic.purge(now=time.time() + 2 * later.traffic.retention_s)
+    assert not service.traffic.path.exists()  # a gone writer's file goes once all of it is past retention
+    service.traffic.purge(now=time.time() + 2 * service.traffic.retention_s)
+    assert reader.find([request_id]) == {}
