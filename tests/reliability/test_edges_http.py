@@ -20,6 +20,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fault_tools import IN_DOMAIN, ODD, Load, reliability_config, replica_pids, running_cascade
+from distill.data import load_splits
 from distill.escalations import read_records
 from distill.feedback import read_feedback
 from distill.registry import Registry
@@ -233,6 +234,32 @@ def test_feedback_reaches_an_item_answered_before_the_ingress_restarted(app):
     assert response.status_code == 200 and response.json()["recorded"] == 1, response.text
     record = read_feedback(config.feedback_path())[(answer["request_id"], 0)]
     assert (record.text, record.tier, record.label) == (IN_DOMAIN[1], "student", label)
+
+
+def test_live_accuracy_by_tier_equals_the_clients_own_count(app, tiny_data):
+    """Hundreds of items answered, each item's gold label sent back: /v1/stats' live accuracy by
+    tier moves by exactly what the client counts from the answers it got."""
+    url = app[0]
+    splits = load_splits(str(tiny_data))
+    rows = list(zip(splits.train.texts, splits.train.labels))[:320] + list(zip(ODD * 8, ["?"] * 40))
+    labels = httpx.get(f"{url}/v1/models").json()["labels"]
+    before = httpx.get(f"{url}/v1/stats").json()["feedback"]
+    own = {tier: [0, 0] for tier in ("student", "teacher")}
+    items = []
+    for start in range(0, len(rows), 40):
+        chunk = rows[start:start + 40]
+        answer = classified(url, [text for text, _ in chunk], threshold=0.95)
+        for i, ((_, gold), prediction) in enumerate(zip(chunk, answer["predictions"])):
+            gold = gold if gold in labels else labels[i % len(labels)]  # the odd texts get some label as their truth
+            own[prediction["tier"]][0] += 1
+            own[prediction["tier"]][1] += prediction["label"] == gold
+            items.append({"request_id": answer["request_id"], "index": i, "label": gold})
+    for start in range(0, len(items), 100):
+        assert post(url, "/v1/feedback", json={"items": items[start:start + 100]}, headers=FEEDBACK).status_code == 200
+    after = httpx.get(f"{url}/v1/stats").json()["feedback"]
+    counted = {tier: [after[tier]["items"] - before[tier]["items"], after[tier]["correct"] - before[tier]["correct"]] for tier in own}
+    print(f"\nlive accuracy by tier over {len(items)} items: client {own}, /v1/stats {counted}")
+    assert counted == own and own["student"][0] > 0 and own["teacher"][0] > 0
 
 
 FEEDBACK_EXAMPLES = 200
