@@ -1,9 +1,10 @@
 """The Ray Serve application: an ingress (which also writes the escalation log), a student and
-a teacher deployment (one ``ModelServer`` class, batched), and ``RefreshRuns``, which exports
-refresh rounds. ``build_app`` assembles it from a ``CascadeConfig``. Deployments stay thin: the
+a teacher deployment (one ``ModelServer`` class, batched), and the ``Monitor``, which exports
+refresh rounds and keeps the dashboard's recent past. ``build_app`` assembles it from a ``CascadeConfig``. Deployments stay thin: the
 ingress wires handles into ``serving.service.CascadeService`` and serves ``serving.http``."""
 
 
+import asyncio
 import logging
 import threading
 import time
@@ -26,7 +27,7 @@ from serving.errors import Unavailable
 from serving.guards import BearerToken, GuardSettings, InFlightLimit
 from serving.http import build_api
 from serving.log_writer import GroupCommitLog, SegmentWriter
-from serving.metrics import ClusterMetricsReader, IngressMetrics, Recorder, refresh_outcome
+from serving.metrics import ClusterMetricsReader, FiguresHistory, IngressMetrics, Recorder, refresh_outcome
 from serving.model_server import BatchedModel
 from serving.redaction import load_redactor
 from serving.service import CascadeService
@@ -45,13 +46,21 @@ class ModelServer(BatchedModel):
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.05})
-class RefreshRuns:
-    """Exports the student's refresh rounds by outcome, read from the registry history (``cascade
-    refresh`` runs in its own process, without Ray). A single replica, so none is counted twice."""
+class Monitor:
+    """The application's single watcher, so nothing is counted or kept twice: it exports the
+    student's refresh rounds by outcome, read from the registry history (``cascade refresh``
+    runs in its own process, without Ray), and keeps the dashboard's recent past (cluster
+    figures sampled every few seconds), which every ingress replica serves alike."""
 
-    def __init__(self, registry: str, poll_s: float):
+    def __init__(self, registry: str, poll_s: float, history_every_s: float):
         self.metrics = Recorder("cascade_refresh_runs_total")
         threading.Thread(target=self._export, args=(Registry(registry), poll_s), daemon=True).start()
+        self.history = FiguresHistory(ClusterMetricsReader(), history_every_s)
+        threading.Thread(target=asyncio.run, args=(self.history.run(),), name="dashboard-history", daemon=True).start()
+
+    def recent(self) -> list[dict[str, Any]]:
+        """The dashboard's recent past, oldest first."""
+        return [figures.model_dump(mode="json") for figures in self.history.recent()]
 
     def _export(self, registry: Registry, every_s: float) -> None:
         """Count rounds as they are recorded, checking every ``every_s`` seconds (rounds recorded
@@ -119,8 +128,8 @@ class Ingress:
     """The HTTP front: wires model handles, the escalation log and metrics into a
     ``CascadeService`` and serves ``serving.http``'s API over it, built per replica."""
 
-    def __init__(self, student: DeploymentHandle | None, teacher: DeploymentHandle, refresh_runs: DeploymentHandle, config: dict):
-        # refresh_runs is bound here only so that Serve deploys it with the application
+    def __init__(self, student: DeploymentHandle | None, teacher: DeploymentHandle, monitor: DeploymentHandle, config: dict):
+        self.monitor = monitor
         self.config = CascadeConfig.model_validate(config)
         # with placement "ingress" the student runs in this process, configured by reconfigure()
         self.local_student = (
@@ -156,7 +165,11 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """This replica's HTTP API (Serve calls it once, after ``__init__``)."""
-        return build_api(self.service, self.guard, self.cluster_metrics.figures, self.config.app_name)
+        return build_api(self.service, self.guard, self.cluster_metrics.figures, self.dashboard_history, self.config.app_name)
+
+    async def dashboard_history(self) -> list[dict[str, Any]]:
+        """The dashboard's recent past, from the ``Monitor`` (the same whichever replica asks)."""
+        return await self.monitor.recent.remote()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply the student's settings (model version, batching) when it runs in the ingress."""
@@ -224,7 +237,7 @@ def build_app(config: CascadeConfig):
     colocated = config.student.placement == "ingress"
     student = None if colocated else _model_deployment("student", config.student, config)
     teacher = _model_deployment("teacher", config.teacher, config)
-    refresh_runs = RefreshRuns.bind(str(config.home / "registry"), config.metrics.refresh_poll_s)
+    monitor = Monitor.bind(str(config.home / "registry"), config.metrics.refresh_poll_s, config.metrics.history_every_s)
     ingress = Ingress.options(
         num_replicas=config.ingress.num_replicas,
         max_ongoing_requests=config.ingress.max_ongoing_requests,
@@ -234,7 +247,7 @@ def build_app(config: CascadeConfig):
         logging_config={"enable_access_log": config.ingress.access_log},
         user_config={"student": _user_config(config.student)},
     )
-    return ingress.bind(student, teacher, refresh_runs, config.model_dump(mode="json"))
+    return ingress.bind(student, teacher, monitor, config.model_dump(mode="json"))
 
 
 def app_builder(config: CascadeConfig) -> serve.Application:

@@ -221,7 +221,8 @@ class MetricsConfig(_Strict):
 
     port: int = Field(8080, ge=1, le=65535)  # the node's metrics export port, which Prometheus scrapes (GET /metrics)
     report_interval_s: float = Field(5.0, ge=1, le=60)  # how often replicas report to the node's metrics agent (Ray allows no less than 1 s)
-    refresh_poll_s: float = Field(10.0, gt=0)  # how often the RefreshRuns replica reads the registry history for refresh outcomes
+    refresh_poll_s: float = Field(10.0, gt=0)  # how often the Monitor replica reads the registry history for refresh outcomes
+    history_every_s: float = Field(5.0, ge=1)  # how often the Monitor samples the figures the dashboard opens on (15 minutes kept)
 
 
 class CascadeConfig(_Strict):

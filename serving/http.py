@@ -5,17 +5,19 @@ Protocol) and ``/v1/admin`` as their own routers, each route one to three lines;
 
 from __future__ import annotations
 
+import json
 from importlib import resources
-from typing import Annotated, Any, Awaitable, Callable
+from typing import Annotated, Any, Awaitable, Callable, Sequence, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from serving import admin, kserve
 from serving.api import ClassifyRequest, ClassifyResponse, ErrorResponse, ModelsResponse
-from serving.errors import ServingError
+from serving.errors import InvalidInput, ServingError
 from serving.feedback import FeedbackRequest, FeedbackResponse
 from serving.guards import FEEDBACK_TOKEN_ENV, BearerToken, GuardSettings, RequestGuard
 from serving.metrics import DashboardFigures
@@ -23,6 +25,7 @@ from serving.service import CascadeService
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (413, 422, 503)}
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (401, 403, 409, 422)}
+Body = TypeVar("Body", bound=BaseModel)
 Authorization = Annotated[str | None, Header(description="Bearer <$CASCADE_ADMIN_TOKEN> (admin), or <$CASCADE_FEEDBACK_TOKEN> (feedback)")]
 
 
@@ -35,6 +38,7 @@ def build_api(
     service: CascadeService,
     guard: GuardSettings,
     dashboard_figures: Callable[[], Awaitable[DashboardFigures]],
+    dashboard_history: Callable[[], Awaitable[list[dict[str, Any]]]],
     app_name: str,
 ) -> FastAPI:
     """The whole HTTP API of one ingress replica."""
@@ -46,10 +50,11 @@ def build_api(
     api.state.guard = guard
     api.add_middleware(RequestGuard)  # sheds past the in-flight bound; body byte cap and UTF-8 check before parsing
     _handle_errors(api)
-    api.include_router(_v1_router(service, guard.admin_token, dashboard_figures))
+    api.include_router(_v1_router(service, guard.admin_token, dashboard_figures, dashboard_history))
     api.include_router(_feedback_router(service, guard.feedback_token or BearerToken(None, FEEDBACK_TOKEN_ENV, "feedback")))
     api.include_router(_v2_router(service, app_name))
     api.include_router(_admin_router(service, guard.admin_token))
+    _document_bodies(api, {"/v1/classify": ClassifyRequest})
     return api
 
 
@@ -65,20 +70,62 @@ def _handle_errors(api: FastAPI) -> None:
 
     @api.exception_handler(RequestValidationError)
     async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()
-        )
-        return JSONResponse(status_code=422, content={"error": problems})
+        return JSONResponse(status_code=422, content={"error": _problems(exc.errors())})
 
 
-def _v1_router(service: CascadeService, token: BearerToken, dashboard_figures: Callable[[], Awaitable[DashboardFigures]]) -> APIRouter:
+def _problems(errors: Sequence[Any]) -> str:
+    """Validation errors as one message, each naming where it is (``body`` for the whole body)."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in errors)
+
+
+def _parse(model: type[Body], raw: bytes) -> Body:
+    """A request body validated straight from its bytes by pydantic-core: on the hot path this
+    skips FastAPI's JSON decoding into Python objects and its dependency machinery. JSON that
+    pydantic-core refuses but Python's parser takes (a lone surrogate escape) is validated from
+    Python objects, so that the service's own checks can name the item."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as err:
+        errors = err.errors()
+    if errors[0]["type"] == "json_invalid":
+        try:
+            return model.model_validate(json.loads(raw))
+        except ValidationError as err:
+            errors = err.errors()
+        except ValueError:
+            pass
+    raise InvalidInput(_problems(errors))
+
+
+def _document_bodies(api: FastAPI, routes: dict[str, type[BaseModel]]) -> None:
+    """Put the bodies of routes that parse their own (``_parse``) into the OpenAPI document."""
+    generate = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            document = generate()
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            for path, model in routes.items():
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
+                document["paths"][path]["post"]["requestBody"] = {
+                    "required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+        return api.openapi_schema
+
+    api.openapi = openapi
+
+
+def _v1_router(service: CascadeService, token: BearerToken, dashboard_figures: Callable[[], Awaitable[DashboardFigures]],
+               dashboard_history: Callable[[], Awaitable[list[dict[str, Any]]]]) -> APIRouter:
     router = APIRouter()
     page = resources.files("serving").joinpath("dashboard.html").read_text()
 
     @router.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS)
-    async def classify(body: ClassifyRequest, authorization: Authorization = None) -> Response:
+    async def classify(request: Request, authorization: Authorization = None) -> Response:
         """Classify one text or a list; unsure items are escalated to the teacher and logged.
         With the admin token, forced teacher items are not capped by the teacher budget."""
+        body = _parse(ClassifyRequest, await request.body())
         texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
         privileged = authorization is not None and token.refusal(authorization) is None
         return json_body(await service.classify(texts, body.options, privileged))
@@ -113,6 +160,12 @@ def _v1_router(service: CascadeService, token: BearerToken, dashboard_figures: C
     async def dashboard_data() -> Response:
         """Cumulative figures summed over every replica, read from each node's metrics endpoint."""
         return json_body(await dashboard_figures())
+
+    @router.get("/dashboard/history", response_model=list[DashboardFigures])
+    async def dashboard_history_() -> JSONResponse:
+        """The last 15 minutes of figures, sampled on the server every ``metrics.history_every_s``
+        (the same whichever replica answers): the page opens on them."""
+        return JSONResponse(await dashboard_history())
 
     return router
 

@@ -11,6 +11,7 @@ metrics export port for Prometheus. Ray names them ``ray_<name>``; the shipped s
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 import time
@@ -292,6 +293,8 @@ class DashboardFigures(BaseModel):
     log_bytes: float = 0.0
     log_write_errors: float = 0.0
     refresh_runs: dict[str, float] = {}  # by outcome
+    feedback: dict[str, float] = {}  # feedback items recorded, by "<tier> <outcome>" (outcome correct or wrong)
+    live: dict[str, float] = {}  # online control's gauges (threshold, estimate, bound, target, held, budget_limited); max over replicas
     latency: dict[str, HistogramFigures] = {}  # "student", "teacher" (per call) and "end_to_end"
     versions: dict[str, list[str]] = {}  # by role: the versions some replica serves now
     sources: int = 0  # metrics endpoints read
@@ -337,6 +340,11 @@ _BY_LABEL = {
     "cascade_refresh_runs_total": ("refresh_runs", "outcome"),
 }
 
+_LIVE = {
+    "cascade_live_threshold": "threshold", "cascade_live_estimate_ratio": "estimate", "cascade_live_bound_ratio": "bound",
+    "cascade_live_target_ratio": "target", "cascade_goal_held": "held", "cascade_goal_budget_limited": "budget_limited",
+}
+
 
 def _add_sample(figures: DashboardFigures, buckets: dict[str, dict[float, float]], name: str, labels: dict[str, str], value: float) -> None:
     if name in _TOTALS:
@@ -345,6 +353,11 @@ def _add_sample(figures: DashboardFigures, buckets: dict[str, dict[float, float]
         field, label = _BY_LABEL[name]
         by = getattr(figures, field)
         by[labels.get(label, "")] = by.get(labels.get(label, ""), 0.0) + value
+    elif name == "cascade_feedback_items_total":
+        key = f"{labels.get('tier', '')} {labels.get('outcome', '')}"
+        figures.feedback[key] = figures.feedback.get(key, 0.0) + value
+    elif name in _LIVE:  # every replica exports the shared state: the max is the state
+        figures.live[_LIVE[name]] = max(figures.live.get(_LIVE[name], value), value)
     elif name == "cascade_model_info" and value > 0:
         figures.versions.setdefault(labels.get("role", ""), []).append(labels.get("version", ""))
     elif name.startswith(("cascade_tier_latency_seconds", "cascade_request_latency_seconds")):
@@ -394,3 +407,26 @@ class ClusterMetricsReader:
             answers = await asyncio.gather(*(client.get(url) for url in self._urls), return_exceptions=True)
         texts = [a.text for a in answers if isinstance(a, httpx.Response) and a.status_code == 200]
         return await asyncio.to_thread(read_figures, texts)
+
+
+class FiguresHistory:
+    """The dashboard's recent past, kept on the server: cluster figures sampled every
+    ``every_s`` seconds for ``span_s``, so the page opens on charts that already have history.
+    One runs in the single ``Monitor`` replica, so every ingress replica serves the same one."""
+
+    def __init__(self, reader: ClusterMetricsReader, every_s: float = 5.0, span_s: float = 900.0):
+        self.reader = reader
+        self.every_s = every_s
+        self.samples: collections.deque[DashboardFigures] = collections.deque(maxlen=max(1, int(span_s / every_s)))
+
+    async def run(self) -> None:
+        """Sample forever (a failed read is skipped, not fatal)."""
+        while True:
+            try:
+                self.samples.append(await self.reader.figures())
+            except Exception as err:
+                logger.warning("dashboard history: cannot read the figures: %r", err)
+            await asyncio.sleep(self.every_s)
+
+    def recent(self) -> list[DashboardFigures]:
+        return list(self.samples)

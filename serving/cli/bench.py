@@ -300,7 +300,7 @@ def paired_ratio(echo_url: str, url: str, texts: Sequence[str], seconds: float, 
     Each run also reports the CPU milliseconds per request of each Serve process it uses (from
     /proc), a cost that drifts less than throughput: its ratio is the structural one."""
     pids = serve_processes()
-    uses = {"echo": [p for p in pids if p in ("proxy", "Echo")], "cascade": [p for p in pids if p not in ("Echo", "RefreshRuns")]}
+    uses = {"echo": [p for p in pids if p in ("proxy", "Echo")], "cascade": [p for p in pids if p not in ("Echo", "Monitor")]}
     ratios: list[float] = []
     runs_of: dict[str, list[dict]] = {"echo": [], "cascade": []}
     for number in range(1, pairs + 1):

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,7 @@ import yaml
 
 from distill.registry import Registry
 from serving.config import CascadeConfig
+from serving.guards import FEEDBACK_TOKEN_ENV
 from ports import free_port
 
 pytestmark = pytest.mark.slow
@@ -24,6 +26,23 @@ pytestmark = pytest.mark.slow
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 IN_DOMAIN = ["set an alarm for 7 am", "play some jazz", "what is my account balance", "send 50 dollars to my brother"]
 ODD = ["zebra quantum pancake", "the of and a", "purple", "music alarm weather balance", "yes"]  # some are unsure
+FEEDBACK_TOKEN = "metrics-feedback-token"
+
+
+def send_feedback(url: str, answers: list[dict]) -> Counter:
+    """Feedback on every item answered: every other one says the answer was right, the rest
+    name another label. Returns the items sent by (outcome, tier)."""
+    labels = httpx.get(f"{url}/v1/models", timeout=30).json()["labels"]
+    items, sent = [], Counter()
+    for answer in answers:
+        for i, prediction in enumerate(answer["predictions"]):
+            right = i % 2 == 0
+            label = prediction["label"] if right else next(lb for lb in labels if lb != prediction["label"])
+            items.append({"request_id": answer["request_id"], "index": i, "label": label})
+            sent[("correct" if right else "wrong", prediction["tier"])] += 1
+    response = httpx.post(f"{url}/v1/feedback", json={"items": items}, headers={"Authorization": f"Bearer {FEEDBACK_TOKEN}"}, timeout=30)
+    assert response.status_code == 200 and response.json()["recorded"] == len(items), response.text
+    return sent
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +59,15 @@ def live(tiny_home: Path, tmp_path_factory) -> tuple[CascadeConfig, str]:
         "routing": {"threshold": 0.9, "audit_rate": 0.3, "control": False},  # a fixed threshold keeps "unsure" deterministic
         "log": {"path": str(tmp_path_factory.mktemp("escalations"))},
         "feedback": {"traffic_path": str(tmp_path_factory.mktemp("traffic")), "path": str(tmp_path_factory.mktemp("feedback"))},
-        "metrics": {"port": free_port(), "report_interval_s": 1.0, "refresh_poll_s": 0.5},
+        "metrics": {"port": free_port(), "report_interval_s": 1.0, "refresh_poll_s": 0.5, "history_every_s": 1.0},
     })
-    url = runner.start(config, num_cpus=2)
-    yield config, url
-    runner.stop()
+    os.environ[FEEDBACK_TOKEN_ENV] = FEEDBACK_TOKEN  # read by the ingress at start
+    try:
+        url = runner.start(config, num_cpus=2)
+        yield config, url
+        runner.stop()
+    finally:
+        del os.environ[FEEDBACK_TOKEN_ENV]
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +174,17 @@ def test_prometheus_counts_exactly_the_traffic_sent(live, prometheus):
     assert len(predictions) == 3 * len(IN_DOMAIN + ODD) + 6 + 2 * len(ODD)
 
 
+def test_prometheus_counts_feedback_by_tier_and_outcome(live, prometheus):
+    _, url = live
+    query = "sum by (outcome, tier) (cascade_feedback_items_total)"
+    before = promql(prometheus, query)
+    sent = send_feedback(url, [classify(url, IN_DOMAIN + ODD), classify(url, IN_DOMAIN[:2], mode="teacher")])
+    settled(prometheus, "sum(cascade_feedback_items_total)", sum(before.values()) + sum(sent.values()))
+    after = promql(prometheus, query)
+    assert {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)} == dict(sent)
+    assert sent[("correct", "teacher")] > 0 and sent[("wrong", "student")] > 0
+
+
 def test_refresh_rounds_recorded_by_another_process_are_counted_once(live, prometheus):
     config, _ = live
     registry = Registry(config.home / "registry")
@@ -195,7 +229,9 @@ def test_dashboard_charts_live_figures_in_chromium(live, tmp_path):
     sender = threading.Thread(target=traffic, daemon=True)
     sender.start()
     try:
+        send_feedback(url, [classify(url, IN_DOMAIN + ODD), classify(url, ODD, mode="teacher")])
         time.sleep(3)
+        opened = time.time()
         page = f"{url}/dashboard?every=1&window=10"
         screenshot = Path(os.environ.get("CASCADE_DASHBOARD_SCREENSHOT", tmp_path / "dashboard.png"))
         shot = chromium(f"--screenshot={screenshot}", page, profile=tmp_path / "profile-shot")
@@ -209,6 +245,13 @@ def test_dashboard_charts_live_figures_in_chromium(live, tmp_path):
                    "teacher p50", "teacher p99", "end-to-end p50", "end-to-end p99", "agreement"):
         assert points[series][0] >= 2, f"{series}: {points[series]}"
     assert float(points["texts/s"][1]) > 0 and 0 < float(points["teacher share"][1]) <= 100
+    for series in ("student accuracy", "teacher accuracy"):  # fed back above, from the Prometheus counters
+        assert points[series][0] >= 2 and 0 <= float(points[series][1]) <= 100, f"{series}: {points[series]}"
+    first = {m[0]: float(m[1]) for m in re.findall(r'class="series" data-series="([^"]+)"[^>]*data-first="([\d.]+)"', dom)}
+    assert first["requests/s"] < opened - 2, "the charts open on the server's recent past"
+    tiers = dict(re.findall(r'<tr data-tier="(student|teacher)"><td>\w+</td><td>(\d+)</td>', dom))
+    stats = httpx.get(f"{url}/v1/stats").json()["feedback"]
+    assert int(tiers["student"]) <= stats["student"]["items"] and int(tiers["teacher"]) > 0  # the table of /v1/stats
     assert float(points["cost / 1,000"][1]) >= 1000  # at least one student unit per text
     assert dom.count("<polyline") >= 11
     assert re.search(r'class="version">student-', dom) and re.search(r'class="version">teacher-', dom)

@@ -65,7 +65,10 @@ def make_service(home: Path, student=None, teacher=None, feedback_token: str | N
     async def figures():
         return DashboardFigures(time=0.0)
 
-    return service, TestClient(build_api(service, guard, figures, "cascade")), written
+    async def history():
+        return []
+
+    return service, TestClient(build_api(service, guard, figures, history, "cascade")), written
 
 
 @pytest.fixture
