@@ -6,14 +6,15 @@ all replicas route alike and a restarted or added replica starts from it.
 
 A newly promoted student starts control afresh (the state names the student it belongs to),
 from a safe point: ``routing.threshold`` when set, else the top of the measure's range, where
-every item goes to the teacher, agrees by definition and is known; the first step (after
-``update_every`` items) comes down to what that complete evidence bounds. Starting from the
+every item goes to the teacher, agrees by definition and is known; the first steps (one per
+``update_every`` items) come down as far as that complete evidence bounds. Starting from the
 fitted threshold instead served a shifted stream under the goal until the evidence had
 climbed to it. A student whose fitted policy escalates everything (a seed student in shadow)
 is held there: control does not undo it. A replica that still sees the previous student for a
 while after a promotion (its model servers swap one by one) does not bring it back: that
-student's evidence is dropped for ``stale_s`` after the switch. The state also keeps a short
-history of the live figures for the dashboard, the same whichever replica answers."""
+student's evidence is dropped for ``stale_s`` after the switch, unless the registry points at it
+again (a rollback). The state also keeps a short history of the live figures for the
+dashboard, the same whichever replica answers."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from pydantic import BaseModel
 if TYPE_CHECKING:
     from serving.cascade import Evidence
 
+from distill.registry import Registry
 from router import (ControlSettings, EscalationPolicy, LiveEvidence, RouterError, TeacherBudget, agreement_target, control_step,
                     parse_goal, threshold_grid)
 from serving.shared_state import locked, read_json, write_json
@@ -63,6 +65,7 @@ class LiveControl:
                  settings: ControlSettings = ControlSettings(), update_every: int = 200, sync_every_s: float = 1.0,
                  on_status: Callable[[LiveStatus], None] | None = None, stale_s: float = 60.0):
         self.path = Path(registry_root) / LIVE_STATE_FILE
+        self.registry = Registry(registry_root)
         self.goal = parse_goal(goal)
         self.teacher_budget = teacher_budget
         self.start_threshold = start_threshold  # routing.threshold; None: the top of each student's range
@@ -151,8 +154,8 @@ class LiveControl:
 
     def _merged(self, state: dict | None, version: str, policy: EscalationPolicy, delta: LiveEvidence) -> dict:
         if state is not None and state["status"]["student"] != version and state.get("previous") == version \
-                and time.time() - state.get("started_at", 0.0) < self.stale_s:
-            return state  # a replica not yet swapped: the previous student's evidence, dropped
+                and time.time() - state.get("started_at", 0.0) < self.stale_s and self.registry.current("student") != version:
+            return state  # a replica not yet swapped (not a rollback): the previous student's evidence, dropped
         if state is None or state["status"]["student"] != version or state["evidence"]["grid"] != delta.grid.tolist():
             index, floor = self._start(policy, delta.grid)
             controllable = self._controllable(policy)

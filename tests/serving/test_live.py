@@ -1,7 +1,7 @@
 """Online control's shared state (``serving.live``) on fake evidence: a new student starts from a
 safe point (the top of its range, or ``routing.threshold``) and comes down; a seed student that
 escalates everything is held there; replicas and restarts share one threshold; a replica not
-yet swapped does not bring the previous student back."""
+yet swapped does not bring the previous student back, a rollback does."""
 
 from __future__ import annotations
 
@@ -97,6 +97,12 @@ def test_a_replica_not_yet_swapped_does_not_bring_the_previous_student_back(tmp_
     serve(a, rng, "student-v2")  # promoted: a sees the new student (100 items, no step yet)
     serve(b, rng, "student-v1", requests=3)  # b's model servers still answer with the old one
     assert b.status.student == a.sync().student == "student-v2" and a.status.threshold == 1.0
-    rollback = LiveControl(tmp_path, GOAL, 1.0, stale_s=0.0)  # past stale_s, the old student is a rollback
-    serve(rollback, rng, "student-v1")
-    assert rollback.status.student == "student-v1"
+    (tmp_path / "student").mkdir()
+    (tmp_path / "student" / "CURRENT").write_text('{"version": "student-v1"}\n')  # as Registry.promote writes it
+    serve(b, rng, "student-v1")  # a rollback: the registry points at the old student again
+    assert b.status.student == "student-v1" and b.status.threshold == 1.0  # afresh, from the top
+    serve(a, rng, "student-v2")  # now a replica not yet swapped back
+    assert a.status.student == "student-v1"
+    late = LiveControl(tmp_path, GOAL, 1.0, stale_s=0.0)  # past stale_s, a student's evidence switches control to it
+    serve(late, rng, "student-v2")
+    assert late.status.student == "student-v2"
