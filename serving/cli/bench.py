@@ -177,6 +177,12 @@ def markdown_table(report: dict) -> str:
             f"| {name} | {accuracy} | {share} | {cost} | {one['requests_per_s']:.0f} | {one['p50_ms']:.0f}/{one['p99_ms']:.0f} | "
             f"{many['requests_per_s']:.0f} | {many['p50_ms']:.0f}/{many['p99_ms']:.0f} | {r['batch_texts_per_s']:.0f} | {model_only} |"
         )
+    checks = report["checks"]
+    rows += ["", "| check | measured | target |", "|---|---|---|",
+             f"| cascade accuracy minus the teacher's (HTTP) | {checks['cascade_accuracy_minus_teacher']:+.4f} | ≥ 0 |",
+             f"| cascade / teacher texts/s, 64-text requests | {checks['cascade_over_teacher_batch_throughput']:.2f} | ≥ 3 |",
+             f"| cascade / student texts/s, 64-text requests (4 clients) | {checks['cascade_over_student_batch_texts']:.2f} | ≥ 0.5 |",
+             f"| cascade / echo requests/s, single texts at 16 clients | {checks['cascade_over_echo_single_16']:.2f} | ≥ 0.5 |"]
     paired = report.get("paired_single_16")
     if paired:
         rows += ["", f"Pairs at 16 clients, cascade/echo req/s: {', '.join(f'{r:.2f}' for r in paired['ratios'])} "
@@ -394,5 +400,6 @@ def run_bench(config: CascadeConfig, texts: Sequence[str], labels: Sequence[str]
             "cascade_accuracy_minus_teacher": round(cascade["accuracy"] - teacher["accuracy"], 4),
             "cascade_over_teacher_batch_throughput": round(cascade["batch_texts_per_s"] / teacher["batch_texts_per_s"], 2),
             "cascade_over_echo_single_16": paired["median"] if paired else single_ratio,
+            "cascade_over_student_batch_texts": round(cascade["batch_texts_per_s"] / services["student"]["batch_texts_per_s"], 2),
         },
     }

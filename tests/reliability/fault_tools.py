@@ -4,6 +4,8 @@ product), and a load generator that records every answer."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from contextlib import contextmanager
@@ -51,6 +53,34 @@ def replica_pids(deployment: str) -> list[int]:
 
 
 @dataclass
+def restart_ingress_replicas() -> None:
+    """SIGKILL every ingress replica and wait until Serve has started as many new ones."""
+    old = replica_pids("Ingress")
+    assert old, "no ingress replica is running"
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        new = replica_pids("Ingress")
+        if len(new) == len(old) and not set(new) & set(old):
+            return
+        time.sleep(1)
+    raise AssertionError("the ingress replicas did not come back within 120 s")
+
+
+def wait_ready(url: str, path: str = "/healthz") -> None:
+    """Wait until ``path`` answers 200 (at most 60 s)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}{path}", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url}{path} did not answer 200 within 60 s")
+
+
 class Answer:
     sent: float
     received: float

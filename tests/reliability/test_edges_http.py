@@ -19,7 +19,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from fault_tools import IN_DOMAIN, ODD, Load, reliability_config, replica_pids, running_cascade
+from fault_tools import IN_DOMAIN, ODD, Load, reliability_config, replica_pids, restart_ingress_replicas, running_cascade, wait_ready
 from distill.data import load_splits
 from distill.escalations import read_records
 from distill.feedback import read_feedback
@@ -214,20 +214,8 @@ def test_feedback_reaches_an_item_answered_before_the_ingress_restarted(app):
     url, config = app
     answer = classified(url, [IN_DOMAIN[1]])
     assert answer["predictions"][0]["tier"] == "student" and answer["logged"] == 0  # not in the escalation log
-    [pid] = replica_pids("Ingress")
-    os.kill(pid, 9)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        pids = replica_pids("Ingress")
-        if pids and pids != [pid]:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-        time.sleep(0.5)
-    else:
-        pytest.fail("the ingress was not restarted within 120 s")
+    restart_ingress_replicas()
+    wait_ready(url, "/readyz")
     label = httpx.get(f"{url}/v1/models").json()["labels"][1]
     response = post(url, "/v1/feedback", json={"items": [{"request_id": answer["request_id"], "index": 0, "label": label}]},
                     headers=FEEDBACK)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from distill.registry import Registry
-from fault_tools import IN_DOMAIN, ODD, Load, reliability_config, replica_pids, running_cascade
+from fault_tools import IN_DOMAIN, ODD, Load, reliability_config, replica_pids, restart_ingress_replicas, running_cascade, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -51,32 +51,6 @@ def classify(url: str, inputs, headers=None, **options) -> dict:
 
 def set_threshold(url: str, threshold: float | None) -> None:
     admin(url, "threshold", {"threshold": threshold})
-
-
-def restart_ingress_replicas() -> None:
-    """SIGKILL every ingress replica and wait until Serve has started as many new ones."""
-    old = replica_pids("Ingress")
-    assert len(old) == 2
-    for pid in old:
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        new = replica_pids("Ingress")
-        if len(new) == 2 and not set(new) & set(old):
-            return
-        time.sleep(1)
-    raise AssertionError("the ingress replicas did not come back within 120 s")
-
-
-def wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
 
 
 def admin(url: str, path: str, body=None) -> dict:

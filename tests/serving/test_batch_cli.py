@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +140,36 @@ def test_a_rerun_after_a_crash_answers_only_what_was_not_written(ray_cluster, un
     assert sorted(rows) == list(range(total))  # every row once
     teacher_rows = int(np.sum(np.array(pq.read_table(out)["tier"].to_pylist()) == "teacher"))
     assert len(read_records(log)) == teacher_rows  # records the crashed block logged are not counted twice
+
+
+@pytest.mark.slow
+def test_address_runs_the_job_on_an_existing_ray_cluster(unsure_home: Path, tiny_data: Path, tmp_path: Path):
+    """A head started with `ray start` (its own session, so nothing else's Ray is touched), and
+    `cascade batch --address` as another process: the job runs there and answers every row."""
+    import subprocess
+    import sys
+
+    from ports import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "disabled"}
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                             f"--metrics-export-port={free_port()}"], env=env, start_new_session=True,
+                            stdout=(tmp_path / "head.log").open("w"), stderr=subprocess.STDOUT)
+    try:
+        out = tmp_path / "out"
+        done = subprocess.run(
+            [sys.executable, "-m", "serving.cli", "batch", "--address", f"127.0.0.1:{port}", "--home", str(unsure_home),
+             "--input", str(tiny_data / "test.jsonl"), "--output", str(out), "--log", str(tmp_path / "log"), "--json", "-q"],
+            capture_output=True, text=True, timeout=600, env=env,
+        )
+        assert done.returncode == 0, done.stderr[-3000:] + (tmp_path / "head.log").read_text()[-2000:]
+        summary = json.loads(done.stdout)
+        total = len((tiny_data / "test.jsonl").read_text().splitlines())
+        assert summary["rows"] == total and summary["bad_rows"] == 0
+        assert sorted(pq.read_table(out)["source_row"].to_pylist()) == list(range(total))
+        assert head.poll() is None
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)

@@ -74,6 +74,11 @@ def test_checks_and_pairs_with_cpu_per_request(report):
     assert checks["cascade_accuracy_minus_teacher"] == pytest.approx(
         report["services"]["cascade"]["accuracy"] - report["services"]["teacher"]["accuracy"], abs=1e-4)
     assert len(paired["ratios"]) == 2 and checks["cascade_over_echo_single_16"] == paired["median"]
+    services = report["services"]
+    assert checks["cascade_over_student_batch_texts"] == pytest.approx(
+        services["cascade"]["batch_texts_per_s"] / services["student"]["batch_texts_per_s"], abs=0.01)
+    for name, target in (("cascade_over_student_batch_texts", "≥ 0.5"), ("cascade_over_echo_single_16", "≥ 0.5")):
+        assert f"| {checks[name]:.2f} | {target} |" in report["table"], name
     # echo runs on the proxy and its own replica; the cascade on the proxy, the ingress and the teacher
     assert set(paired["cpu_ms_per_request"]["echo"]) == {"proxy", "Echo"}
     assert set(paired["cpu_ms_per_request"]["cascade"]) == {"proxy", "Ingress", "Teacher"}
