@@ -123,8 +123,11 @@ class LiveControl:
         return top, top if escalates_all else 0
 
     async def tick(self) -> None:
-        """Sync with the shared state if ``sync_every_s`` has passed (off the event loop)."""
-        if self._syncing or time.monotonic() - self._synced_at < self.sync_every_s:
+        """Sync with the shared state if ``sync_every_s`` has passed, or a tenth of it when this
+        replica serves a student the shared state does not name (a promotion reaches the shared
+        state, and so a restarted replica, at once) (off the event loop)."""
+        wait = self.sync_every_s if self._latest in (None, self.status.student) else self.sync_every_s / 10
+        if self._syncing or time.monotonic() - self._synced_at < wait:
             return
         self._syncing = True
         try:

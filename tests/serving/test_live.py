@@ -5,6 +5,9 @@ yet swapped does not bring the previous student back, a rollback does."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -106,3 +109,17 @@ def test_a_replica_not_yet_swapped_does_not_bring_the_previous_student_back(tmp_
     late = LiveControl(tmp_path, GOAL, 1.0, stale_s=0.0)  # past stale_s, a student's evidence switches control to it
     serve(late, rng, "student-v2")
     assert late.status.student == "student-v2"
+
+
+def test_a_new_student_reaches_the_shared_state_at_once_and_the_same_one_once_a_second(tmp_path):
+    live, rng = LiveControl(tmp_path, GOAL, 1.0), np.random.default_rng(7)
+    shared = lambda: json.loads((tmp_path / "live.json").read_text())  # noqa: E731
+    live.observe(evidence(rng, "student-v1", FITTED, 0.3))
+    asyncio.run(live.tick())
+    live.observe(evidence(rng, "student-v1", FITTED, 1.0))
+    asyncio.run(live.tick())  # the same student within a second: not yet
+    assert shared()["status"]["student"] == "student-v1" and shared()["since_step"] == 100
+    time.sleep(0.15)
+    live.observe(evidence(rng, "student-v2", FITTED, 1.0))
+    asyncio.run(live.tick())  # a student the shared state does not name: after a tenth of a second
+    assert shared()["status"]["student"] == "student-v2" and live.status.student == "student-v2"
