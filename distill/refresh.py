@@ -16,8 +16,8 @@
    certain of the label would give, so every trainer (in process, Ray Train, label-only) learns
    it unchanged. Feedback rows are ground truth, not a biased guess: they weigh as a replayed
    base row, outside the escalations' cap. Never trained on: evaluation feedback, feedback on a
-   text of a known split, and a held-out share of feedback requests (by a hash of the request
-   id, so a request stays on its side in every round), which the gate measures with instead;
+   text of a known split, and a held-out share of feedback items (by a hash of the request
+   id and index, so an item stays on its side in every round), which the gate measures with instead;
    escalation records of held-out texts are dropped too. Feedback also shows where the
    teacher is systematically wrong: a label the teacher gives that the feedback shows wrong
    more often than right (one-sided sign test) is distrusted, so the escalation records where
@@ -73,7 +73,7 @@ from router import EscalationPolicy, fit_policy
 class FeedbackSettings:
     """How a refresh round learns from outcome feedback and measures with it."""
 
-    holdout_share: float = 0.2  # share of feedback requests never trained on (by a hash of the id): the gate measures with them
+    holdout_share: float = 0.2  # share of feedback items never trained on (by a hash of request id and index): the gate measures with them
     weight: float = 1.0  # loss weight of a feedback row (a replayed base row weighs 1)
     significance: float = 0.05  # the gate rejects a candidate worse on held-out feedback at this one-sided level (paired sign test)
     distrust_significance: float = 0.05  # a teacher label shown wrong more often than right at this one-sided level is distrusted
@@ -149,9 +149,10 @@ def text_key(text: str) -> str:
 
 
 def held_out(record: FeedbackRecord, share: float) -> bool:
-    """Feedback never trained on: evaluation traffic, and the requests whose id hashes under
-    ``share`` (deterministic, so an item stays held out in every round)."""
-    digest = hashlib.sha256(record.request_id.encode()).digest()
+    """Feedback never trained on: evaluation traffic, and the items whose request id and index
+    hash under ``share`` (deterministic, so an item stays held out in every round; by item, not
+    by request, since one request may carry a whole batch of unrelated texts)."""
+    digest = hashlib.sha256(f"{record.request_id}:{record.index}".encode()).digest()
     return record.evaluation or int.from_bytes(digest[:8], "big") / 2**64 < share
 
 

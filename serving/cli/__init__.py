@@ -257,7 +257,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     })
     say = (lambda _: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
     report = simulate(config, config.data, args.rounds, args.seed_fraction, not args.no_shadow, args.epochs,
-                      shift=args.shift, typo_rate=args.typo_rate, say=say)
+                      shift=args.shift, typo_rate=args.typo_rate, say=say, feedback_rate=args.feedback_rate, wrong_teacher=args.wrong_teacher)
     plot_rounds(report, args.out)
     if args.json:
         print(json.dumps(report))
@@ -273,8 +273,30 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                   f"{r['static_agreement']:.4f}, {r['static_teacher_share']:.2%} | "
                   f"{r['controlled_agreement']:.4f}, {r['controlled_teacher_share']:.2%}, {r['controlled_threshold']:.4g} ({r['threshold_source']}) | "
                   f"{r['served_agreement']:.4f} | {r['refresh']} |")
+        if report["wrong_classes"] or report["feedback_rate"]:
+            print(_feedback_table(report))
         print(f"plot: {args.out}")
     return 0
+
+
+def _feedback_table(report: dict) -> str:
+    """Per round: recall on the wrong teacher's classes, and the feedback sent, learned and measured."""
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2%}"
+
+    teacher = f"teacher wrong on {', '.join(report['wrong_classes'])} (recall {share(report['teacher_recall'])}); " if report["wrong_classes"] else ""
+    lines = [f"\n{teacher}feedback on {report['feedback_rate']:.0%} of traffic",
+             "| round | student recall (wrong classes) | cascade recall (wrong classes) | feedback sent | refresh: feedback used "
+             "| contradicted the teacher | distrusted teacher labels | held-out feedback: candidate, current accuracy (items) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in report["rounds"]:
+        held = (f"{r['candidate_feedback_accuracy']:.4f}, {r['current_feedback_accuracy']:.4f} ({r['feedback_holdout_items']})"
+                if r["feedback_holdout_items"] else "-")
+        lines.append(f"| {r['round']} | {share(r['wrong_class_student_recall'])} | {share(r['wrong_class_cascade_recall'])} | {r['feedback_sent']} "
+                     f"| {r['refresh_feedback_rows']} | {r['refresh_feedback_contradicted']} | {', '.join(r['refresh_distrusted_labels']) or '-'} | {held} |")
+    final = report["final"]
+    lines.append(f"| after | {share(final['wrong_class_student_recall'])} | {share(final['wrong_class_cascade_recall'])} | | | | | |")
+    return "\n".join(lines)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -566,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="outcome feedback log directory (default: <home>/feedback): true labels override the teacher's where they "
                         "disagree, and items the student answered alone become hard-label examples")
     p.add_argument("--feedback-holdout", type=_share, default=None,  # None: distill.refresh.FeedbackSettings' (not imported for --help: torch)
-                   help="share of feedback requests (by a hash of the request id) never trained on: the gate reports both students' "
+                   help="share of feedback items (by a hash of request id and index) never trained on: the gate reports both students' "
                         "accuracy on them and rejects a candidate significantly worse there; evaluation feedback is always held out "
                         "(default: 0.2)")
     p.add_argument("--shadow", action="store_true",
@@ -599,6 +621,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="make the traffic differ from validation: typos gives words seeded typos (letters swapped, dropped or "
                         "doubled); the report compares the static threshold's live agreement with the controlled one's (default: none)")
     p.add_argument("--typo-rate", type=float, default=0.2, help="with --shift typos: share of words (3+ characters) given a typo (default: 0.2)")
+    p.add_argument("--feedback-rate", type=_share, default=0.0,
+                   help="after each round's traffic, send the data set's gold labels of this share of the round's items to POST /v1/feedback "
+                        "(the run sets $CASCADE_FEEDBACK_TOKEN for its service); refresh learns from them (default: 0)")
+    p.add_argument("--wrong-teacher", default=None, metavar="CLASS[,CLASS...] | COUNT",
+                   help="serve a copy of the teacher that is systematically wrong on these classes (at least two; or a count of classes "
+                        "drawn with a fixed seed): each one's inputs get the next one's label; the report adds the student's and the "
+                        "cascade's recall on them per round, and the home's teacher is restored at the end")
     p.add_argument("--out", type=Path, default=Path("simulation.png"), help="PNG to write (default: simulation.png)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_simulate)

@@ -22,13 +22,27 @@
    agreement target. ``shift`` makes the traffic differ from validation: ``typos`` gives words
    seeded typos (letters swapped, dropped or doubled), as users type them.
 
-Each run logs to a fresh directory of its own, ``<home>/simulations/<UTC time>/escalations``
-(whatever the config's ``log.path`` says), so that it learns from its own traffic alone: a run
-that read the home's log would learn a previous run's traffic in its first refresh. A fresh
-directory rather than a refusal of a used home: the home keeps the teacher and its cached
-outputs, which are slow to rebuild and safe to share, and earlier runs' logs stay there to read.
+6. Outcome feedback (``feedback_rate``): after each round's traffic, the data set's gold labels
+   of that share of the round's items (seeded) go to ``POST /v1/feedback``, as clients would
+   report outcomes; the round's refresh learns from them (``distill.refresh``). The run sets
+   ``$CASCADE_FEEDBACK_TOKEN`` for the service it starts (its own, unless one is set).
+7. A teacher systematically wrong on chosen classes (``wrong_classes``): a copy of the teacher
+   whose classifier rows are rotated among those classes, so each one's inputs get the next
+   one's label, registered as a real model version (``wrong-teacher``) and served as the
+   teacher, so serving runs unchanged; the home's teacher is restored when the run ends. Per
+   round, the student's and the cascade's recall on those classes on the test split.
+
+Each run logs to fresh directories of its own, ``<home>/simulations/<UTC time>/escalations``,
+``.../feedback`` and ``.../traffic`` (whatever the config's ``log.path`` and ``feedback``
+paths say), so that it learns from its own traffic alone: a run that read the home's log would
+learn a previous run's traffic in its first refresh. A fresh directory rather than a refusal of
+a used home: the home keeps the teacher and its cached outputs, which are slow to rebuild and
+safe to share, and earlier runs' logs stay there to read.
 """
 
+import copy
+import os
+import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -38,45 +52,148 @@ from typing import Callable
 
 import httpx
 import numpy as np
+import torch
 
 from distill.backends import HFClassifier
 from distill.bootstrap import ensure_models
 from distill.config import RefreshConfig, StudentSpec, TrainConfig
 from distill.data import DataSplits, TextDataset, load_splits, split_validation
-from distill.metadata import escalation_policy
+from distill.feedback import read_feedback
+from distill.metadata import ModelMeta, escalation_policy
 from distill.pipeline import TeacherCache, data_record, distill_student, fit_student_policy, new_student_meta, register_model
 from distill.refresh import refresh
+from distill.registry import Registry, new_version_id
 from router import CascadeFigures, CostModel, EscalationPolicy, Goal, agreement_target, cascade_figures, parse_goal
 from serving.cli import runner
 from serving.config import CascadeConfig
+from serving.guards import FEEDBACK_TOKEN_ENV
+
+WRONG_TEACHER_KIND = "wrong-teacher"
+MAX_FEEDBACK_ITEMS = 1000  # items per POST /v1/feedback
 
 
-def _on_test(student: HFClassifier, teacher_probs: np.ndarray, splits: DataSplits, labels: np.ndarray, costs: CostModel) -> CascadeFigures:
-    """The cascade's figures on the test split, under the student's policy."""
+def _on_test(student: HFClassifier, teacher_probs: np.ndarray, splits: DataSplits, labels: np.ndarray, costs: CostModel,
+             classes: np.ndarray) -> tuple[CascadeFigures, dict]:
+    """The cascade's figures on the test split, under the student's policy, and the student's and
+    the cascade's recall on the items whose true label is one of ``classes`` (None without any)."""
     probs = student.predict_proba(splits.test.texts)
-    return cascade_figures(probs, teacher_probs, labels, escalation_policy(student.meta), costs)
+    policy = escalation_policy(student.meta)
+    figures = cascade_figures(probs, teacher_probs, labels, policy, costs)
+    answers = np.where(policy.escalate_mask(probs), teacher_probs.argmax(1), probs.argmax(1))
+    return figures, {"student_recall": class_recall(probs.argmax(1), labels, classes),
+                     "cascade_recall": class_recall(answers, labels, classes)}
 
 
-def run_log_dir(home: Path) -> Path:
-    """A new, empty escalation log directory for one run: ``<home>/simulations/<UTC time>/escalations``."""
+def class_recall(answers: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> float | None:
+    """Share of the items whose true label is in ``classes`` answered with it (None: no such item)."""
+    among = np.isin(labels, classes)
+    return round(float(np.mean(answers[among] == labels[among])), 4) if among.any() else None
+
+
+def run_dir(home: Path) -> Path:
+    """A new, empty directory for one run's logs: ``<home>/simulations/<UTC time>``."""
     run = home / "simulations" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     run.mkdir(parents=True)  # exist_ok=False: never a directory another run wrote to
-    return run / "escalations"
+    return run
 
 
 def send_traffic(url: str, texts: list[str], batch: int = 64, concurrency: int = 4) -> list[dict]:
     """Every text through the cascade as production traffic (logged for distillation, unlike the
-    evaluation traffic of ``cascade bench``), in ``batch``-text requests; the predictions in order."""
+    evaluation traffic of ``cascade bench``), in ``batch``-text requests; the predictions in
+    order, each with the ``request_id`` and ``index`` that feedback names it by."""
     chunks = [texts[i : i + batch] for i in range(0, len(texts), batch)]
     with httpx.Client(timeout=300) as client:
 
         def send(chunk: list[str]) -> list[dict]:
             response = client.post(f"{url}/v1/classify", json={"inputs": chunk, "options": {"mode": "cascade", "evaluation": False}})
             response.raise_for_status()
-            return response.json()["predictions"]
+            body = response.json()
+            return [{**p, "request_id": body["request_id"], "index": i} for i, p in enumerate(body["predictions"])]
 
         with ThreadPoolExecutor(concurrency) as pool:
             return [p for predictions in pool.map(send, chunks) for p in predictions]
+
+
+def send_feedback(url: str, token: str, predictions: list[dict], labels: list[str], rate: float, seed: int) -> dict:
+    """The true ``labels`` of a seeded share ``rate`` of the answered items, through
+    ``POST /v1/feedback``; the service's counts summed (``sent``, ``recorded``, ``unchanged``, ``changed``)."""
+    chosen = np.flatnonzero(np.random.default_rng(seed).random(len(predictions)) < rate)
+    items = [{"request_id": predictions[i]["request_id"], "index": predictions[i]["index"], "label": labels[i]} for i in chosen]
+    counts = {"sent": len(items), "recorded": 0, "unchanged": 0, "changed": 0}
+    with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {token}"}) as client:
+        for start in range(0, len(items), MAX_FEEDBACK_ITEMS):
+            response = client.post(f"{url}/v1/feedback", json={"items": items[start : start + MAX_FEEDBACK_ITEMS]})
+            response.raise_for_status()
+            for key in ("recorded", "unchanged", "changed"):
+                counts[key] += response.json()[key]
+    return counts
+
+
+def pick_wrong_classes(spec: str, labels: list[str]) -> list[str]:
+    """The classes ``--wrong-teacher`` names: a count (chosen by a seeded draw) or labels joined by commas; at least two."""
+    if spec.strip().isdigit():
+        count = int(spec)
+        if not 2 <= count <= len(labels):
+            raise ValueError(f"--wrong-teacher: a count of classes is between 2 and {len(labels)}, got {count}")
+        return [labels[i] for i in sorted(np.random.default_rng(0).choice(len(labels), count, replace=False))]
+    chosen = list(dict.fromkeys(c.strip() for c in spec.split(",") if c.strip()))
+    unknown = [c for c in chosen if c not in labels]
+    if unknown:
+        raise ValueError(f"--wrong-teacher: unknown class(es) {', '.join(map(repr, unknown))}; the teacher knows {len(labels)} labels, such as {', '.join(labels[:3])}")
+    if len(chosen) < 2:
+        raise ValueError("--wrong-teacher: name at least two classes (each one's inputs get the next one's label), or a count")
+    return chosen
+
+
+def wrong_answers(classes: list[str]) -> dict[str, str]:
+    """The label the wrong teacher gives each chosen class's inputs: the next class's, in a cycle."""
+    return {true: classes[(i + 1) % len(classes)] for i, true in enumerate(classes)}
+
+
+def make_wrong_teacher(teacher: HFClassifier, classes: list[str]) -> HFClassifier:
+    """A copy of ``teacher`` whose last layer onto the labels has its rows rotated among
+    ``classes``, so that an input of each gets the next one's label (``wrong_answers``) and every
+    other input its usual answer: a systematic mistake, not noise."""
+    model = copy.deepcopy(teacher.model)
+    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == len(teacher.labels)]
+    if not heads:
+        raise ValueError(f"{teacher.version}: no linear layer onto its {len(teacher.labels)} labels to make wrong")
+    rows = list(range(len(teacher.labels)))
+    for true, given in wrong_answers(classes).items():
+        rows[teacher.labels.index(given)] = teacher.labels.index(true)  # the given label's score is the true one's
+    with torch.no_grad():
+        head = heads[-1]
+        head.weight.copy_(head.weight[rows])
+        if head.bias is not None:
+            head.bias.copy_(head.bias[rows])
+    return HFClassifier(model, teacher.tokenizer, version="wrong", max_length=teacher.max_length)
+
+
+def honest_teacher(registry: Registry) -> str:
+    """The teacher version to start from: the current one, or the one a wrong teacher (a run
+    that did not end cleanly) was made from, made current again."""
+    current = registry.current("teacher")
+    meta = registry.meta("teacher", current)
+    if meta.kind == WRONG_TEACHER_KIND and meta.parent:
+        registry.promote("teacher", meta.parent, note="simulate: back to the teacher a wrong teacher was made from")
+        return meta.parent
+    return current
+
+
+def use_wrong_teacher(registry: Registry, base: str, classes: list[str]) -> str:
+    """Make a teacher wrong on ``classes`` (made from ``base``, or the one an earlier run made) current; its version."""
+    answers = wrong_answers(classes)
+    made = [m for m in registry.versions("teacher") if m.kind == WRONG_TEACHER_KIND and m.parent == base
+            and m.train_config.get("wrong_answers") == answers]
+    if made:
+        registry.promote("teacher", made[-1].version, note=f"simulate: a teacher wrong on {', '.join(classes)}")
+        return made[-1].version
+    source = registry.meta("teacher", base)
+    wrong = make_wrong_teacher(HFClassifier.load(registry.path("teacher", base)), classes)
+    meta = ModelMeta(version=new_version_id("teacher"), role="teacher", kind=WRONG_TEACHER_KIND, parent=base, data=source.data,
+                     train_config={**source.train_config, "wrong_answers": answers})
+    register_model(registry, wrong, meta)
+    return meta.version
 
 
 SHIFTS = ("none", "typos")
@@ -137,23 +254,49 @@ def _wait_for_student(url: str, version: str, timeout_s: float = 60.0) -> None:
 
 
 def simulate(config: CascadeConfig, data: str, rounds: int, seed_fraction: float, shadow: bool, refresh_epochs: int,
-             shift: str = "none", typo_rate: float = 0.2, say: Callable[[str], None] = print) -> dict:
+             shift: str = "none", typo_rate: float = 0.2, say: Callable[[str], None] = print,
+             feedback_rate: float = 0.0, wrong_teacher: str | None = None) -> dict:
     """Run the simulation (see the module docstring); returns the per-round report."""
     if shift not in SHIFTS:
         raise ValueError(f"unknown shift {shift!r}: expected one of {', '.join(SHIFTS)}")
+    if not 0 <= feedback_rate <= 1:
+        raise ValueError(f"the feedback rate is a share of the traffic in [0, 1]; got {feedback_rate}")
     full = load_splits(data)
     if full.test is None:
         raise ValueError("the simulation reports test accuracy: the data set needs a test split")
-    log_dir = run_log_dir(config.home)
-    config = config.model_copy(update={"log": config.log.model_copy(update={"path": str(log_dir)})})
+    run = run_dir(config.home)
+    log_dir = run / "escalations"
+    config = config.model_copy(update={
+        "log": config.log.model_copy(update={"path": str(log_dir)}),
+        "feedback": config.feedback.model_copy(update={"path": str(run / "feedback"), "traffic_path": str(run / "traffic")}),
+    })
     registry = ensure_models(config.home, data, progress=False)
+    base_teacher = honest_teacher(registry)
+    labels_known = HFClassifier.load(registry.path("teacher", base_teacher)).labels
+    wrong_classes = pick_wrong_classes(wrong_teacher, labels_known) if wrong_teacher else []
+    if wrong_classes:
+        use_wrong_teacher(registry, base_teacher, wrong_classes)
+    try:
+        return _simulate(config, registry, full, data, log_dir, rounds, seed_fraction, shadow, refresh_epochs, shift, typo_rate, say,
+                         feedback_rate, wrong_classes)
+    finally:
+        if registry.current("teacher") != base_teacher:
+            registry.promote("teacher", base_teacher, note="simulate: the run is over; the teacher it started from")
+
+
+def _simulate(config: CascadeConfig, registry: Registry, full: DataSplits, data: str, log_dir: Path, rounds: int, seed_fraction: float,
+              shadow: bool, refresh_epochs: int, shift: str, typo_rate: float, say: Callable[[str], None], feedback_rate: float,
+              wrong_classes: list[str]) -> dict:
+    """The run itself, with the teacher it serves already current (see ``simulate``)."""
     teacher = HFClassifier.load(registry.current_path("teacher"))
     cache = TeacherCache(config.home / "cache")
     rest, seed = split_validation(full.train, seed_fraction, seed=0)
     splits = DataSplits(train=seed, validation=full.validation, test=full.test)
     traffic = shifted_stream(rest.texts, shift, typo_rate)
     say(f"simulate: seed student on {len(seed)} rows ({seed_fraction:.0%} of train); {len(rest)} rows of traffic in {rounds} rounds"
-        f"{f' with typos (rate {typo_rate:g} per word)' if shift == 'typos' else ''}; escalation log {log_dir} (fresh for this run)")
+        f"{f' with typos (rate {typo_rate:g} per word)' if shift == 'typos' else ''}; escalation log {log_dir} (fresh for this run)"
+        f"{f'; feedback on {feedback_rate:.0%} of traffic' if feedback_rate else ''}"
+        f"{f'; teacher {teacher.version} wrong on {wrong_answers(wrong_classes)}' if wrong_classes else ''}")
     spec = StudentSpec()
     student, metrics = distill_student(teacher, seed, spec, cache, progress=False)
     policy = fit_student_policy(student, teacher, splits.validation, cache, config.routing.goal)
@@ -161,37 +304,60 @@ def simulate(config: CascadeConfig, data: str, rounds: int, seed_fraction: float
         policy = replace(policy, threshold=1.0, class_thresholds={}, goal=f"shadow: escalate all until the first refresh (fitted: {policy.goal})")
     register_model(registry, student, new_student_meta(teacher, spec, data_record(data, splits), metrics, policy, parent=None))
     labels = full.test.label_ids(teacher.labels)
+    classes = np.array([teacher.labels.index(c) for c in wrong_classes], dtype=np.int64)
     teacher_probs = np.exp(cache.log_probs(teacher, full.test))
     costs = config.routing.costs()
     order = np.random.default_rng(0).permutation(len(rest))
     chunks = np.array_split(order, rounds)
     refresh_config = RefreshConfig(goal=config.routing.goal, train=TrainConfig(epochs=refresh_epochs))
+    token = os.environ.setdefault(FEEDBACK_TOKEN_ENV, secrets.token_hex(16))  # the service started next reads it
     url = runner.start(config)
     goal = parse_goal(config.routing.goal)
     report = {"teacher_accuracy": round(float(np.mean(teacher_probs.argmax(1) == labels)), 4),
               "seed_rows": len(seed), "traffic_rows": len(rest), "escalation_log": str(log_dir),
               "shift": shift, "typo_rate": typo_rate if shift == "typos" else None, "goal": str(goal),
-              "control": config.routing.control and config.routing.audit_rate > 0, "rounds": []}
+              "control": config.routing.control and config.routing.audit_rate > 0, "feedback_rate": feedback_rate,
+              "feedback_log": str(config.feedback_path()), "wrong_classes": wrong_classes,
+              "wrong_answers": wrong_answers(wrong_classes) if wrong_classes else {},
+              "teacher_recall": class_recall(teacher_probs.argmax(1), labels, classes), "rounds": []}
     try:
         for number, chunk in enumerate(chunks, start=1):
             current = HFClassifier.load(registry.current_path("student"))
             _wait_for_student(url, current.version)
-            test = _on_test(current, teacher_probs, splits, labels, costs)
+            test, recall = _on_test(current, teacher_probs, splits, labels, costs, classes)
             texts = [traffic[i] for i in chunk]
             predictions = send_traffic(url, texts)
             share = float(np.mean([p["tier"] == "teacher" for p in predictions]))
             degraded = float(np.mean([p["degraded"] for p in predictions]))  # wanted the teacher, did not get it
             versus = _static_and_controlled(current, teacher, cache, texts, predictions, _settled_live(url), goal)
-            outcome = refresh(registry, config.home, splits, log_dir, refresh_config, data, progress=False)
+            sent = (send_feedback(url, token, predictions, [rest.labels[i] for i in chunk], feedback_rate, seed=number)
+                    if feedback_rate else {"sent": 0, "recorded": 0, "unchanged": 0, "changed": 0})
+            outcome = refresh(registry, config.home, splits, log_dir, refresh_config, data, progress=False,
+                              feedback=read_feedback(config.feedback_path()).values())
+            used, gate = outcome["data"]["feedback"], outcome["figures"]
             row = {"round": number, "student": current.version, "traffic": len(chunk), "teacher_share": round(share, 4),
                    "degraded_share": round(degraded, 4), "test_teacher_share": round(test.escalation_rate, 4),
                    "cascade_accuracy": round(test.accuracy, 4), "cost_per_1000": round(costs.cost_per_1000(share), 1),
                    "refresh_rows": outcome["data"]["escalation_rows"],
-                   "refresh": "promoted" if outcome["promoted"] else f"rejected ({'; '.join(outcome['reasons'])})", **versus}
+                   "refresh": "promoted" if outcome["promoted"] else f"rejected ({'; '.join(outcome['reasons'])})", **versus,
+                   "wrong_class_student_recall": recall["student_recall"], "wrong_class_cascade_recall": recall["cascade_recall"],
+                   "feedback_sent": sent["sent"], "feedback_recorded": sent["recorded"], "refresh_feedback_rows": used["used"],
+                   "refresh_feedback_contradicted": used["contradicted_teacher"],
+                   "refresh_distrusted_labels": sorted(used["distrusted_teacher_labels"]),
+                   "feedback_holdout_items": gate["feedback_items"], "candidate_feedback_accuracy": gate["candidate_feedback_accuracy"],
+                   "current_feedback_accuracy": gate["current_feedback_accuracy"]}
             report["rounds"].append(row)
             say(f"round {number}: teacher share {share:.2%}, cascade test accuracy {test.accuracy:.4f}, cost/1000 {row['cost_per_1000']:.0f}; "
                 f"agreement static {row['static_agreement']:.4f} / controlled {row['controlled_agreement']:.4f} "
-                f"({row['threshold_source']}); refresh {row['refresh']}")
+                f"({row['threshold_source']}); refresh {row['refresh']}"
+                + (f"; recall on {', '.join(wrong_classes)}: student {recall['student_recall']}, cascade {recall['cascade_recall']}" if wrong_classes else "")
+                + (f"; feedback sent {sent['sent']}, refresh used {used['used']} ({used['contradicted_teacher']} contradicted the teacher)"
+                   if feedback_rate else ""))
+        final = HFClassifier.load(registry.current_path("student"))
+        test, recall = _on_test(final, teacher_probs, splits, labels, costs, classes)
+        report["final"] = {"student": final.version, "cascade_accuracy": round(test.accuracy, 4),
+                           "test_teacher_share": round(test.escalation_rate, 4),
+                           "wrong_class_student_recall": recall["student_recall"], "wrong_class_cascade_recall": recall["cascade_recall"]}
     finally:
         runner.stop()
     return report
@@ -225,14 +391,19 @@ def _static_and_controlled(student: HFClassifier, teacher: HFClassifier, cache: 
 
 def plot_rounds(report: dict, path: Path) -> None:
     """Two panels: teacher share and cascade accuracy per round, with the teacher's accuracy for
-    reference; and the live agreement of the static and the controlled threshold against the goal."""
+    reference; and the live agreement of the static and the controlled threshold against the goal.
+    With a wrong teacher, a third: the student's and the cascade's recall on its wrong classes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rounds = [r["round"] for r in report["rounds"]]
-    fig, (share_ax, agreement_ax) = plt.subplots(2, 1, figsize=(8, 8), dpi=120)
+    wrong = bool(report.get("wrong_classes"))
+    fig, axes = plt.subplots(3 if wrong else 2, 1, figsize=(8, 12 if wrong else 8), dpi=120)
+    share_ax, agreement_ax = axes[0], axes[1]
+    if wrong:
+        _plot_recall(report, axes[2])
     share_ax.plot(rounds, [100 * r["teacher_share"] for r in report["rounds"]], "o-", color="tab:orange", label="teacher share of traffic (%)")
     share_ax.plot(rounds, [100 * r["test_teacher_share"] for r in report["rounds"]], "o--", color="tab:orange", alpha=0.5,
                   label="teacher share on test (%)")
@@ -264,3 +435,28 @@ def plot_rounds(report: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _plot_recall(report: dict, ax) -> None:
+    """Recall on the wrong teacher's classes per round (the student that served it) and after the
+    last refresh, with the feedback sent per round as bars."""
+    rows = report["rounds"]
+    rounds = [r["round"] for r in rows]
+    after = rounds[-1] + 1
+    for key, style, name in (("wrong_class_student_recall", "o-", "student"), ("wrong_class_cascade_recall", "s--", "cascade")):
+        ax.plot(rounds + [after], [r[key] for r in rows] + [report["final"][key]], style, label=f"{name} recall")
+    ax.axhline(report["teacher_recall"], color="tab:red", linestyle=":", label=f"teacher alone ({report['teacher_recall']:.2%})")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xticks(rounds + [after], [str(r) for r in rounds] + ["after"])
+    ax.set_xlabel("round (the student that served it; 'after': the last refresh's)")
+    ax.set_ylabel("recall on the wrong classes, test split")
+    ax.set_title(f"teacher wrong on {', '.join(report['wrong_classes'])}; feedback on {report['feedback_rate']:.0%} of traffic")
+    counts = ax.twinx()
+    counts.bar(rounds, [r["feedback_sent"] for r in rows], alpha=0.15, color="tab:green", label="feedback sent")
+    counts.set_ylabel("feedback items sent", color="tab:green")
+    ax.set_zorder(counts.get_zorder() + 1)  # the recall lines over the bars
+    ax.patch.set_visible(False)
+    lines = ax.get_legend_handles_labels()[0] + counts.get_legend_handles_labels()[0]
+    names = ax.get_legend_handles_labels()[1] + counts.get_legend_handles_labels()[1]
+    ax.legend(lines, names, fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)

@@ -37,7 +37,7 @@ def feedback(text: str, label: str, request_id: str = "q", index: int = 0, teach
 
 
 def request_ids(share: float, held: bool, n: int) -> list[str]:
-    """``n`` request ids that the hash puts in (``held``) or out of the held-out share."""
+    """``n`` request ids whose item 0 the hash puts in (``held``) or out of the held-out share."""
     ids = (f"req-{i}" for i in range(10_000))
     return [i for i in ids if held_out(feedback("x", "a", request_id=i), share) == held][:n]
 
@@ -100,7 +100,7 @@ def test_evaluation_held_out_and_known_split_feedback_is_never_trained_on(splits
         feedback("how much is in savings now", "balance", held[0]),  # held out by its request's hash
         feedback("how much is in savings now ", "balance", trained[2]),  # the same text, another request: held out too
         feedback(validation_text, "weather", trained[3]),  # a text of the gate's validation split
-        feedback("send a tenner to mum", "transfer", held[1], index=3),
+        feedback("send a tenner to mum", "transfer", held[1]),
     ]
     records = [escalation("how much is in savings now", [0.1, 0.6, 0.1, 0.1, 0.1]), escalation("a novel escalation", [0.6, 0.1, 0.1, 0.1, 0.1])]
     data = build_dataset(records, splits, uniform_base(splits), splits.train.label_names, RefreshConfig(min_replay=10),
@@ -140,12 +140,13 @@ def test_a_teacher_label_feedback_shows_wrong_is_distrusted(splits):
     assert data.stats["feedback"]["distrusted_teacher_labels"] == {} and data.stats["dropped"]["distrusted_teacher_label"] == 0
 
 
-def test_the_held_out_share_follows_the_request_id():
+def test_the_held_out_share_follows_the_item():
     ids = [f"request-{i}" for i in range(4000)]
     share = np.mean([held_out(feedback("t", "a", request_id=i), 0.2) for i in ids])
     assert share == pytest.approx(0.2, abs=0.02)
-    # every item of a request goes the same way, whatever its text, label or index
-    assert all(held_out(feedback("t", "a", request_id=i), 0.2) == held_out(feedback("u", "b", request_id=i, index=7), 0.2) for i in ids)
+    # an item goes the same way whatever its text or label; the items of one request spread
+    assert all(held_out(feedback("t", "a", request_id=i), 0.2) == held_out(feedback("u", "b", request_id=i), 0.2) for i in ids)
+    assert 0 < np.mean([held_out(feedback("t", "a", request_id="one-batch", index=k), 0.2) for k in range(200)]) < 1
     assert all(held_out(feedback("t", "a", request_id=i, evaluation=True), 0.0) for i in ids[:50])
 
 

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 def run_simulate(home: Path, data: Path, work: Path, png: Path, *extra: str) -> dict:
     """``cascade simulate`` in ``home`` (two rounds unless ``extra`` says), in its own process; its JSON report."""
     config = work / "cascade.yaml"
-    config.write_text(json.dumps({"metrics": {"port": free_port()}}))
+    config.write_text(json.dumps({"metrics": {"port": free_port()}, "proxy": {"stats_port": free_port(), "metrics_port": free_port()}}))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
     done = subprocess.run(
         [sys.executable, "-m", "serving.cli", "simulate", "--home", str(home), "--data", str(data),
