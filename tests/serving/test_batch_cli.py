@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -154,8 +155,11 @@ def test_address_runs_the_job_on_an_existing_ray_cluster(unsure_home: Path, tiny
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "disabled"}
     ray_bin = str(Path(sys.executable).parent / "ray")
+    # a temp dir of its own (short: socket paths are limited), so that the head's address file
+    # never makes another process's plain ray.init() join this cluster
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                             f"--metrics-export-port={free_port()}"], env=env, start_new_session=True,
+                             f"--metrics-export-port={free_port()}", f"--temp-dir={temp_dir}"], env=env, start_new_session=True,
                             stdout=(tmp_path / "head.log").open("w"), stderr=subprocess.STDOUT)
     try:
         out = tmp_path / "out"
@@ -169,7 +173,10 @@ def test_address_runs_the_job_on_an_existing_ray_cluster(unsure_home: Path, tiny
         total = len((tiny_data / "test.jsonl").read_text().splitlines())
         assert summary["rows"] == total and summary["bad_rows"] == 0
         assert sorted(pq.read_table(out)["source_row"].to_pylist()) == list(range(total))
+        shared = Path("/tmp/ray/ray_current_cluster")
+        assert not shared.exists() or f":{port}" not in shared.read_text(), "the head advertised itself to every ray.init()"
         assert head.poll() is None
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
