@@ -52,7 +52,6 @@ def replica_pids(deployment: str) -> list[int]:
     return serve_processes(timeout_s=10).get(deployment, [])
 
 
-@dataclass
 def restart_ingress_replicas() -> None:
     """SIGKILL every ingress replica and wait until Serve has started as many new ones."""
     old = replica_pids("Ingress")
@@ -81,6 +80,7 @@ def wait_ready(url: str, path: str = "/healthz") -> None:
     raise AssertionError(f"{url}{path} did not answer 200 within 60 s")
 
 
+@dataclass
 class Answer:
     sent: float
     received: float
