@@ -10,11 +10,12 @@ every item goes to the teacher, agrees by definition and is known; the first ste
 ``update_every`` items) come down as far as that complete evidence bounds. Starting from the
 fitted threshold instead served a shifted stream under the goal until the evidence had
 climbed to it. A student whose fitted policy escalates everything (a seed student in shadow)
-is held there: control does not undo it. A replica that still sees the previous student for a
-while after a promotion (its model servers swap one by one) does not bring it back: that
-student's evidence is dropped for ``stale_s`` after the switch, unless the registry points at it
-again (a rollback). The state also keeps a short history of the live figures for the
-dashboard, the same whichever replica answers."""
+is held there: control does not undo it. A replica whose model servers still answer with the
+previous student for a while after a promotion (they swap one by one) does not bring it back:
+evidence of a student the registry does not point at is dropped while the state's student is
+the one it points at, and for ``stale_s`` after the switch from it; a rollback (the registry
+pointing at it again) switches back. The state also keeps a short history of the live figures
+for the dashboard, the same whichever replica answers."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ class LiveStatus(BaseModel):
     goal: str
     student: str | None = None  # the student version the evidence belongs to
     fitted_threshold: float | None = None
-    threshold: float | None = None  # the live threshold; None until the controller has stepped
+    threshold: float | None = None  # the live threshold, from the safe start on; None: control off for this student
     estimate: float | None = None  # served agreement (agreement and accuracy goals) or teacher share (budget goals)
     bound: float | None = None  # its one-sided 95 % bound
     target: float | None = None
@@ -90,17 +91,11 @@ class LiveControl:
         self._latest = version
 
     def threshold(self, student_version: str | None) -> float | None:
-        """The live threshold for ``student_version``: the shared one, or, for a student this
-        replica has seen but the shared state does not know yet, the safe point control will
-        start it from; None for a student not seen yet."""
-        if student_version is None:
+        """The shared live threshold for ``student_version``; None until the shared state names it
+        (a replica serving a new student syncs at its next request, see ``tick``)."""
+        if student_version is None or self.status.student != student_version:
             return None
-        if self.status.student == student_version:
-            return self.status.threshold
-        if student_version in self._deltas and self._controllable(self._deltas[student_version][0]):
-            policy, delta = self._deltas[student_version]
-            return float(delta.grid[self._start(policy, delta.grid)[0]])
-        return None
+        return self.status.threshold
 
     def _controllable(self, policy: EscalationPolicy) -> bool:
         """Whether control can hold the goal for this student (an accuracy goal needs its validated agreement)."""
@@ -124,8 +119,8 @@ class LiveControl:
 
     async def tick(self) -> None:
         """Sync with the shared state if ``sync_every_s`` has passed, or a tenth of it when this
-        replica serves a student the shared state does not name (a promotion reaches the shared
-        state, and so a restarted replica, at once) (off the event loop)."""
+        replica serves a student the shared state does not name, so that a promotion reaches the
+        shared state, and every replica, at once (off the event loop)."""
         wait = self.sync_every_s if self._latest in (None, self.status.student) else self.sync_every_s / 10
         if self._syncing or time.monotonic() - self._synced_at < wait:
             return
@@ -155,10 +150,17 @@ class LiveControl:
                 self.on_status(self.status)
         return self.status
 
+    def _stale(self, state: dict, version: str) -> bool:
+        """Whether another student's evidence comes from a replica not yet swapped: not the
+        registry's current student, while the state's is, or while the state switched from it
+        less than ``stale_s`` ago (not a rollback: the registry would point at it again)."""
+        current = self.registry.current("student")
+        recent = state.get("previous") == version and time.time() - state.get("started_at", 0.0) < self.stale_s
+        return current != version and (current == state["status"]["student"] or recent)
+
     def _merged(self, state: dict | None, version: str, policy: EscalationPolicy, delta: LiveEvidence) -> dict:
-        if state is not None and state["status"]["student"] != version and state.get("previous") == version \
-                and time.time() - state.get("started_at", 0.0) < self.stale_s and self.registry.current("student") != version:
-            return state  # a replica not yet swapped (not a rollback): the previous student's evidence, dropped
+        if state is not None and state["status"]["student"] != version and self._stale(state, version):
+            return state
         if state is None or state["status"]["student"] != version or state["evidence"]["grid"] != delta.grid.tolist():
             index, floor = self._start(policy, delta.grid)
             controllable = self._controllable(policy)

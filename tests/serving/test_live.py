@@ -40,10 +40,10 @@ def serve(live: LiveControl, rng: np.random.Generator, version: str, policy: Esc
 
 def test_a_new_student_starts_at_the_top_and_comes_down_to_the_goal(tmp_path):
     live, rng = LiveControl(tmp_path, GOAL, teacher_budget=1.0), np.random.default_rng(0)
-    assert live.threshold("student-v1") is None  # not seen yet: the fitted threshold serves
-    live.observe(evidence(rng, "student-v1", FITTED, 0.3))
-    assert live.threshold("student-v1") == 1.0  # seen: the safe start at once, before any sync
-    live.sync()
+    live.observe(evidence(rng, "student-v1", FITTED, 0.3))  # the first request: the fitted threshold served it
+    assert live.threshold("student-v1") is None
+    live.sync()  # the shared state names the student: every replica starts it from the top
+    assert live.threshold("student-v1") == 1.0
     # 100 items: not yet a step (one per 200)
     assert live.status.student == "student-v1" and live.status.threshold == 1.0 and live.status.fitted_threshold == 0.3
     assert live.status.updated_at is None and live.status.held is None
@@ -106,6 +106,7 @@ def test_a_replica_not_yet_swapped_does_not_bring_the_previous_student_back(tmp_
     assert b.status.student == "student-v1" and b.status.threshold == 1.0  # afresh, from the top
     serve(a, rng, "student-v2")  # now a replica not yet swapped back
     assert a.status.student == "student-v1"
+    (tmp_path / "student" / "CURRENT").unlink()  # a registry that names no student: only stale_s tells
     late = LiveControl(tmp_path, GOAL, 1.0, stale_s=0.0)  # past stale_s, a student's evidence switches control to it
     serve(late, rng, "student-v2")
     assert late.status.student == "student-v2"
