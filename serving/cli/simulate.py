@@ -450,7 +450,8 @@ def _plot_recall(report: dict, ax) -> None:
     ax.set_xticks(rounds + [after], [str(r) for r in rounds] + ["after"])
     ax.set_xlabel("round (the student that served it; 'after': the last refresh's)")
     ax.set_ylabel("recall on the wrong classes, test split")
-    ax.set_title(f"teacher wrong on {', '.join(report['wrong_classes'])}; feedback on {report['feedback_rate']:.0%} of traffic")
+    ax.set_title(f"teacher wrong on {len(report['wrong_classes'])} classes, feedback on {report['feedback_rate']:.0%} of traffic\n"
+                 f"({', '.join(report['wrong_classes'])})", fontsize=10)
     counts = ax.twinx()
     counts.bar(rounds, [r["feedback_sent"] for r in rows], alpha=0.15, color="tab:green", label="feedback sent")
     counts.set_ylabel("feedback items sent", color="tab:green")
