@@ -93,3 +93,14 @@ def test_fast_encoding_matches_the_tokenizer_wrapper(teacher, splits):
     assert fast["input_ids"].shape == (len(texts), teacher.max_length)
     for key in ("input_ids", "attention_mask"):
         assert fast[key].equal(wrapper[key])
+
+
+def test_length_sorted_passes_answer_in_the_callers_order(teacher, splits):
+    """More texts than one CPU pass takes, of mixed lengths: each row equals that text's logits
+    computed alone (no padding), in the order given."""
+    from distill.backends import CPU_PASS_TEXTS
+
+    texts = [text + " more words" * (i % 7) for i, text in enumerate(splits.test.texts[: 3 * CPU_PASS_TEXTS + 5])]
+    together = teacher.logits(texts)
+    alone = np.concatenate([teacher.logits([text]) for text in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-4)
