@@ -180,8 +180,8 @@ def agreement_target(goal: Goal, validation: dict[str, float] | None = None) -> 
 def control_step(evidence: LiveEvidence, index: int, goal: Goal, teacher_budget: float = 1.0,
                  validation: dict[str, float] | None = None, settings: ControlSettings = ControlSettings(),
                  floor: int = 0) -> ControlState:
-    """One move of the live threshold, never below ``grid[floor]`` unless the budget forces it
-    (see the module docstring)."""
+    """One move of the live threshold; for agreement and accuracy goals never below
+    ``grid[floor]`` unless the budget forces it (see the module docstring)."""
     grid = evidence.grid
     for name, value in (("index", index), ("floor", floor)):
         if not 0 <= value < len(grid):
