@@ -167,17 +167,21 @@ class GroupCommitLog:
                 self.on_error()
         except Exception as err:  # a metrics hiccup must not stop the log
             logger.warning("log: counting a write failed: %r", err)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, int]]] = {}
         for call_records, done, loop in batch:
+            by_loop.setdefault(loop, []).append((done, len(call_records)))
+        for loop, calls in by_loop.items():  # one wake-up of each event loop for its whole share
             try:
-                loop.call_soon_threadsafe(_settle, done, outcome, len(call_records))
-            except RuntimeError:  # that request's event loop is closed: nobody waits for the answer
+                loop.call_soon_threadsafe(_settle, calls, outcome)
+            except RuntimeError:  # that event loop is closed: nobody waits for these answers
                 pass
 
 
-def _settle(done: asyncio.Future, error: Exception | None, written: int) -> None:
-    if done.cancelled():  # the request went away; its records are on disk (or not) all the same
-        return
-    if error is not None:
-        done.set_exception(error)
-    else:
-        done.set_result(written)
+def _settle(calls: list[tuple[asyncio.Future, int]], error: Exception | None) -> None:
+    for done, written in calls:
+        if done.cancelled():  # the request went away; its records are on disk (or not) all the same
+            continue
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(written)
