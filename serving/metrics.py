@@ -240,7 +240,8 @@ class IngressMetrics(Recorder):
                             ("cascade_live_target_ratio", status.target)):
             if value is not None:
                 self.set(name, value)
-        self.set("cascade_goal_held", float(bool(status.held)))
+        if status.held is not None:  # None: control has not stepped on evidence yet (just after a promotion)
+            self.set("cascade_goal_held", float(status.held))
         self.set("cascade_goal_budget_limited", float(status.budget_limited))
 
     def record_log_write(self, records: int, size: int) -> None:

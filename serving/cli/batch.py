@@ -28,7 +28,8 @@ def _version(path: str) -> str:
 
 def served_threshold(config: CascadeConfig, registry: Registry, student_version: str) -> float | None:
     """The threshold served traffic gets now: the admin's, else online control's live one for
-    this student, else the config's; None: the student's fitted one."""
+    this student once control has stepped on evidence (its start-up point sends every item to
+    the teacher until the evidence allows less), else the config's; None: the student's fitted one."""
     from serving.live import LIVE_STATE_FILE, LiveStatus
     from serving.shared_state import SHARED_STATE_FILE, SharedRouting
 
@@ -38,7 +39,7 @@ def served_threshold(config: CascadeConfig, registry: Registry, student_version:
     live_file = registry.root / LIVE_STATE_FILE
     if config.routing.control and config.routing.audit_rate > 0 and live_file.is_file():
         live = LiveStatus.model_validate(json.loads(live_file.read_text())["status"])
-        if live.student == student_version and live.threshold is not None:
+        if live.student == student_version and live.threshold is not None and live.updated_at is not None:
             return live.threshold
     return config.routing.threshold
 

@@ -228,7 +228,7 @@ def test_online_control_is_shared_by_replicas_survives_restarts_and_restarts_wit
     assert live["held"] and live["bound"] >= 0.97 and live["estimate"] >= live["bound"] and live["fitted_threshold"] == 0.9
     restarted, restarted_http, _ = make()  # a restart starts from the shared threshold, before any traffic
     assert restarted_http.get("/v1/models").json()["threshold"] == models["threshold"]
-    _, promoted_http, _ = make("student-v2")  # a new student starts control afresh, from its fitted threshold
+    _, promoted_http, _ = make("student-v2")  # a new student starts control afresh, from a safe point (every item to the teacher)
     fresh = promoted_http.get("/v1/models").json()
     assert fresh["threshold_source"] == "fitted" and fresh["threshold"] == 0.9 and fresh["live"] is None
 
