@@ -53,8 +53,10 @@ def live(tiny_home: Path, tmp_path_factory) -> tuple[CascadeConfig, str]:
     from serving.cli import runner
 
     assert not ray.is_initialized(), "this module starts its own Ray cluster with a known metrics port"
+    home = tmp_path_factory.mktemp("metrics-live") / "home"
+    shutil.copytree(tiny_home, home)  # refresh events are recorded into its registry below, not into the session's home
     config = CascadeConfig.model_validate({
-        "home": str(tiny_home),
+        "home": str(home),
         "port": free_port(),
         "routing": {"threshold": 0.9, "audit_rate": 0.3, "control": False},  # a fixed threshold keeps "unsure" deterministic
         "log": {"path": str(tmp_path_factory.mktemp("escalations"))},
