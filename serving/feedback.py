@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from distill.escalations import LogTail
 from distill.feedback import FeedbackRecord
 from serving.errors import InvalidInput, NotFound, TooLarge
-from serving.traffic import KeptRequest
+from serving.traffic import KeptRequest, TrafficReader
 
 TIERS = ("student", "teacher")
 
@@ -120,14 +120,12 @@ class FeedbackDesk:
     with a label the models know; all are checked before any is written, and an item whose
     current feedback already has that label is left alone."""
 
-    def __init__(self, find: Callable[[Sequence[str]], dict[str, KeptRequest]], ledger: FeedbackLedger,
-                 append: Callable[[list[FeedbackRecord]], Awaitable[int]], max_items: int, retention_hours: float,
-                 on_recorded: Callable[[FeedbackRecord], None] | None = None):
-        self.find = find
+    def __init__(self, traffic: TrafficReader, ledger: FeedbackLedger, append: Callable[[list[FeedbackRecord]], Awaitable[int]],
+                 max_items: int, on_recorded: Callable[[FeedbackRecord], None] | None = None):
+        self.traffic = traffic
         self.ledger = ledger
         self.append = append
         self.max_items = max_items
-        self.retention_hours = retention_hours
         self.on_recorded = on_recorded
 
     async def record(self, items: list[FeedbackItem], labels: Sequence[str]) -> FeedbackResponse:
@@ -140,7 +138,7 @@ class FeedbackDesk:
         for i, item in enumerate(items):
             if item.label not in known:
                 raise InvalidInput(f"items[{i}].label: {item.label!r} is not a label the models know")
-        kept, _ = await asyncio.gather(asyncio.to_thread(self.find, [item.request_id for item in items]),
+        kept, _ = await asyncio.gather(asyncio.to_thread(self.traffic.find, [item.request_id for item in items]),
                                        asyncio.to_thread(self.ledger.sync))
         records: dict[tuple[str, int], FeedbackRecord] = {}
         unchanged = 0
@@ -148,7 +146,7 @@ class FeedbackDesk:
             request = kept.get(item.request_id)
             if request is None:
                 raise NotFound(f"items[{i}].request_id: {item.request_id!r} is not a kept request (unknown, "
-                               f"or answered more than {self.retention_hours:g} hours ago)")
+                               f"or answered more than {self.traffic.retention_s / 3600:g} hours ago)")
             if item.index >= len(request.items):
                 raise NotFound(f"items[{i}].index: request {item.request_id!r} had {len(request.items)} item(s), no index {item.index}")
             key = (item.request_id, item.index)

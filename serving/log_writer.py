@@ -109,6 +109,8 @@ class DurableWriter(Protocol):
 
     def append(self, records: Sequence[Any]) -> int: ...
 
+    def close(self) -> None: ...
+
 
 class GroupCommitLog:
     """Durable appends from an event loop: ``await append(records)`` returns once the records
@@ -127,7 +129,9 @@ class GroupCommitLog:
         self.on_error = on_error
         self._pending: queue.SimpleQueue = queue.SimpleQueue()
         self._gathering: dict[asyncio.AbstractEventLoop, tuple[list, asyncio.Future]] = {}  # appends of this loop turn
-        threading.Thread(target=self._run, name=f"log-{writer.directory.name}", daemon=True).start()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"log-{writer.directory.name}", daemon=True)
+        self._thread.start()
 
     async def append(self, records: Sequence[Any]) -> int:
         """Write ``records`` durably; returns how many were written. Appends made in the same
@@ -135,6 +139,8 @@ class GroupCommitLog:
         request cost more CPU than the write itself."""
         if not records:
             return 0
+        if self._closed:
+            raise RuntimeError(f"log {self.writer.directory} is closed")
         loop = asyncio.get_running_loop()
         gathering = self._gathering.get(loop)
         if gathering is None:
@@ -148,16 +154,32 @@ class GroupCommitLog:
         records, done = self._gathering.pop(loop)
         self._pending.put((records, done, loop))
 
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Write what is pending, stop the writer thread and close the writer, once nothing
+        appends any more; a later append raises RuntimeError."""
+        self._closed = True
+        self._pending.put(None)
+        self._thread.join(timeout_s)
+        if not self._thread.is_alive():
+            self.writer.close()
+
     def _run(self) -> None:
         while True:
-            batch = [self._pending.get()]
+            first = self._pending.get()
+            if first is None:
+                return
+            batch = [first]
             size = len(batch[0][0])
             while size < self.max_batch:
                 try:
-                    batch.append(self._pending.get_nowait())
+                    call = self._pending.get_nowait()
                 except queue.Empty:
                     break
-                size += len(batch[-1][0])
+                if call is None:  # closing: write what came before, then stop
+                    self._write(batch)
+                    return
+                batch.append(call)
+                size += len(call[0])
             self._write(batch)
 
     def _write(self, batch: list) -> None:

@@ -89,14 +89,20 @@ class CascadeService:
         # every answered request, kept durably so that feedback can name any item (serving.traffic)
         self.traffic = TrafficWriter(config.traffic_path(), retention_s)
         self.traffic_log = GroupCommitLog(self.traffic, on_error=lambda: self._count("cascade_traffic_write_errors_total"))
+        self.feedback_log = GroupCommitLog(SegmentWriter(config.feedback_path()))
         self.ledger = FeedbackLedger(config.feedback_path())
-        self.desk = FeedbackDesk(
-            TrafficReader(config.traffic_path(), retention_s).find, self.ledger,
-            GroupCommitLog(SegmentWriter(config.feedback_path())).append, config.feedback.max_items,
-            config.feedback.retention_hours, on_recorded=self._count_feedback,
-        )
+        self.traffic_reader = TrafficReader(config.traffic_path(), retention_s)
+        self.desk = FeedbackDesk(self.traffic_reader, self.ledger, self.feedback_log.append, config.feedback.max_items,
+                                 on_recorded=self._count_feedback)
         self.cascade: Cascade | None = None
         self._lock = asyncio.Lock()
+
+    def close(self) -> None:
+        """Finish the traffic and feedback logs' pending writes and close their files (the
+        escalation log belongs to the caller); call it once nothing is served any more."""
+        self.traffic_log.close()
+        self.feedback_log.close()
+        self.traffic_reader.close()
 
     # ---- readiness
 

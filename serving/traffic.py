@@ -163,6 +163,12 @@ class TrafficReader:
                     found[request_id] = KeptRequest.from_row(row)
         return found
 
+    def close(self) -> None:
+        with self._lock:
+            for db in self._connections.values():
+                db.close()
+            self._connections.clear()
+
     def _connection(self, writer_id: str) -> sqlite3.Connection | None:
         path = self.directory / f"traffic-{writer_id}.sqlite"
         db = self._connections.get(path)

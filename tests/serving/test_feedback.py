@@ -13,7 +13,7 @@ import pytest
 
 from distill.feedback import feedback_dir, read_feedback
 from serving.traffic import TrafficReader
-from test_service import FakeModel, make_service
+from test_service import FakeModel, close_services, make_service  # noqa: F401  (close_services: autouse)
 
 FEEDBACK = "fb-token"
 AUTH = {"Authorization": f"Bearer {FEEDBACK}"}

@@ -84,3 +84,26 @@ def test_an_empty_append_writes_nothing(tmp_path):
     writer.slow.set()
     assert asyncio.run(GroupCommitLog(writer).append([])) == 0
     assert writer.writes == 0
+
+
+def test_close_writes_what_is_pending_stops_the_thread_and_refuses_later_appends(tmp_path):
+    writer = CountingWriter(tmp_path)  # its first write waits on `slow`
+    log = GroupCommitLog(writer)
+
+    async def main():
+        first = asyncio.ensure_future(log.append([record("first")]))
+        await asyncio.to_thread(writer.entered.wait, 5)
+        queued = asyncio.ensure_future(log.append([record("queued")]))
+        await asyncio.sleep(0.05)  # handed over behind the first write
+        closing = asyncio.ensure_future(asyncio.to_thread(log.close))
+        await asyncio.sleep(0.05)
+        writer.slow.set()
+        await closing
+        assert (await first, await queued) == (1, 1)
+        with pytest.raises(RuntimeError, match="closed"):
+            await log.append([record("late")])
+
+    asyncio.run(main())
+    assert not any(thread.name == f"log-{tmp_path.name}" for thread in threading.enumerate())
+    assert sorted(r.request_id for r in read_records(tmp_path)) == ["first", "queued"]
+    assert writer._file is None, "the segment is closed"

@@ -46,8 +46,20 @@ class FakeModel:
         return self.version
 
 
+OPEN_SERVICES: list[CascadeService] = []
+
+
+@pytest.fixture(autouse=True)
+def close_services():
+    """Close every service a test made: their log threads and files go with the test."""
+    yield
+    while OPEN_SERVICES:
+        OPEN_SERVICES.pop().close()
+
+
 def make_service(home: Path, student=None, teacher=None, feedback_token: str | None = None,
                  **routing) -> tuple[CascadeService, TestClient, list]:
+    """A service over fakes and its HTTP client; the ``close_services`` fixture closes it."""
     written: list = []
 
     async def append(records):
@@ -59,6 +71,7 @@ def make_service(home: Path, student=None, teacher=None, feedback_token: str | N
     teacher = teacher or FakeModel("teacher-v1", [0.1, 0.8, 0.1])
     in_flight = InFlightLimit(8)
     service = CascadeService(config, student, teacher, append, in_flight=in_flight, shared_check_every_s=0)
+    OPEN_SERVICES.append(service)
     guard = GuardSettings(max_body_bytes=1 << 20, in_flight=in_flight, retry_after_s=1, admin_token=BearerToken(TOKEN),
                           feedback_token=BearerToken(feedback_token, FEEDBACK_TOKEN_ENV, "feedback"))
 
