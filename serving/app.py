@@ -171,6 +171,12 @@ class Ingress:
         """The dashboard's recent past, from the ``Monitor`` (the same whichever replica asks)."""
         return await self.monitor.recent.remote()
 
+    def __del__(self) -> None:
+        """On a graceful shutdown (Serve drains requests first), finish the logs' pending writes."""
+        for part in (getattr(self, "service", None), getattr(self, "log", None)):  # None: __init__ failed before it
+            if part is not None:
+                part.close()
+
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply the student's settings (model version, batching) when it runs in the ingress."""
         if self.local_student is not None:
