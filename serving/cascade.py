@@ -173,22 +173,26 @@ class Cascade:
         if student is None and decisions.student_scored.any():  # mode teacher: the student answers what the teacher did not
             student = await self._student_for(texts, decisions.student_scored)
         teacher_row = dict(zip(asked.tolist(), range(len(asked)))) if teacher is not None else {}
-        records, predictions, kept = [], [], []
-        for i, decision in enumerate(decisions):
-            probs = teacher.probs[teacher_row[i]] if decision.tier == "teacher" else student.probs[i]
-            if decision.degraded:
-                self.degraded[decision.cause] += 1
-            prediction = self._prediction(decision, probs, options.top_k)
-            predictions.append(prediction)
-            if decision.consulted:
-                scored = student if decision.student_scored else None
-                records.append(self._record(request_id, texts[i], decision.reason, scored, i, teacher, teacher_row[i]))
-            if self.keep_traffic is not None:
-                kept.append(self._kept(texts[i], decision, prediction, student, i, teacher, teacher_row.get(i)))
+        # each item's label from each model, once: -1 where that model did not score it (or was not consulted)
+        student_label = np.where(decisions.student_scored, student.probs.argmax(axis=1), -1) if student is not None else np.full(n, -1)
         teacher_label = np.full(n, -1)
         if teacher is not None:
             consulted = np.flatnonzero(decisions.consulted)
-            teacher_label[consulted] = teacher.probs[[teacher_row[i] for i in consulted]].argmax(axis=1)
+            teacher_label[consulted] = teacher.probs.argmax(axis=1)[[teacher_row[i] for i in consulted]]
+        records, predictions, kept = [], [], []
+        for i, decision in enumerate(decisions):
+            by_teacher = decision.tier == "teacher"
+            probs = teacher.probs[teacher_row[i]] if by_teacher else student.probs[i]
+            if decision.degraded:
+                self.degraded[decision.cause] += 1
+            prediction = self._prediction(decision, probs, int(teacher_label[i] if by_teacher else student_label[i]), options.top_k)
+            predictions.append(prediction)
+            if decision.consulted:
+                scored = student if decision.student_scored else None
+                records.append(self._record(request_id, texts[i], decision.reason, scored, i, teacher, teacher_row[i],
+                                            student_label[i], teacher_label[i]))
+            if self.keep_traffic is not None:
+                kept.append(self._kept(texts[i], decision, prediction, student_label[i], teacher_label[i]))
         if plan.mode == "cascade":
             evidence = Evidence(texts, student, self.policy_for(student), plan, teacher_label)
             audited = plan.audited & evidence.known
@@ -220,8 +224,7 @@ class Cascade:
         probs[items] = output.probs
         return ModelOutput(probs, output.version, output.policy, output.label_only)
 
-    def _prediction(self, decision: Decision, probs: np.ndarray, top_k: int) -> Prediction:
-        label_index = int(np.argmax(probs))
+    def _prediction(self, decision: Decision, probs: np.ndarray, label_index: int, top_k: int) -> Prediction:
         return Prediction.model_construct(
             label=self.labels[label_index],
             score=round(float(probs[label_index]), 6),
@@ -242,15 +245,14 @@ class Cascade:
         order = np.argsort(-probs, kind="stable")[:k]
         return [LabelScore(label=self.labels[j], score=round(float(probs[j]), 6)) for j in order]
 
-    def _record(
-        self, request_id: str, text: str, reason: str, student: ModelOutput | None, i: int, teacher: ModelOutput, row: int
-    ) -> EscalationRecord:
+    def _record(self, request_id: str, text: str, reason: str, student: ModelOutput | None, i: int, teacher: ModelOutput,
+                row: int, student_label: int, teacher_label: int) -> EscalationRecord:
         return EscalationRecord(
             request_id=request_id,
             text=self.redact(text) if self.redact else text,
             reason=reason,
-            student_label=self.labels[int(np.argmax(student.probs[i]))] if student else None,
-            teacher_label=self.labels[int(np.argmax(teacher.probs[row]))],
+            student_label=self.labels[student_label] if student else None,
+            teacher_label=self.labels[teacher_label],
             student_probs=student.probs[i].tolist() if student else None,
             teacher_probs=teacher.probs[row].tolist(),
             student_version=student.version if student else None,
@@ -258,15 +260,16 @@ class Cascade:
             teacher_label_only=teacher.label_only,  # refresh then trains on it as a label
         )
 
-    def _kept(self, text: str, decision: Decision, prediction: Prediction, student: ModelOutput | None, i: int,
-              teacher: ModelOutput | None, row: int | None) -> KeptItem:
-        """Item ``i`` as the traffic log keeps it: its text (redacted) and every label it got."""
+    def _kept(self, text: str, decision: Decision, prediction: Prediction, student_label: int, teacher_label: int) -> KeptItem:
+        """An item as the traffic log keeps it: its text (redacted), every label it got (-1: none)
+        and the student's confidence, the score live control bins outcomes by."""
         return KeptItem(
             text=self.redact(text) if self.redact else text,
             tier=decision.tier,
             answered=prediction.label,
-            student_label=self.labels[int(np.argmax(student.probs[i]))] if decision.student_scored else None,
-            teacher_label=self.labels[int(np.argmax(teacher.probs[row]))] if decision.consulted else None,
+            student_label=self.labels[student_label] if student_label >= 0 else None,
+            teacher_label=self.labels[teacher_label] if teacher_label >= 0 else None,
+            confidence=decision.confidence,
         )
 
     async def _write(self, records: list[EscalationRecord], request: KeptRequest | None) -> int:

@@ -49,6 +49,7 @@ class KeptItem:
     answered: str  # the label answered
     student_label: str | None  # None: the student did not score it
     teacher_label: str | None  # None: the teacher was not consulted
+    confidence: float | None = None  # the student's calibrated confidence (None: the policy did not score it)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class KeptRequest:
     items: list[KeptItem]
 
     def row(self) -> tuple:
-        items = json.dumps([[i.text, i.tier, i.answered, i.student_label, i.teacher_label] for i in self.items])
+        items = json.dumps([[i.text, i.tier, i.answered, i.student_label, i.teacher_label, i.confidence] for i in self.items])
         return self.request_id, self.time, int(self.evaluation), self.student_version, self.teacher_version, items
 
     @classmethod
