@@ -39,6 +39,7 @@ class FeedbackRecord(BaseModel):
     student_version: str | None
     teacher_version: str | None
     evaluation: bool = False  # the request was evaluation traffic: never trained on, only measured with
+    confidence: float | None = None  # the student's calibrated confidence on the item (None: not scored)
 
     @property
     def key(self) -> tuple[str, int]:

@@ -8,7 +8,8 @@ from router.breaker import CircuitBreaker
 from router.budget import TeacherRateLimiter
 from router.calibration import apply_temperature, expected_calibration_error, fit_temperature
 from router.confidence import MEASURES, confidence, margin, max_probability, negative_entropy
-from router.controller import ControlSettings, ControlState, LiveEvidence, agreement_target, control_step, threshold_grid
+from router.controller import (ControlSettings, ControlState, LiveEvidence, LiveOutcomes, agreement_target, control_step,
+                               threshold_grid)
 from router.cost import CostModel
 from router.decision import CAUSES, MODES, REASONS, Decision, Decisions, Route, route, settle
 from router.errors import RouterError
@@ -21,6 +22,7 @@ __all__ = [
     "ControlSettings",
     "ControlState",
     "LiveEvidence",
+    "LiveOutcomes",
     "agreement_target",
     "control_step",
     "threshold_grid",

@@ -16,10 +16,21 @@ any candidate threshold ``t``:
   variance's rate shrunk toward the pooled rate above ``t``, so that a bin whose few known items
   all agreed does not claim a zero error.
 
+Accuracy goals are held through that agreement (the target: the agreement the fitted policy
+reached on validation) until outcome feedback gives live accuracy: once ``min_feedback`` items
+of the student have a true label (``LiveOutcomes``, per bin), they are held through the served
+accuracy itself. Escalated items are as right as the teacher is in their bin, the others as
+right as the student is; a fixed target (``accuracy>=0.93``) takes the one-sided bound of that;
+``accuracy>=teacher`` is a non-inferiority claim, the bound of the served answers' lead over
+the teacher's own on the same traffic, from the items both models labelled (at the top every
+item is the teacher's and the lead is exactly 0): the student answers a bin only where the
+feedback shows, with that confidence, that its answers there are no worse than the teacher's.
+
 ``control_step`` moves the threshold straight to the cheapest one whose lower bound meets the
 goal (agreement goals) or whose share meets it (budget goals), never past ``teacher_budget``
 (the budget wins, and says so). When the goal fails the move up is direct: more teacher is the
-safe side. A move down goes only to a threshold that clears the goal by ``hysteresis``, so the
+safe side (for an accuracy goal held through feedback, where a teacher can be the less accurate
+model, the nearest threshold below that holds it when none above does). A move down goes only to a threshold that clears the goal by ``hysteresis``, so the
 threshold does not oscillate, and at most ``max_step`` grid steps while fewer than
 ``min_known`` items above it are known (thin evidence). A ``floor`` keeps the threshold at or
 above a grid point (a student whose fitted policy escalates everything is held there).
@@ -43,6 +54,16 @@ def threshold_grid(measure: str, n_labels: int, points: int = 101) -> np.ndarray
     for negative entropy."""
     low = 0.0 if measure in BOUNDED_MEASURES else -math.log(max(n_labels, 2))
     return np.linspace(low, 0.0 if low < 0 else 1.0, points)
+
+
+def _above(a: np.ndarray) -> np.ndarray:
+    """Per grid threshold j, the sum of ``a`` over the bins it does not escalate (bins > j)."""
+    return np.cumsum(a[::-1])[::-1][1:]
+
+
+def _below(a: np.ndarray) -> np.ndarray:
+    """Per grid threshold j, the sum of ``a`` over the bins it escalates (bins <= j)."""
+    return np.cumsum(a)[:-1]
 
 
 @dataclass
@@ -109,21 +130,20 @@ class LiveEvidence:
         escalation alone guarantees (every student answer counted as wrong)."""
         n, k, routed = self.known, self.disagreed, self.routed
         rate = np.divide(k, n, out=np.zeros_like(n), where=n > 0)
-        above = lambda a: np.cumsum(a[::-1])[::-1][1:]  # noqa: E731  (sum over bins > j, per j)
-        pooled_n, pooled_k = above(n), above(k)
+        pooled_n, pooled_k = _above(n), _above(k)
         pooled = (pooled_k + 0.5) / (pooled_n + 1.0)  # the rate above each threshold, kept off 0 and 1
         # per threshold j (rows) and bin b (columns): bin b's rate for the variance, shrunk toward the pool above j
         shrunk = (k[None, :] + 2.0 * pooled[:, None]) / (n[None, :] + 2.0)
         per_bin = np.divide(routed**2, n, out=np.zeros_like(n), where=n > 0)[None, :] * shrunk * (1 - shrunk)
         is_above = np.arange(len(n))[None, :] > np.arange(len(self.grid))[:, None]
-        unknown = above(np.where(n > 0, 0.0, routed))  # routed in bins never known: they take the pooled rate
-        wrong = above(routed * rate) + unknown * pooled
+        unknown = _above(np.where(n > 0, 0.0, routed))  # routed in bins never known: they take the pooled rate
+        wrong = _above(routed * rate) + unknown * pooled
         var = (per_bin * is_above).sum(axis=1) + unknown**2 * pooled * (1 - pooled) / np.maximum(pooled_n, 1.0)
         total = max(self.items, 1e-12)
         estimate = 1.0 - wrong / total
-        lower = 1.0 - np.minimum(wrong + z * np.sqrt(var), above(routed)) / total
+        lower = 1.0 - np.minimum(wrong + z * np.sqrt(var), _above(routed)) / total
         nothing_known = pooled_n <= 0
-        estimate[nothing_known] = lower[nothing_known] = 1.0 - above(routed)[nothing_known] / total
+        estimate[nothing_known] = lower[nothing_known] = 1.0 - _above(routed)[nothing_known] / total
         return estimate, lower
 
     def to_dict(self) -> dict:
@@ -133,6 +153,81 @@ class LiveEvidence:
     @classmethod
     def from_dict(cls, d: dict) -> LiveEvidence:
         return cls(np.asarray(d["grid"]), np.asarray(d["routed"]), np.asarray(d["known"]), np.asarray(d["disagreed"]))
+
+
+@dataclass
+class LiveOutcomes:
+    """Outcome feedback per confidence bin (``LiveEvidence``'s bins): items whose true label is
+    known and how many of them the student got wrong; of those the teacher also labelled
+    (escalated and audited items), how many the student, the teacher, and exactly one of the
+    two got wrong. Within a bin, feedback is taken as a sample of the bin's items."""
+
+    grid: np.ndarray
+    items: np.ndarray
+    student_wrong: np.ndarray
+    paired: np.ndarray
+    paired_student_wrong: np.ndarray
+    paired_teacher_wrong: np.ndarray
+    one_wrong: np.ndarray
+
+    @classmethod
+    def from_items(cls, grid: np.ndarray, scores: np.ndarray, student_wrong: np.ndarray,
+                   teacher_wrong: np.ndarray) -> LiveOutcomes:
+        """Bin items with feedback by the student's confidence; ``teacher_wrong`` is NaN where the
+        teacher did not label the item."""
+        grid = np.asarray(grid, dtype=float)
+        bins = np.searchsorted(grid, np.asarray(scores, dtype=float), side="right")
+        student_wrong = np.asarray(student_wrong, dtype=bool)
+        teacher_wrong = np.asarray(teacher_wrong, dtype=float)
+        paired = ~np.isnan(teacher_wrong)
+        teacher_wrong = np.nan_to_num(teacher_wrong).astype(bool)
+
+        def count(mask: np.ndarray) -> np.ndarray:
+            return np.bincount(bins[mask], minlength=len(grid) + 1).astype(float)
+
+        return cls(grid, count(np.ones(len(bins), bool)), count(student_wrong), count(paired),
+                   count(paired & student_wrong), count(paired & teacher_wrong), count(paired & (student_wrong != teacher_wrong)))
+
+    @property
+    def total(self) -> float:
+        return float(self.items.sum())
+
+    def served_accuracy(self, routed: np.ndarray, z: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per grid threshold, the served accuracy on the routed items and its lower bound:
+        escalated bins at the teacher's rate of errors, the rest at the student's, each bin's
+        rate from its own feedback (a bin without any takes its model's pooled rate)."""
+        estimate, variance = np.zeros(len(self.grid)), np.zeros(len(self.grid))
+        for n, k, part in ((self.paired, self.paired_teacher_wrong, _below), (self.items, self.student_wrong, _above)):
+            pooled = (k.sum() + 0.5) / (n.sum() + 1.0)
+            rate = np.divide(k, n, out=np.full_like(n, pooled), where=n > 0)
+            shrunk = (k + 2.0 * pooled) / (n + 2.0)  # for the variance: a bin whose few items were all right is not certain
+            per_bin = np.divide(routed**2 * shrunk * (1 - shrunk), n, out=np.zeros_like(n), where=n > 0)
+            unknown = part(np.where(n > 0, 0.0, routed))
+            estimate += part(routed * rate)
+            variance += part(per_bin) + unknown**2 * pooled * (1 - pooled) / max(float(n.sum()), 1.0)
+        total = max(float(routed.sum()), 1e-12)
+        return 1.0 - estimate / total, 1.0 - np.minimum(estimate + z * np.sqrt(variance), total) / total
+
+    def over_teacher(self, routed: np.ndarray, z: float) -> tuple[float, np.ndarray, np.ndarray]:
+        """The teacher's own accuracy on the routed items, and per grid threshold the served
+        accuracy as that plus the served answers' lead over the teacher's (exactly 0 where
+        everything is escalated), with the lead's lower bound; from the items both labelled."""
+        n = self.paired
+        pooled_teacher = (self.paired_teacher_wrong.sum() + 0.5) / (n.sum() + 1.0)
+        teacher_rate = np.divide(self.paired_teacher_wrong, n, out=np.full_like(n, pooled_teacher), where=n > 0)
+        total = max(float(routed.sum()), 1e-12)
+        teacher = 1.0 - float((routed * teacher_rate).sum()) / total
+        # per item, lead = [student right] - [teacher right] = teacher wrong - student wrong
+        lead_sum, squares = self.paired_teacher_wrong - self.paired_student_wrong, self.one_wrong
+        pooled_lead = lead_sum.sum() / max(float(n.sum()), 1.0)
+        pooled_square = (squares.sum() + 0.5) / (n.sum() + 1.0)  # kept off 0: all-agreeing feedback is not certainty
+        lead = np.divide(lead_sum, n, out=np.full_like(n, min(pooled_lead, 0.0)), where=n > 0)  # no feedback: no lead
+        square = (squares + 2.0 * pooled_square) / (n + 2.0)
+        per_bin = np.divide(routed**2 * np.maximum(square - lead**2, 0.0), n, out=np.zeros_like(n), where=n > 0)
+        unknown = _above(np.where(n > 0, 0.0, routed))
+        variance = _above(per_bin) + unknown**2 * max(pooled_square - pooled_lead**2, 0.0) / max(float(n.sum()), 1.0)
+        gain = _above(routed * lead) / total
+        return teacher, teacher + gain, teacher + gain - z * np.sqrt(variance) / total
 
 
 @dataclass(frozen=True)
@@ -148,6 +243,9 @@ class ControlSettings:
     # that the audits alone (2 %) would take a long time to correct
     min_known: int = 500
     window_items: float = 50_000  # evidence halves past this many routed items
+    # items of the student with a true label before an accuracy goal is held through live
+    # accuracy instead of through the validated agreement
+    min_feedback: int = 200
 
 
 @dataclass(frozen=True)
@@ -156,11 +254,12 @@ class ControlState:
 
     index: int  # the live threshold is grid[index]
     threshold: float
-    estimate: float | None  # served agreement (agreement goals) or teacher share (budget goals) at it
-    bound: float | None  # its one-sided bound: lower for agreement, the share itself for budget
+    estimate: float | None  # served agreement or accuracy (see ``through``), or teacher share (budget goals), at it
+    bound: float | None  # its one-sided bound: lower for agreement and accuracy, the share itself for budget
     target: float
     held: bool  # the goal holds at the live threshold, with its bound
     budget_limited: bool  # the goal needs more teacher than routing.teacher_budget allows
+    through: str = "agreement"  # what the goal is held through: "agreement", "accuracy" (feedback) or "share"
 
 
 def agreement_target(goal: Goal, validation: dict[str, float] | None = None) -> float | None:
@@ -179,9 +278,11 @@ def agreement_target(goal: Goal, validation: dict[str, float] | None = None) -> 
 
 def control_step(evidence: LiveEvidence, index: int, goal: Goal, teacher_budget: float = 1.0,
                  validation: dict[str, float] | None = None, settings: ControlSettings = ControlSettings(),
-                 floor: int = 0) -> ControlState:
+                 floor: int = 0, outcomes: LiveOutcomes | None = None) -> ControlState:
     """One move of the live threshold; for agreement and accuracy goals never below
-    ``grid[floor]`` unless the budget forces it (see the module docstring)."""
+    ``grid[floor]`` unless the budget forces it; ``outcomes``: the student's outcome feedback,
+    which accuracy goals are held through once it holds ``min_feedback`` items (see the module
+    docstring)."""
     grid = evidence.grid
     for name, value in (("index", index), ("floor", floor)):
         if not 0 <= value < len(grid):
@@ -200,14 +301,27 @@ def control_step(evidence: LiveEvidence, index: int, goal: Goal, teacher_budget:
         else:
             new = int(np.flatnonzero(fits).max()) if fits.any() else 0
         return ControlState(new, float(grid[new]), float(share[new]), float(share[new]), target,
-                            bool(share[new] <= target + 1e-12), bool(target > teacher_budget))
+                            bool(share[new] <= target + 1e-12), bool(target > teacher_budget), "share")
 
-    target = agreement_target(goal, validation)
-    estimate, lower = evidence.agreement(settings.z)
-    known_above = np.cumsum(evidence.known[::-1])[::-1][1:]
+    through = "agreement"
+    if isinstance(goal, TargetAccuracy) and outcomes is not None and outcomes.total >= settings.min_feedback:
+        if not np.array_equal(outcomes.grid, grid):
+            raise RouterError("outcomes and evidence must be kept on the same threshold grid")
+        through, known_above = "accuracy", _above(outcomes.items)
+        if goal.value is None:
+            target, estimate, lower = outcomes.over_teacher(evidence.routed, settings.z)
+        else:
+            target = goal.value
+            estimate, lower = outcomes.served_accuracy(evidence.routed, settings.z)
+    else:
+        target = agreement_target(goal, validation)
+        estimate, lower = evidence.agreement(settings.z)
+        known_above = _above(evidence.known)
     meets = (lower >= target) & allowed & (position >= min(floor, highest_allowed))
     if not meets[index]:  # the goal fails here (or the budget or the floor does): straight to the cheapest that holds it
         candidates = np.flatnonzero(meets & ((position > index) if allowed[index] else True))
+        if not candidates.size and through == "accuracy":  # more teacher is not always more accurate: the nearest below
+            candidates = np.flatnonzero(meets & (position < index))[-1:]
         new = int(candidates.min()) if candidates.size else highest_allowed
     else:  # it holds: down to the cheapest that clears it by the hysteresis, by max_step while the evidence is thin
         clears = np.flatnonzero(meets & (lower >= target + settings.hysteresis) & (position < index))
@@ -218,5 +332,5 @@ def control_step(evidence: LiveEvidence, index: int, goal: Goal, teacher_budget:
                 near = clears[clears >= index - settings.max_step]
                 new = int(near.min()) if near.size else index
     budget_limited = bool((lower >= target).any() and not (allowed & (lower >= target)).any())  # only thresholds past the budget hold it
-    return ControlState(new, float(grid[new]), float(estimate[new]), float(lower[new]), target,
-                        bool(lower[new] >= target and allowed[new]), budget_limited)
+    return ControlState(new, float(grid[new]), float(estimate[new]), float(lower[new]), float(target),
+                        bool(lower[new] >= target and allowed[new]), budget_limited, through)

@@ -171,5 +171,5 @@ class FeedbackDesk:
             request_id=item.request_id, index=item.index, label=item.label, replaces=held.label if held else None,
             text=kept.text, tier=kept.tier, answered=kept.answered, student_label=kept.student_label,
             teacher_label=kept.teacher_label, student_version=request.student_version,
-            teacher_version=request.teacher_version, evaluation=request.evaluation,
+            teacher_version=request.teacher_version, evaluation=request.evaluation, confidence=kept.confidence,
         )

@@ -2,7 +2,8 @@
 known: it converges to the cheapest threshold that meets the goal, from either side, does not
 oscillate, holds the goal on the answers served from a safe start where a static threshold
 misses it, keeps a floor (a seed student escalating everything), and lets the teacher budget
-win when the goal needs more."""
+win when the goal needs more; accuracy goals, once outcome feedback comes, are held through the
+served accuracy on a stream whose true accuracy at every threshold is known."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from router import RouterError, TargetAccuracy, TargetAgreement, TeacherBudget
-from router.controller import ControlSettings, LiveEvidence, control_step, threshold_grid
+from router.controller import ControlSettings, LiveEvidence, LiveOutcomes, control_step, threshold_grid
 
 GRID = threshold_grid("max_prob", 10)
 TARGET = 0.97
@@ -171,3 +172,67 @@ def test_evidence_merges_across_replicas_and_survives_a_round_trip():
     assert a.items == 3 and a.known.sum() == 2 and a.disagreed.sum() == 1
     with pytest.raises(RouterError, match="grids"):
         a.merge(LiveEvidence(threshold_grid("neg_entropy", 10)))
+
+
+TEACHER_ERROR = 0.08  # the teacher is wrong on 8 % of items at every confidence
+
+
+def student_error(c: np.ndarray | float) -> np.ndarray | float:
+    """The student is wrong with probability 0.3 (1 - c)^2 at confidence c: below the teacher's
+    rate from c = 0.48 up."""
+    return 0.3 * (1 - c) ** 2
+
+
+def true_accuracy(t: float) -> float:
+    """Served accuracy at threshold t, confidence ~ U(0, 1): 1 - 0.08 t - 0.1 (1 - t)^3."""
+    return 1 - TEACHER_ERROR * t - 0.1 * (1 - t) ** 3
+
+
+def run_accuracy(goal, rounds: int = 150, feedback_rate: float = 0.2, audit_rate: float = 0.05, seed: int = 0,
+                 validation: dict | None = None) -> list:
+    validation = validation or {"teacher_agreement": 0.98}  # what the goal is held through before feedback suffices
+    """Serve ``rounds`` batches of 1,000 items from the safe start (the top), with outcome
+    feedback on ``feedback_rate`` of them; the controller steps after each batch."""
+    rng = np.random.default_rng(seed)
+    evidence, index = LiveEvidence(GRID), len(GRID) - 1
+    scores_fb, student_fb, teacher_fb, states = [], [], [], []
+    for _ in range(rounds):
+        scores = rng.random(1000)
+        student_wrong = rng.random(1000) < student_error(scores)
+        teacher_wrong = rng.random(1000) < TEACHER_ERROR
+        known = (scores < GRID[index]) | (rng.random(1000) < audit_rate)
+        evidence.add(scores, known, student_wrong == teacher_wrong)
+        given = rng.random(1000) < feedback_rate
+        scores_fb.append(scores[given])
+        student_fb.append(student_wrong[given])
+        teacher_fb.append(np.where(known, teacher_wrong, np.nan)[given])
+        outcomes = LiveOutcomes.from_items(GRID, *(np.concatenate(a) for a in (scores_fb, student_fb, teacher_fb)))
+        state = control_step(evidence, index, goal, validation=validation, outcomes=outcomes)
+        index = state.index
+        states.append(state)
+    return states
+
+
+def test_accuracy_at_least_the_teachers_is_held_through_feedback_and_lets_a_better_student_answer():
+    states = run_accuracy(TargetAccuracy(None))
+    settled = [s.threshold for s in states[80:]]
+    assert all(s.through == "accuracy" for s in states[80:])
+    assert all(true_accuracy(t) >= 1 - TEACHER_ERROR for t in settled), "served at least as accurate as the teacher alone"
+    # the student is the more accurate model above 0.48: the controller lets it answer there, and does not oscillate
+    assert max(settled) <= 0.6 and np.ptp(settled) <= 0.05 + 1e-9, (min(settled), max(settled))
+    assert states[-1].target == pytest.approx(1 - TEACHER_ERROR, abs=0.01) and states[-1].held
+
+
+def test_a_fixed_accuracy_target_converges_into_the_thresholds_that_meet_it():
+    # served accuracy meets 0.94 only between t = 0.28 and 0.72: the top (all teacher, 0.92) misses it
+    meeting = [t for t in GRID if true_accuracy(t) >= 0.94]
+    states = run_accuracy(TargetAccuracy(0.94))
+    settled = [s.threshold for s in states[80:]]
+    assert all(min(meeting) <= t <= max(meeting) for t in settled), (min(meeting), max(meeting), settled[-5:])
+    assert np.ptp(settled) <= 0.05 + 1e-9 and states[-1].held
+
+
+def test_an_accuracy_goal_is_held_through_the_validated_agreement_until_feedback_suffices():
+    states = run_accuracy(TargetAccuracy(None), rounds=3, feedback_rate=0.15)
+    assert [s.through for s in states] == ["agreement", "accuracy", "accuracy"]  # about 150, 300, 450 items: 200 needed
+    assert states[0].target == 0.98
