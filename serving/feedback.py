@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable, Sequence
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from distill.escalations import LogTail
@@ -80,6 +81,8 @@ class FeedbackLedger:
     tiers: dict[str, Tally] = field(default_factory=lambda: {tier: Tally() for tier in TIERS})
     both_student: Tally = field(default_factory=Tally)  # the student's labels where both models gave one
     both_teacher: Tally = field(default_factory=Tally)  # the teacher's, on the same items
+    # per student version, each item's outcome as live control bins it: (confidence, student wrong, teacher wrong or NaN)
+    by_student: dict[str, dict[tuple[str, int], tuple[float, bool, float]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._tail = LogTail(self.directory, FeedbackRecord)
@@ -105,6 +108,23 @@ class FeedbackLedger:
         if record.student_label is not None and record.teacher_label is not None:
             self.both_student.add(record.student_label == record.label, sign)
             self.both_teacher.add(record.teacher_label == record.label, sign)
+        if record.confidence is not None and record.student_label is not None and record.student_version is not None:
+            items = self.by_student.setdefault(record.student_version, {})
+            if sign < 0:
+                items.pop(record.key, None)
+            else:
+                teacher_wrong = math.nan if record.teacher_label is None else float(record.teacher_label != record.label)
+                items[record.key] = (record.confidence, record.student_label != record.label, teacher_wrong)
+
+    def outcomes(self, student_version: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every replica's feedback on items ``student_version`` scored, as live control bins it:
+        the student's confidence, whether the student was wrong, whether the teacher was (NaN:
+        not consulted). Syncs first (blocking: call it in a thread)."""
+        self.sync()
+        with self._lock:
+            rows = list(self.by_student.get(student_version, {}).values())
+        confidence, student_wrong, teacher_wrong = (np.array(column, dtype=float) for column in zip(*rows)) if rows else (np.zeros(0),) * 3
+        return confidence, student_wrong.astype(bool), teacher_wrong
 
     def figures(self) -> dict:
         """``/v1/stats``' ``feedback``: per tier, items, correct, accuracy and its 95 % interval;

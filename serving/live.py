@@ -4,6 +4,10 @@ registry, under a file lock, where the controller (``router.controller``) steps 
 ``update_every`` new items. Every replica reads the live threshold back from that file, so
 all replicas route alike and a restarted or added replica starts from it.
 
+Accuracy goals are held through live accuracy once outcome feedback on the student's answers
+suffices (``router.controller``): the stepping replica reads every replica's feedback from the
+feedback log (``outcomes``, ``serving.feedback.FeedbackLedger.outcomes``).
+
 A newly promoted student starts control afresh (the state names the student it belongs to),
 from a safe point: ``routing.threshold`` when set, else the top of the measure's range, where
 every item goes to the teacher, agrees by definition and is known; the first steps (one per
@@ -33,8 +37,8 @@ if TYPE_CHECKING:
     from serving.cascade import Evidence
 
 from distill.registry import Registry
-from router import (ControlSettings, EscalationPolicy, LiveEvidence, RouterError, TeacherBudget, agreement_target, control_step,
-                    parse_goal, threshold_grid)
+from router import (ControlSettings, EscalationPolicy, LiveEvidence, LiveOutcomes, RouterError, TargetAccuracy, TeacherBudget,
+                    agreement_target, control_step, parse_goal, threshold_grid)
 from serving.shared_state import locked, read_json, write_json
 
 logger = logging.getLogger("cascade")
@@ -49,9 +53,11 @@ class LiveStatus(BaseModel):
     student: str | None = None  # the student version the evidence belongs to
     fitted_threshold: float | None = None
     threshold: float | None = None  # the live threshold, from the safe start on; None: control off for this student
-    estimate: float | None = None  # served agreement (agreement and accuracy goals) or teacher share (budget goals)
+    estimate: float | None = None  # served agreement or accuracy (see ``through``), or teacher share (budget goals)
     bound: float | None = None  # its one-sided 95 % bound
     target: float | None = None
+    through: str | None = None  # "agreement", "accuracy" (from outcome feedback) or "share" (budget goals)
+    feedback_items: float = 0.0  # items of this student with a true label (accuracy goals)
     held: bool | None = None  # the goal holds at the live threshold, with its bound
     budget_limited: bool = False  # the goal needs more teacher than routing.teacher_budget allows
     evidence_items: float = 0.0  # routed items behind the estimate (aged)
@@ -64,7 +70,8 @@ class LiveControl:
 
     def __init__(self, registry_root: Path, goal: str, teacher_budget: float, start_threshold: float | None = None,
                  settings: ControlSettings = ControlSettings(), update_every: int = 200, sync_every_s: float = 1.0,
-                 on_status: Callable[[LiveStatus], None] | None = None, stale_s: float = 60.0):
+                 on_status: Callable[[LiveStatus], None] | None = None, stale_s: float = 60.0,
+                 outcomes: Callable[[str], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None):
         self.path = Path(registry_root) / LIVE_STATE_FILE
         self.registry = Registry(registry_root)
         self.goal = parse_goal(goal)
@@ -75,6 +82,7 @@ class LiveControl:
         self.sync_every_s = sync_every_s
         self.on_status = on_status
         self.stale_s = stale_s
+        self.outcomes = outcomes  # a student version's outcome feedback (FeedbackLedger.outcomes), for accuracy goals
         self.status = LiveStatus(goal=str(self.goal))
         self._deltas: dict[str, tuple[EscalationPolicy, LiveEvidence]] = {}  # new evidence per student version
         self._latest: str | None = None  # the student version observed last
@@ -178,12 +186,16 @@ class LiveControl:
         state["evidence"] = evidence.to_dict()
         if state["since_step"] < self.update_every or state["status"]["threshold"] is None:  # None: control off
             return state
+        outcomes = None
+        if self.outcomes is not None and isinstance(self.goal, TargetAccuracy):
+            outcomes = LiveOutcomes.from_items(evidence.grid, *self.outcomes(version))
         step = control_step(evidence, state["index"], self.goal, self.teacher_budget, policy.validation, self.settings,
-                            state.get("floor", 0))
+                            state.get("floor", 0), outcomes)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         state["index"], state["since_step"] = step.index, 0.0
         state["status"].update(threshold=step.threshold, estimate=step.estimate, bound=step.bound, target=step.target,
-                               held=step.held, budget_limited=step.budget_limited, evidence_items=evidence.items,
+                               held=step.held, budget_limited=step.budget_limited, through=step.through,
+                               feedback_items=outcomes.total if outcomes is not None else 0.0, evidence_items=evidence.items,
                                known_items=float(evidence.known.sum()), updated_at=now)
         state["history"] = (state["history"] + [[time.time(), step.threshold, step.estimate, step.bound, step.held]])[-HISTORY_POINTS:]
         return state

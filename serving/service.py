@@ -78,12 +78,6 @@ class CascadeService:
         self.redact = redact
         self.shared = SharedRouting(config.home / "registry" / SHARED_STATE_FILE, shared_check_every_s)
         routing = config.routing
-        self.live = (
-            LiveControl(config.home / "registry", routing.goal, routing.teacher_budget, routing.threshold,
-                        on_status=getattr(metrics, "record_live", None))
-            if routing.control and routing.audit_rate > 0
-            else None
-        )
         self.shadow = ShadowRun(config.home / "registry")
         retention_s = config.feedback.retention_hours * 3600
         # every answered request, kept durably so that feedback can name any item (serving.traffic)
@@ -91,6 +85,12 @@ class CascadeService:
         self.traffic_log = GroupCommitLog(self.traffic, on_error=lambda: self._count("cascade_traffic_write_errors_total"))
         self.feedback_log = GroupCommitLog(SegmentWriter(config.feedback_path()))
         self.ledger = FeedbackLedger(config.feedback_path())
+        self.live = (
+            LiveControl(config.home / "registry", routing.goal, routing.teacher_budget, routing.threshold,
+                        on_status=getattr(metrics, "record_live", None), outcomes=self.ledger.outcomes)
+            if routing.control and routing.audit_rate > 0
+            else None
+        )
         self.traffic_reader = TrafficReader(config.traffic_path(), retention_s)
         self.desk = FeedbackDesk(self.traffic_reader, self.ledger, self.feedback_log.append, config.feedback.max_items,
                                  on_recorded=self._count_feedback)

@@ -1,19 +1,21 @@
 """Outcome feedback over the service's real FastAPI app, with plain async fakes for the models
 (``test_service``): every status of ``POST /v1/feedback``, live accuracy by tier in
 ``/v1/stats``, feedback on a student-answered item after a restart, and the traffic log's
-retention and failures."""
+retention and failures; an accuracy goal held through live accuracy once feedback comes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from distill.feedback import feedback_dir, read_feedback
 from serving.traffic import TrafficReader
-from test_service import FakeModel, close_services, make_service  # noqa: F401  (close_services: autouse)
+from test_service import ConfidenceStudent, FakeModel, ThresholdTeacher, close_services, make_service  # noqa: F401  (close_services: autouse)
 
 FEEDBACK = "fb-token"
 AUTH = {"Authorization": f"Bearer {FEEDBACK}"}
@@ -138,3 +140,32 @@ def test_kept_requests_past_retention_are_purged_and_not_found(home):
     assert not service.traffic.path.exists()  # a gone writer's file goes once all of it is past retention
     service.traffic.purge(now=time.time() + 2 * service.traffic.retention_s)
     assert reader.find([request_id]) == {}
+
+
+@pytest.mark.parametrize("with_feedback", [False, True])
+def test_an_accuracy_goal_is_held_through_live_accuracy_once_feedback_comes(home, with_feedback):
+    from serving.api import ClassifyOptions
+    from serving.feedback import FeedbackItem
+
+    # the true label is always "a": the student (always "a") is right everywhere, the teacher ("b" below 0.5) is not
+    policy = {"threshold": 0.9, "goal": "accuracy>=teacher", "validation": {"teacher_agreement": 0.98}}
+    service, http, _ = make_service(home, student=ConfidenceStudent("student-v1", [1, 0, 0], policy),
+                                    teacher=ThresholdTeacher("teacher-v1", [1, 0, 0]), goal="accuracy>=teacher", audit_rate=0.2)
+    rng = np.random.default_rng(0)
+
+    async def serve(rounds: int) -> None:
+        for _ in range(rounds):
+            texts = [f"{c:.3f}" for c in rng.uniform(0.34, 1.0, 50)]
+            answer = await service.classify(texts, ClassifyOptions())
+            if with_feedback:
+                await service.feedback([FeedbackItem(request_id=answer.request_id, index=i, label="a") for i in range(50)])
+            await asyncio.to_thread(service.live.sync)
+
+    asyncio.run(serve(120))
+    live = http.get("/v1/models").json()["live"]
+    if with_feedback:  # the student is the more accurate model: control lets it answer what the teacher would get wrong
+        assert live["through"] == "accuracy" and live["feedback_items"] == 6000, live
+        assert live["threshold"] <= 0.34 and live["held"] and live["bound"] >= live["target"], live
+        assert live["target"] == pytest.approx(1 - 0.16 / 0.66, abs=0.03), "the teacher's own accuracy on the traffic"
+    else:  # without feedback, held through agreement with the teacher: its disagreements below 0.5 go to it
+        assert live["through"] == "agreement" and live["feedback_items"] == 0 and live["threshold"] >= 0.45, live
