@@ -125,9 +125,13 @@ def test_an_admin_reload_reaches_every_student_replica(app):
         time.sleep(2.5)  # the replicas the call did not reach look for reload requests every second
         versions = {classify(url, ODD)["versions"]["student"] for _ in range(30)}
         assert versions == {other}, "every student replica must serve the reloaded version"
-    finally:
+    finally:  # back as found: every replica serves the current student again before the next test
         admin(url, "promote", {"version": current})
         admin(url, "reload")
+        deadline = time.monotonic() + 60
+        while {classify(url, ODD, mode="student", evaluation=True)["versions"]["student"] for _ in range(30)} != {current}:
+            assert time.monotonic() < deadline, "a student replica kept serving the rolled-back version"
+            time.sleep(0.5)
 
 
 def test_the_controlled_threshold_is_shared_by_both_replicas_and_kept_across_restarts(app):
