@@ -180,19 +180,22 @@ class Cascade:
             consulted = np.flatnonzero(decisions.consulted)
             teacher_label[consulted] = teacher.probs.argmax(axis=1)[[teacher_row[i] for i in consulted]]
         records, predictions, kept = [], [], []
+        student_labels, teacher_labels = student_label.tolist(), teacher_label.tolist()  # plain ints per item
         for i, decision in enumerate(decisions):
             by_teacher = decision.tier == "teacher"
             probs = teacher.probs[teacher_row[i]] if by_teacher else student.probs[i]
             if decision.degraded:
                 self.degraded[decision.cause] += 1
-            prediction = self._prediction(decision, probs, int(teacher_label[i] if by_teacher else student_label[i]), options.top_k)
+            prediction = self._prediction(decision, probs, teacher_labels[i] if by_teacher else student_labels[i], options.top_k)
             predictions.append(prediction)
             if decision.consulted:
                 scored = student if decision.student_scored else None
                 records.append(self._record(request_id, texts[i], decision.reason, scored, i, teacher, teacher_row[i],
-                                            student_label[i], teacher_label[i]))
-            if self.keep_traffic is not None:
-                kept.append(self._kept(texts[i], decision, prediction, student_label[i], teacher_label[i]))
+                                            student_labels[i], teacher_labels[i]))
+            if self.keep_traffic is not None:  # every label it got, and the confidence live control bins outcomes by
+                kept.append(KeptItem(self.redact(texts[i]) if self.redact else texts[i], decision.tier, prediction.label,
+                                     self.labels[student_labels[i]] if student_labels[i] >= 0 else None,
+                                     self.labels[teacher_labels[i]] if teacher_labels[i] >= 0 else None, decision.confidence))
         if plan.mode == "cascade":
             evidence = Evidence(texts, student, self.policy_for(student), plan, teacher_label)
             audited = plan.audited & evidence.known
@@ -258,18 +261,6 @@ class Cascade:
             student_version=student.version if student else None,
             teacher_version=teacher.version,
             teacher_label_only=teacher.label_only,  # refresh then trains on it as a label
-        )
-
-    def _kept(self, text: str, decision: Decision, prediction: Prediction, student_label: int, teacher_label: int) -> KeptItem:
-        """An item as the traffic log keeps it: its text (redacted), every label it got (-1: none)
-        and the student's confidence, the score live control bins outcomes by."""
-        return KeptItem(
-            text=self.redact(text) if self.redact else text,
-            tier=decision.tier,
-            answered=prediction.label,
-            student_label=self.labels[student_label] if student_label >= 0 else None,
-            teacher_label=self.labels[teacher_label] if teacher_label >= 0 else None,
-            confidence=decision.confidence,
         )
 
     async def _write(self, records: list[EscalationRecord], request: KeptRequest | None) -> int:

@@ -19,9 +19,8 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 logger = logging.getLogger("cascade")
 
@@ -40,9 +39,9 @@ CREATE INDEX IF NOT EXISTS requests_time ON requests (time);
 """
 
 
-@dataclass(frozen=True)
-class KeptItem:
-    """One answered item as kept: its text (redacted as logged) and every label it was given."""
+class KeptItem(NamedTuple):
+    """One answered item as kept: its text (redacted as logged) and every label it was given (a
+    named tuple: one is built per answered item, and JSON writes it as a plain array)."""
 
     text: str
     tier: str  # "student" or "teacher": which model answered
@@ -52,8 +51,7 @@ class KeptItem:
     confidence: float | None = None  # the student's calibrated confidence (None: the policy did not score it)
 
 
-@dataclass(frozen=True)
-class KeptRequest:
+class KeptRequest(NamedTuple):
     """One answered request as the traffic log keeps it."""
 
     request_id: str
@@ -64,14 +62,12 @@ class KeptRequest:
     items: list[KeptItem]
 
     def row(self) -> tuple:
-        items = json.dumps([[i.text, i.tier, i.answered, i.student_label, i.teacher_label, i.confidence] for i in self.items])
-        return self.request_id, self.time, int(self.evaluation), self.student_version, self.teacher_version, items
+        return self.request_id, self.time, int(self.evaluation), self.student_version, self.teacher_version, json.dumps(self.items)
 
     @classmethod
     def from_row(cls, row: tuple) -> "KeptRequest":
         request_id, at, evaluation, student_version, teacher_version, items = row
-        return cls(request_id, at, bool(evaluation), student_version, teacher_version,
-                   [KeptItem(*item) for item in json.loads(items)])
+        return cls(request_id, at, bool(evaluation), student_version, teacher_version, [KeptItem(*item) for item in json.loads(items)])
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 
 import pytest
 
@@ -107,3 +108,49 @@ def test_close_writes_what_is_pending_stops_the_thread_and_refuses_later_appends
     assert not any(thread.name == f"log-{tmp_path.name}" for thread in threading.enumerate())
     assert sorted(r.request_id for r in read_records(tmp_path)) == ["first", "queued"]
     assert writer._file is None, "the segment is closed"
+
+
+def test_a_cancelled_append_cancels_nobody_elses_write(tmp_path):
+    writer = CountingWriter(tmp_path)  # its first write waits on `slow`
+    log = GroupCommitLog(writer)
+
+    async def main():
+        first = asyncio.ensure_future(log.append([record("first")]))
+        await asyncio.to_thread(writer.entered.wait, 5)
+        gone, staying = (asyncio.ensure_future(log.append([record(name)])) for name in ("gone", "staying"))
+        await asyncio.sleep(0.05)  # both appended in one loop turn: one share of the next write
+        gone.cancel()
+        await asyncio.sleep(0.05)
+        assert not gone.done(), "a cancelled append waits for the write it is part of"
+        writer.slow.set()
+        assert (await first, await staying) == (1, 1)
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+
+    asyncio.run(main())
+    log.close()
+    assert sorted(r.request_id for r in read_records(tmp_path)) == ["first", "gone", "staying"]
+
+
+def test_a_commit_delay_gathers_requests_in_progress_into_one_write_and_never_holds_a_lone_one(tmp_path):
+    writer = CountingWriter(tmp_path)
+    writer.slow.set()
+    in_flight = [3]  # the caller's count of requests in progress
+    log = GroupCommitLog(writer, in_flight=lambda: in_flight[0], commit_delay_s=5.0)
+
+    async def main() -> float:
+        appends = []
+        for name in ("a", "b", "c"):  # three requests, appending 0.1 s apart: three hand-overs
+            appends.append(asyncio.ensure_future(log.append([record(name)])))
+            await asyncio.sleep(0.1)
+        assert await asyncio.gather(*appends) == [1, 1, 1]
+        in_flight[0] = 1
+        start = time.monotonic()
+        await log.append([record("alone")])
+        return time.monotonic() - start
+
+    alone_s = asyncio.run(main())
+    log.close()
+    assert writer.writes == 2, "the three requests in progress shared one write (one fsync), the lone one had its own"
+    assert alone_s < 2.5, "a lone request does not wait out the commit delay"
+    assert sorted(r.request_id for r in read_records(tmp_path)) == ["a", "alone", "b", "c"]
