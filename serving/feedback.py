@@ -141,8 +141,9 @@ class FeedbackDesk:
     current feedback already has that label is left alone."""
 
     def __init__(self, traffic: TrafficReader, ledger: FeedbackLedger, append: Callable[[list[FeedbackRecord]], Awaitable[int]],
-                 max_items: int, on_recorded: Callable[[FeedbackRecord], None] | None = None):
+                 max_items: int, on_recorded: Callable[[FeedbackRecord], None] | None = None, keeping: bool = True):
         self.traffic = traffic
+        self.keeping = keeping  # False: this replica keeps no traffic (feedback.keep_traffic), its answers cannot get feedback
         self.ledger = ledger
         self.append = append
         self.max_items = max_items
@@ -165,8 +166,9 @@ class FeedbackDesk:
         for i, item in enumerate(items):
             request = kept.get(item.request_id)
             if request is None:
-                raise NotFound(f"items[{i}].request_id: {item.request_id!r} is not a kept request (unknown, "
-                               f"or answered more than {self.traffic.retention_s / 3600:g} hours ago)")
+                why = (f"unknown, or answered more than {self.traffic.retention_s / 3600:g} hours ago" if self.keeping
+                       else "this service keeps no traffic: feedback.keep_traffic is false")
+                raise NotFound(f"items[{i}].request_id: {item.request_id!r} is not a kept request ({why})")
             if item.index >= len(request.items):
                 raise NotFound(f"items[{i}].index: request {item.request_id!r} had {len(request.items)} item(s), no index {item.index}")
             key = (item.request_id, item.index)

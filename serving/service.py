@@ -81,12 +81,12 @@ class CascadeService:
         self.shadow = ShadowRun(config.home / "registry")
         retention_s = config.feedback.retention_hours * 3600
         # every answered request, kept durably so that feedback can name any item (serving.traffic)
-        self.traffic = TrafficWriter(config.traffic_path(), retention_s)
+        self.traffic = TrafficWriter(config.traffic_path(), retention_s) if config.feedback.keep_traffic else None
         self.traffic_log = GroupCommitLog(
             self.traffic, on_error=lambda: self._count("cascade_traffic_write_errors_total"),
             in_flight=(lambda: in_flight.in_flight) if in_flight is not None else None,
             commit_delay_s=config.feedback.commit_delay_ms / 1000,
-        )
+        ) if self.traffic is not None else None
         self.feedback_log = GroupCommitLog(SegmentWriter(config.feedback_path()))
         self.ledger = FeedbackLedger(config.feedback_path())
         self.live = (
@@ -97,14 +97,15 @@ class CascadeService:
         )
         self.traffic_reader = TrafficReader(config.traffic_path(), retention_s)
         self.desk = FeedbackDesk(self.traffic_reader, self.ledger, self.feedback_log.append, config.feedback.max_items,
-                                 on_recorded=self._count_feedback)
+                                 on_recorded=self._count_feedback, keeping=self.traffic is not None)
         self.cascade: Cascade | None = None
         self._lock = asyncio.Lock()
 
     def close(self) -> None:
         """Finish the traffic and feedback logs' pending writes and close their files (the
         escalation log belongs to the caller); call it once nothing is served any more."""
-        self.traffic_log.close()
+        if self.traffic_log is not None:
+            self.traffic_log.close()
         self.feedback_log.close()
         self.traffic_reader.close()
 
@@ -132,8 +133,7 @@ class CascadeService:
                     teacher_max_in_flight=routing.teacher_max_in_flight,
                     redact=self.redact,
                     on_evidence=self._observe,
-                    keep_traffic=self.traffic_log.append,
-                    new_request_id=self.traffic.new_request_id,
+                    **({"keep_traffic": self.traffic_log.append, "new_request_id": self.traffic.new_request_id} if self.traffic else {}),
                 )
                 cascade.versions = ModelVersions(student=student["version"], teacher=None)
                 if self.live is not None:  # a restarted or added replica starts from the shared live threshold

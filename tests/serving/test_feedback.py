@@ -129,6 +129,14 @@ def test_a_failed_traffic_write_answers_the_request_and_its_feedback_is_404(home
     assert feedback(client, [{"request_id": answered["request_id"], "index": 0, "label": "a"}]).status_code == 404
 
 
+def test_without_the_traffic_log_new_answers_cannot_get_feedback_and_the_404_says_why(home):
+    service, client, _ = make_service(home, confident_student(), feedback_token=FEEDBACK, feedback={"keep_traffic": False})
+    answered = classify(client, "x")
+    response = feedback(client, [{"request_id": answered["request_id"], "index": 0, "label": "a"}])
+    assert response.status_code == 404 and "feedback.keep_traffic is false" in response.json()["error"]
+    assert not service.config.traffic_path().exists(), "nothing kept"
+
+
 def test_kept_requests_past_retention_are_purged_and_not_found(home):
     service, client, _ = make_service(home, confident_student(), feedback_token=FEEDBACK)
     request_id = classify(client, "x")["request_id"]

@@ -57,7 +57,7 @@ def close_services():
         OPEN_SERVICES.pop().close()
 
 
-def make_service(home: Path, student=None, teacher=None, feedback_token: str | None = None,
+def make_service(home: Path, student=None, teacher=None, feedback_token: str | None = None, feedback: dict | None = None,
                  **routing) -> tuple[CascadeService, TestClient, list]:
     """A service over fakes and its HTTP client; the ``close_services`` fixture closes it."""
     written: list = []
@@ -66,7 +66,7 @@ def make_service(home: Path, student=None, teacher=None, feedback_token: str | N
         written.extend(records)
         return len(records)
 
-    config = CascadeConfig.model_validate({"home": str(home), "routing": routing})
+    config = CascadeConfig.model_validate({"home": str(home), "routing": routing, "feedback": feedback or {}})
     student = student or FakeModel("student-v1", [0.5, 0.3, 0.2], {"threshold": 0.7})  # every item unsure
     teacher = teacher or FakeModel("teacher-v1", [0.1, 0.8, 0.1])
     in_flight = InFlightLimit(8)
