@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# What the traffic log costs the single-text path, on one build: `cascade serve` with
+# feedback.keep_traffic true and false, alternating, each on a fresh copy of HOME; wrk at 16
+# connections sends single texts in student mode (evaluation traffic) for 10 s, twice per
+# server after a 5 s warm-up; prints requests/s, p50 and the ingress replica's CPU ms per
+# request of every run, then the medians.
+#
+#   tests/benchmarks/traffic_log_cost.sh HOME [ROUNDS=3] [TEXTS_CSV=../shared/data/banking77/test.csv]
+#
+# HOME: a bootstrapped home (`cascade bootstrap --home HOME`); it is copied, never changed.
+# Needs wrk. Port 8011. Run it on a quiet machine: the client shares its CPUs.
+set -euo pipefail
+home=$(realpath "$1"); rounds=${2:-3}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+texts=${3:-$root/../shared/data/banking77/test.csv}
+work=$(mktemp -d)
+trap 'pkill -INT -f "serving.cli serve --home $work/home" || true; rm -rf "$work"' EXIT
+python - "$texts" "$work" <<'PY'
+import csv, json, sys
+rows = list(csv.DictReader(open(sys.argv[1])))[:400]
+with open(f"{sys.argv[2]}/bodies.jsonl", "w") as f:
+    for row in rows:
+        f.write(json.dumps({"inputs": row["text"], "options": {"mode": "student", "evaluation": True}}) + "\n")
+PY
+cat > "$work/bench.lua" <<LUA
+local bodies = {}
+for line in io.lines("$work/bodies.jsonl") do bodies[#bodies + 1] = line end
+local i = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = i % #bodies + 1
+  return wrk.format(nil, nil, nil, bodies[i])
+end
+LUA
+for keep in true false; do printf 'feedback:\n  keep_traffic: %s\n' $keep > "$work/keep_$keep.yaml"; done
+ingress_ticks() { for pid in $(pgrep -f "ServeReplica:cascade:Ingress"); do awk '{print $14+$15}' /proc/$pid/stat; done | awk '{s+=$1} END {print s+0}'; }
+for round in $(seq "$rounds"); do
+  for keep in true false; do
+    rm -rf "$work/home" && cp -r "$home" "$work/home"
+    python -m serving.cli serve --home "$work/home" --port 8011 --config "$work/keep_$keep.yaml" -q > "$work/serve.log" 2>&1 &
+    server=$!
+    for _ in $(seq 240); do curl -sf -o /dev/null http://127.0.0.1:8011/readyz && break; sleep 1; done
+    wrk -t2 -c16 -d5s -s "$work/bench.lua" http://127.0.0.1:8011/v1/classify > /dev/null
+    for run in 1 2; do
+      before=$(ingress_ticks)
+      out=$(wrk -t2 -c16 -d10s --latency -s "$work/bench.lua" http://127.0.0.1:8011/v1/classify)
+      after=$(ingress_ticks)
+      requests=$(echo "$out" | awk '/requests in/ {print $1}')
+      echo "keep_traffic=$keep round=$round run=$run requests_per_s=$(echo "$out" | awk '/Requests\/sec/ {print $2}')" \
+           "p50=$(echo "$out" | awk '$1=="50%" {print $2}') non_2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}' | grep . || echo 0)" \
+           "ingress_cpu_ms_per_request=$(python -c "print(round(($after - $before) * 1000 / $(getconf CLK_TCK) / $requests, 3))")"
+    done | tee -a "$work/runs.txt"
+    kill -INT $server; wait $server || true
+  done
+done
+python - "$work/runs.txt" <<'PY'
+import re, statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    keep = re.search(r"keep_traffic=(\w+)", line).group(1)
+    runs.setdefault(keep, []).append((float(re.search(r"requests_per_s=([\d.]+)", line).group(1)),
+                                      float(re.search(r"ingress_cpu_ms_per_request=([\d.]+)", line).group(1))))
+for keep, values in runs.items():
+    print(f"keep_traffic={keep}: median {statistics.median(v[0] for v in values):.0f} requests/s, "
+          f"median {statistics.median(v[1] for v in values):.3f} ingress CPU ms per request, over {len(values)} runs")
+PY
