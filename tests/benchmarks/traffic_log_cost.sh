@@ -15,24 +15,16 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 texts=${3:-$root/../shared/data/banking77/test.csv}
 work=$(mktemp -d)
 trap 'pkill -INT -f "serving.cli serve --home $work/home" || true; rm -rf "$work"' EXIT
+# the bodies and the wrk script of `cascade bench` (serving.cli.bench): student mode, evaluation traffic
 python - "$texts" "$work" <<'PY'
 import csv, json, sys
+from serving.cli.bench import _WRK_SCRIPT, _body
 rows = list(csv.DictReader(open(sys.argv[1])))[:400]
 with open(f"{sys.argv[2]}/bodies.jsonl", "w") as f:
-    for row in rows:
-        f.write(json.dumps({"inputs": row["text"], "options": {"mode": "student", "evaluation": True}}) + "\n")
+    f.writelines(json.dumps(_body(row["text"], "student")) + "\n" for row in rows)
+open(f"{sys.argv[2]}/bench.lua", "w").write(_WRK_SCRIPT)
 PY
-cat > "$work/bench.lua" <<LUA
-local bodies = {}
-for line in io.lines("$work/bodies.jsonl") do bodies[#bodies + 1] = line end
-local i = 0
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  i = i % #bodies + 1
-  return wrk.format(nil, nil, nil, bodies[i])
-end
-LUA
+export BENCH_BODIES="$work/bodies.jsonl"
 for keep in true false; do printf 'feedback:\n  keep_traffic: %s\n' $keep > "$work/keep_$keep.yaml"; done
 ingress_ticks() { for pid in $(pgrep -f "ServeReplica:cascade:Ingress"); do awk '{print $14+$15}' /proc/$pid/stat; done | awk '{s+=$1} END {print s+0}'; }
 for round in $(seq "$rounds"); do
