@@ -214,8 +214,6 @@ class FeedbackConfig(_Strict):
     path: str | None = None  # directory of feedback segments (JSONL, like the escalation log); None = <home>/feedback
     retention_hours: float = Field(168.0, gt=0)  # how long an answered item can still get feedback
     max_items: int = Field(1000, ge=1)  # feedback items per request
-    # how long a traffic-log commit may wait for requests in progress to join it (0: never); a lone request never waits
-    commit_delay_ms: float = Field(2.0, ge=0, le=50)
     keep_traffic: bool = True  # false: no traffic log (and no feedback on new answers), for services that never get feedback
 
 

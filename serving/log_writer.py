@@ -22,7 +22,6 @@ from distill.escalations import EscalationRecord
 from serving.config import LogConfig
 
 logger = logging.getLogger("cascade")
-COMMIT_DELAY_STEP_S = 0.0002  # how often a delayed write looks for the appends it waits for
 
 
 class SegmentWriter:
@@ -130,25 +129,16 @@ class GroupCommitLog:
     records). A failed write raises its error (OSError for a full disk) in every append it held,
     and acknowledges none of them.
 
-    A commit delay (``commit_delay_s`` with ``in_flight``, the caller's count of requests in
-    progress) lets a write wait, at most that long, while requests in progress have not appended
-    yet: under load every request appends, and one fsync costs more CPU than many rows (about
-    75 us of kernel time on a 2-core VM, against about 20 us for a row), so a write that takes a
-    few requests instead of one saves most of it. A lone request never waits.
-
     ``on_written(records, bytes)`` and ``on_error()`` are called from the writer thread."""
 
     def __init__(self, writer: DurableWriter, max_batch: int = 512,
-                 on_written: Callable[[int, int], None] | None = None, on_error: Callable[[], None] | None = None,
-                 in_flight: Callable[[], int] | None = None, commit_delay_s: float = 0.0):
+                 on_written: Callable[[int, int], None] | None = None, on_error: Callable[[], None] | None = None):
         self.writer = writer
         self.max_batch = max_batch
         self.on_written = on_written
         self.on_error = on_error
-        self.in_flight = in_flight
-        self.commit_delay_s = commit_delay_s if in_flight is not None else 0.0
         self._pending: queue.SimpleQueue = queue.SimpleQueue()
-        self._gathering: dict[asyncio.AbstractEventLoop, list] = {}  # this loop turn's appends: [records, commit, calls]
+        self._gathering: dict[asyncio.AbstractEventLoop, tuple[list, asyncio.Future]] = {}  # appends of this loop turn
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"log-{writer.directory.name}", daemon=True)
         self._thread.start()
@@ -164,16 +154,15 @@ class GroupCommitLog:
         loop = asyncio.get_running_loop()
         gathering = self._gathering.get(loop)
         if gathering is None:
-            gathering = self._gathering[loop] = [[], _Commit(loop=loop), 0]
+            gathering = self._gathering[loop] = ([], _Commit(loop=loop))
             loop.call_soon(self._hand_over, loop)
         gathering[0].extend(records)
-        gathering[2] += 1
         await gathering[1]
         return len(records)
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        records, done, calls = self._gathering.pop(loop)
-        self._pending.put((records, done, loop, calls))
+        records, done = self._gathering.pop(loop)
+        self._pending.put((records, done, loop))
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is pending, stop the writer thread and close the writer, once nothing
@@ -190,31 +179,18 @@ class GroupCommitLog:
             if first is None:
                 return
             batch = [first]
-            closing = self._take(batch)
-            if not closing and self.commit_delay_s > 0:
-                deadline = time.monotonic() + self.commit_delay_s
-                # requests in progress that have not appended yet are likely to: wait for them, a little
-                while not closing and time.monotonic() < deadline and self.in_flight() > sum(call[3] for call in batch):
-                    time.sleep(COMMIT_DELAY_STEP_S)
-                    closing = self._take(batch)
+            size = len(first[0])
+            while size < self.max_batch:
+                try:
+                    call = self._pending.get_nowait()
+                except queue.Empty:
+                    break
+                if call is None:  # closing: write what came before, then stop
+                    self._write(batch)
+                    return
+                batch.append(call)
+                size += len(call[0])
             self._write(batch)
-            if closing:
-                return
-
-    def _take(self, batch: list) -> bool:
-        """Move what is pending into ``batch``, up to ``max_batch`` records; True once the
-        close sentinel was taken."""
-        size = sum(len(call[0]) for call in batch)
-        while size < self.max_batch:
-            try:
-                call = self._pending.get_nowait()
-            except queue.Empty:
-                return False
-            if call is None:  # closing: write what came before, then stop
-                return True
-            batch.append(call)
-            size += len(call[0])
-        return False
 
     def _write(self, batch: list) -> None:
         """Write one batch and settle its appends. Any failure (a full disk, a record that cannot
@@ -235,7 +211,7 @@ class GroupCommitLog:
         except Exception as err:  # a metrics hiccup must not stop the log
             logger.warning("log: counting a write failed: %r", err)
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, int]]] = {}
-        for call_records, done, loop, _ in batch:
+        for call_records, done, loop in batch:
             by_loop.setdefault(loop, []).append((done, len(call_records)))
         for loop, calls in by_loop.items():  # one wake-up of each event loop for its whole share
             try:

@@ -82,11 +82,10 @@ class CascadeService:
         retention_s = config.feedback.retention_hours * 3600
         # every answered request, kept durably so that feedback can name any item (serving.traffic)
         self.traffic = TrafficWriter(config.traffic_path(), retention_s) if config.feedback.keep_traffic else None
-        self.traffic_log = GroupCommitLog(
-            self.traffic, on_error=lambda: self._count("cascade_traffic_write_errors_total"),
-            in_flight=(lambda: in_flight.in_flight) if in_flight is not None else None,
-            commit_delay_s=config.feedback.commit_delay_ms / 1000,
-        ) if self.traffic is not None else None
+        self.traffic_log = (
+            GroupCommitLog(self.traffic, on_error=lambda: self._count("cascade_traffic_write_errors_total"))
+            if self.traffic is not None else None
+        )
         self.feedback_log = GroupCommitLog(SegmentWriter(config.feedback_path()))
         self.ledger = FeedbackLedger(config.feedback_path())
         self.live = (

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
 
 import pytest
 
@@ -131,26 +130,3 @@ def test_a_cancelled_append_cancels_nobody_elses_write(tmp_path):
     log.close()
     assert sorted(r.request_id for r in read_records(tmp_path)) == ["first", "gone", "staying"]
 
-
-def test_a_commit_delay_gathers_requests_in_progress_into_one_write_and_never_holds_a_lone_one(tmp_path):
-    writer = CountingWriter(tmp_path)
-    writer.slow.set()
-    in_flight = [3]  # the caller's count of requests in progress
-    log = GroupCommitLog(writer, in_flight=lambda: in_flight[0], commit_delay_s=5.0)
-
-    async def main() -> float:
-        appends = []
-        for name in ("a", "b", "c"):  # three requests, appending 0.1 s apart: three hand-overs
-            appends.append(asyncio.ensure_future(log.append([record(name)])))
-            await asyncio.sleep(0.1)
-        assert await asyncio.gather(*appends) == [1, 1, 1]
-        in_flight[0] = 1
-        start = time.monotonic()
-        await log.append([record("alone")])
-        return time.monotonic() - start
-
-    alone_s = asyncio.run(main())
-    log.close()
-    assert writer.writes == 2, "the three requests in progress shared one write (one fsync), the lone one had its own"
-    assert alone_s < 2.5, "a lone request does not wait out the commit delay"
-    assert sorted(r.request_id for r in read_records(tmp_path)) == ["a", "alone", "b", "c"]
