@@ -94,8 +94,12 @@ class TrafficWriter:
         self.bytes_written = 0
 
     def new_request_id(self) -> str:
-        """A request id this writer's rows can be found by, from any replica."""
-        return self.writer_id + os.urandom(12).hex()
+        """A request id this writer's rows can be found by, from any replica: the writer's id,
+        the time in nanoseconds, then random characters. Ids that grow with time go in at the
+        end of the table's key order: a commit then rewrites one leaf page instead of one per
+        row spread over the whole table (``tests/benchmarks/traffic_log_micro.py``: about a
+        third less CPU per request kept, against random ids, in a table of 200,000 rows)."""
+        return f"{self.writer_id}{time.time_ns():016x}{os.urandom(4).hex()}"
 
     def append(self, requests: Sequence[KeptRequest]) -> int:
         """Commit ``requests`` (one transaction, fsynced); raises without acknowledging any."""
