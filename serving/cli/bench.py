@@ -160,6 +160,29 @@ def batched_pass(url: str, texts: Sequence[str], service: str, batch: int = 64, 
     return asyncio.run(_batched_pass(url, texts, service, batch, concurrency))
 
 
+def warm_control(url: str, texts: Sequence[str], max_passes: int = 6, progress=print) -> dict:
+    """Cascade passes over ``texts`` until online control has settled (the live threshold the
+    same after two passes in a row), at most ``max_passes``: a promoted student starts with every
+    item at the teacher and comes down as live evidence arrives, so a bench of a fresh home would
+    otherwise measure control's safe start, not the steady state. Returns the passes and the
+    live status it settled at (``live`` None when control is off)."""
+    previous, live = None, None
+    for number in range(1, max_passes + 1):
+        batched_pass(url, texts, "cascade")
+        time.sleep(1.5)  # replicas sync the shared control state once a second
+        live = httpx.get(f"{url}/v1/models", timeout=30).json().get("live")
+        threshold = live.get("threshold") if live else None
+        progress(f"bench: warming control, pass {number}/{max_passes}: live threshold {threshold}")
+        if threshold is None or threshold == previous:
+            return {"passes": number, "live": live}
+        previous = threshold
+    return {"passes": max_passes, "live": live}
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def markdown_table(report: dict) -> str:
     """The bench report as a Markdown table."""
     rows = [
@@ -177,11 +200,22 @@ def markdown_table(report: dict) -> str:
             f"| {name} | {accuracy} | {share} | {cost} | {one['requests_per_s']:.0f} | {one['p50_ms']:.0f}/{one['p99_ms']:.0f} | "
             f"{many['requests_per_s']:.0f} | {many['p50_ms']:.0f}/{many['p99_ms']:.0f} | {r['batch_texts_per_s']:.0f} | {model_only} |"
         )
+    cpu_lines = [f"{name} " + ", ".join(f"{label} {ms:.3f}" for label, ms in sorted(r["batch_cpu_ms_per_text"].items()))
+                 for name, r in report["services"].items() if r.get("batch_cpu_ms_per_text")]
+    if cpu_lines:
+        rows += ["", "CPU ms per text in the 64-text passes, by Serve process: " + "; ".join(cpu_lines) + "."]
+    control = report["services"]["cascade"].get("control")
+    if control:
+        live = control["live"]
+        settled = (f"live threshold {live['threshold']:.4g} (fitted {live['fitted_threshold']:.4g}), goal held: {live['held']}"
+                   if live and live.get("threshold") is not None else "control off")
+        rows += ["", f"The cascade was measured after {control['passes']} pass(es) that warmed online control up: {settled}."]
     checks = report["checks"]
     rows += ["", "| check | measured | target |", "|---|---|---|",
              f"| cascade accuracy minus the teacher's (HTTP) | {checks['cascade_accuracy_minus_teacher']:+.4f} | ≥ 0 |",
              f"| cascade / teacher texts/s, 64-text requests | {checks['cascade_over_teacher_batch_throughput']:.2f} | ≥ 3 |",
              f"| cascade / student texts/s, 64-text requests (4 clients) | {checks['cascade_over_student_batch_texts']:.2f} | ≥ 0.5 |",
+             f"| its bound from CPU (the teacher's CPU per text in full batches × the consulted share) | {_figure(checks['cascade_over_student_batch_bound'])} | |",
              f"| cascade / echo requests/s, single texts at 16 clients | {checks['cascade_over_echo_single_16']:.2f} | ≥ 0.5 |"]
     paired = report.get("paired_single_16")
     if paired:
@@ -288,6 +322,14 @@ def _cpu_seconds(processes: dict[str, list[int]]) -> dict[str, float]:
     return used
 
 
+def used_by(pids: dict[str, list[int]], service: str) -> list[str]:
+    """The Serve processes a service's requests run in: the echo's proxy and replica; the
+    cascade app's proxy and deployments for the others (the Monitor samples, it serves nothing)."""
+    if service == "echo":
+        return [label for label in pids if label in ("proxy", "Echo")]
+    return [label for label in pids if label not in ("Echo", "Monitor")]
+
+
 def _measured_run(url: str, texts: Sequence[str], service: str, seconds: float, processes: dict[str, list[int]],
                   used_by: Sequence[str]) -> dict:
     """One 16-client single-text run, with the CPU milliseconds per request of each deployment it uses."""
@@ -306,7 +348,7 @@ def paired_ratio(echo_url: str, url: str, texts: Sequence[str], seconds: float, 
     Each run also reports the CPU milliseconds per request of each Serve process it uses (from
     /proc), a cost that drifts less than throughput: its ratio is the structural one."""
     pids = serve_processes()
-    uses = {"echo": [p for p in pids if p in ("proxy", "Echo")], "cascade": [p for p in pids if p not in ("Echo", "Monitor")]}
+    uses = {name: used_by(pids, name) for name in ("echo", "cascade")}
     ratios: list[float] = []
     runs_of: dict[str, list[dict]] = {"echo": [], "cascade": []}
     for number in range(1, pairs + 1):
@@ -368,20 +410,29 @@ def run_bench(config: CascadeConfig, texts: Sequence[str], labels: Sequence[str]
         echo_url = start_echo(config)
         services: dict[str, dict] = {}
         sample = list(texts[:500])
+        pids = serve_processes()
         for name in SERVICES:
             target = echo_url if name == "echo" else url
+            if name == "cascade":
+                warmed = warm_control(url, texts, progress=progress)
             progress(f"bench: {name}: {len(texts)} texts in 64-text requests")
+            before = _cpu_seconds(pids)
             predictions, elapsed = batched_pass(target, texts, name)
-            result: dict = {"batch_texts_per_s": round(len(texts) / elapsed, 1)}
+            after = _cpu_seconds(pids)
+            result: dict = {"batch_texts_per_s": round(len(texts) / elapsed, 1),
+                            "batch_cpu_ms_per_text": {label: round((after[label] - before[label]) * 1000 / len(texts), 3)
+                                                      for label in used_by(pids, name)}}
             if name != "echo":
                 result["accuracy"] = round(float(np.mean([p["label"] == y for p, y in zip(predictions, labels)])), 4)
                 result["teacher_share"] = round(float(np.mean([p["tier"] == "teacher" for p in predictions])), 4)
+                result["consulted_share"] = round(float(np.mean([p["consulted"] for p in predictions])), 4)
                 result["model_only_texts_per_s"] = round(limits[name], 1)
                 result["cost_per_1000"] = round(float(np.mean([p["cost"] for p in predictions])) * 1000, 1)
             for connections in (1, 16):
                 progress(f"bench: {name}: single-text requests, {connections} client(s), {seconds:.0f} s")
                 result[f"single_{connections}"] = single_text_load(target, sample, name, connections, seconds)
             services[name] = result
+        services["cascade"]["control"] = warmed
         paired = paired_ratio(echo_url, url, sample, seconds, pairs, progress) if pairs > 0 else None
     finally:
         runner.stop()
@@ -401,5 +452,19 @@ def run_bench(config: CascadeConfig, texts: Sequence[str], labels: Sequence[str]
             "cascade_over_teacher_batch_throughput": round(cascade["batch_texts_per_s"] / teacher["batch_texts_per_s"], 2),
             "cascade_over_echo_single_16": paired["median"] if paired else single_ratio,
             "cascade_over_student_batch_texts": round(cascade["batch_texts_per_s"] / services["student"]["batch_texts_per_s"], 2),
+            "cascade_over_student_batch_bound": batch_bound(services),
         },
     }
+
+
+def batch_bound(services: dict) -> float | None:
+    """The most cascade / student texts/s in 64-text requests can be on a machine whose CPUs
+    bound both, from the CPU each used in its pass: the student service's CPU per text (every
+    Serve process it ran in), against that plus the teacher's CPU per text in the teacher-only
+    pass (full batches, its cheapest) times the share of texts the cascade consulted the
+    teacher on. None without CPU figures (no /proc)."""
+    student = sum(services["student"]["batch_cpu_ms_per_text"].values())
+    teacher = services["teacher"]["batch_cpu_ms_per_text"].get("Teacher")
+    if not student or not teacher:
+        return None
+    return round(student / (student + services["cascade"]["consulted_share"] * teacher), 2)

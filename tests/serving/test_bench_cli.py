@@ -67,6 +67,25 @@ def test_every_service_is_measured_over_http(report, offline):
     assert services["cascade"]["cost_per_1000"] == pytest.approx(offline["cascade"]["cost_per_1000"], abs=0.1)
     for name in services:
         assert f"| {name} |" in report["table"]
+    # without audits control is off: one pass warms nothing, and the table says so
+    assert services["cascade"]["control"] == {"passes": 1, "live": None}
+    assert "control off" in report["table"]
+
+
+def test_cpu_per_text_and_the_bound_it_puts_on_the_cascade(report):
+    services, checks = report["services"], report["checks"]
+    assert set(services["echo"]["batch_cpu_ms_per_text"]) == {"proxy", "Echo"}
+    for name in ("student", "teacher", "cascade"):
+        assert set(services[name]["batch_cpu_ms_per_text"]) == {"proxy", "Ingress", "Teacher"}, name
+    # a teacher-only pass spends teacher CPU on every text, a student-only pass none worth a forward pass
+    assert services["teacher"]["batch_cpu_ms_per_text"]["Teacher"] > services["student"]["batch_cpu_ms_per_text"]["Teacher"]
+    assert services["cascade"]["consulted_share"] >= services["cascade"]["teacher_share"]
+    student = sum(services["student"]["batch_cpu_ms_per_text"].values())
+    teacher = services["teacher"]["batch_cpu_ms_per_text"]["Teacher"]
+    assert checks["cascade_over_student_batch_bound"] == pytest.approx(
+        student / (student + services["cascade"]["consulted_share"] * teacher), abs=0.01)
+    assert 0 < checks["cascade_over_student_batch_bound"] <= 1
+    assert f"| {checks['cascade_over_student_batch_bound']:.2f} | |" in report["table"]
 
 
 def test_checks_and_pairs_with_cpu_per_request(report):
