@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -322,6 +323,12 @@ def _cpu_seconds(processes: dict[str, list[int]]) -> dict[str, float]:
     return used
 
 
+def _own_cpu_seconds() -> float:
+    """User plus system CPU seconds this process (the bench's HTTP client) has used so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def used_by(pids: dict[str, list[int]], service: str) -> list[str]:
     """The Serve processes a service's requests run in: the echo's proxy and replica; the
     cascade app's proxy and deployments for the others (the Monitor samples, it serves nothing)."""
@@ -416,12 +423,12 @@ def run_bench(config: CascadeConfig, texts: Sequence[str], labels: Sequence[str]
             if name == "cascade":
                 warmed = warm_control(url, texts, progress=progress)
             progress(f"bench: {name}: {len(texts)} texts in 64-text requests")
-            before = _cpu_seconds(pids)
+            before = _cpu_seconds(pids) | {"client": _own_cpu_seconds()}
             predictions, elapsed = batched_pass(target, texts, name)
-            after = _cpu_seconds(pids)
+            after = _cpu_seconds(pids) | {"client": _own_cpu_seconds()}
             result: dict = {"batch_texts_per_s": round(len(texts) / elapsed, 1),
                             "batch_cpu_ms_per_text": {label: round((after[label] - before[label]) * 1000 / len(texts), 3)
-                                                      for label in used_by(pids, name)}}
+                                                      for label in [*used_by(pids, name), "client"]}}
             if name != "echo":
                 result["accuracy"] = round(float(np.mean([p["label"] == y for p, y in zip(predictions, labels)])), 4)
                 result["teacher_share"] = round(float(np.mean([p["tier"] == "teacher" for p in predictions])), 4)
@@ -460,9 +467,9 @@ def run_bench(config: CascadeConfig, texts: Sequence[str], labels: Sequence[str]
 def batch_bound(services: dict) -> float | None:
     """The most cascade / student texts/s in 64-text requests can be on a machine whose CPUs
     bound both, from the CPU each used in its pass: the student service's CPU per text (every
-    Serve process it ran in), against that plus the teacher's CPU per text in the teacher-only
-    pass (full batches, its cheapest) times the share of texts the cascade consulted the
-    teacher on. None without CPU figures (no /proc)."""
+    Serve process it ran in, and the client), against that plus the teacher's CPU per text in
+    the teacher-only pass (full batches, its cheapest) times the share of texts the cascade
+    consulted the teacher on. None without CPU figures (no /proc)."""
     student = sum(services["student"]["batch_cpu_ms_per_text"].values())
     teacher = services["teacher"]["batch_cpu_ms_per_text"].get("Teacher")
     if not student or not teacher:

@@ -74,9 +74,10 @@ def test_every_service_is_measured_over_http(report, offline):
 
 def test_cpu_per_text_and_the_bound_it_puts_on_the_cascade(report):
     services, checks = report["services"], report["checks"]
-    assert set(services["echo"]["batch_cpu_ms_per_text"]) == {"proxy", "Echo"}
+    assert set(services["echo"]["batch_cpu_ms_per_text"]) == {"proxy", "Echo", "client"}
     for name in ("student", "teacher", "cascade"):
-        assert set(services[name]["batch_cpu_ms_per_text"]) == {"proxy", "Ingress", "Teacher"}, name
+        assert set(services[name]["batch_cpu_ms_per_text"]) == {"proxy", "Ingress", "Teacher", "client"}, name
+        assert services[name]["batch_cpu_ms_per_text"]["client"] > 0, name
     # a teacher-only pass spends teacher CPU on every text, a student-only pass none worth a forward pass
     assert services["teacher"]["batch_cpu_ms_per_text"]["Teacher"] > services["student"]["batch_cpu_ms_per_text"]["Teacher"]
     assert services["cascade"]["consulted_share"] >= services["cascade"]["teacher_share"]
