@@ -535,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if --out differs from what would be written")
     p.set_defaults(func=cmd_export_serve_config)
 
-    p = sub.add_parser("bench", help="benchmark teacher-only, student-only, cascade and an echo ceiling over HTTP", description="Start the cascade and an echo deployment on Ray Serve and measure, per service: accuracy over HTTP, teacher share, single-text requests/s and p50/p99 at 1 and 16 clients (wrk if installed), texts/s in 64-text requests, and in-process model-only throughput.")
+    p = sub.add_parser("bench", help="benchmark teacher-only, student-only, cascade and an echo ceiling over HTTP", description="Start the cascade and an echo deployment on Ray Serve and measure, per service: accuracy over HTTP, teacher share, single-text requests/s and p50/p99 at 1 and 16 clients (wrk if installed), texts/s in 64-text requests with each Serve process's CPU per text, and in-process model-only throughput. The cascade is measured once online control has settled (test-set passes until the live threshold stops moving), and the report bounds cascade/student texts/s from the CPU each used.")
     p.add_argument("--config", type=Path, default=None, help="serving config file (same as cascade serve)")
     p.add_argument("--port", type=int, default=None, help="HTTP port (default: 8000)")
     p.add_argument("--home", type=Path, default=None, help="registry and cache directory")
