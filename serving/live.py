@@ -146,11 +146,12 @@ class LiveControl:
         enough is new, and read the state back."""
         deltas, latest = self._deltas, self._latest
         self._deltas = {}
+        feedback = self._feedback_due(deltas)
         with locked(self.path):
             state = read_json(self.path)
             if deltas:
                 for version in sorted(deltas, key=lambda v: v == latest):  # the student observed last goes last
-                    state = self._merged(state, version, *deltas[version])
+                    state = self._merged(state, version, *deltas[version], feedback.get(version))
                 write_json(self.path, state)
         if state is not None:
             self.status = LiveStatus.model_validate(state["status"])
@@ -166,7 +167,24 @@ class LiveControl:
         recent = state.get("previous") == version and time.time() - state.get("started_at", 0.0) < self.stale_s
         return current != version and (current == state["status"]["student"] or recent)
 
-    def _merged(self, state: dict | None, version: str, policy: EscalationPolicy, delta: LiveEvidence) -> dict:
+    def _feedback_due(self, deltas: dict[str, tuple[EscalationPolicy, LiveEvidence]]) -> dict[str, tuple]:
+        """Outcome feedback of the students this sync will step, read before the shared lock is
+        taken: ``outcomes`` reads every replica's new feedback from disk, and under the lock that
+        read would hold up every other replica's sync. A look at the state without the lock says
+        which will step (the file is replaced atomically); a step it did not foresee reads its
+        feedback under the lock."""
+        if self.outcomes is None or not isinstance(self.goal, TargetAccuracy) or not deltas:
+            return {}
+        state = read_json(self.path)
+        due = {}
+        for version, (_, delta) in deltas.items():
+            since_step = state["since_step"] if state is not None and state["status"]["student"] == version else 0.0
+            if since_step + delta.items >= self.update_every:
+                due[version] = self.outcomes(version)
+        return due
+
+    def _merged(self, state: dict | None, version: str, policy: EscalationPolicy, delta: LiveEvidence,
+                feedback: tuple | None = None) -> dict:
         if state is not None and state["status"]["student"] != version and self._stale(state, version):
             return state
         if state is None or state["status"]["student"] != version or state["evidence"]["grid"] != delta.grid.tolist():
@@ -188,7 +206,7 @@ class LiveControl:
             return state
         outcomes = None
         if self.outcomes is not None and isinstance(self.goal, TargetAccuracy):
-            outcomes = LiveOutcomes.from_items(evidence.grid, *self.outcomes(version))
+            outcomes = LiveOutcomes.from_items(evidence.grid, *(feedback if feedback is not None else self.outcomes(version)))
         step = control_step(evidence, state["index"], self.goal, self.teacher_budget, policy.validation, self.settings,
                             state.get("floor", 0), outcomes)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")

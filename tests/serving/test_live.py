@@ -6,6 +6,7 @@ yet swapped does not bring the previous student back, a rollback does."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import time
 from types import SimpleNamespace
@@ -124,3 +125,23 @@ def test_a_new_student_reaches_the_shared_state_at_once_and_the_same_one_once_a_
     live.observe(evidence(rng, "student-v2", FITTED, 1.0))
     asyncio.run(live.tick())  # a student the shared state does not name: after a tenth of a second
     assert shared()["status"]["student"] == "student-v2" and live.status.student == "student-v2"
+
+
+def test_an_accuracy_goal_reads_its_feedback_outside_the_shared_lock(tmp_path):
+    """Reading feedback goes to disk: under the shared lock it would hold up every replica's sync."""
+    reads: list[bool] = []  # per read: whether the shared lock was free
+
+    def outcomes(version: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with live.path.with_name(f".{live.path.name}.lock").open("w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                reads.append(True)
+            except BlockingIOError:
+                reads.append(False)
+        return np.linspace(0, 1, 50), np.zeros(50, dtype=bool), np.zeros(50)
+
+    live = LiveControl(tmp_path, "accuracy>=0.9", teacher_budget=1.0, outcomes=outcomes)
+    serve(live, np.random.default_rng(5), "student-v1", requests=20)  # 2,000 items: about ten steps
+    assert len(reads) >= 8 and all(reads), reads
+    assert live.status.through == "agreement" and live.status.feedback_items == 50  # under min_feedback: held through agreement
