@@ -109,18 +109,12 @@ class TrafficWriter:
         return f"{self.writer_id}{time.time_ns():016x}{next(self._sequence) & 0xFFFFFFFF:08x}"
 
     def append(self, requests: Sequence[KeptRequest]) -> int:
-        """Commit ``requests`` (one transaction, fsynced); raises without acknowledging any. The
-        requests go to SQLite as one JSON array that one statement takes apart: ``executemany``
-        took the GIL back once a row, each time from a busy event loop."""
+        """Commit ``requests`` (one transaction, fsynced); raises without acknowledging any. One
+        statement takes them apart from one JSON array, and in autocommit mode that statement is
+        the whole transaction: one call into SQLite, where ``executemany`` between BEGIN and COMMIT
+        released and took back the GIL once a row, each time from a busy event loop."""
         payload = json.dumps(requests)
-        db = self._db
-        db.execute("BEGIN")
-        try:
-            db.execute(INSERT_ALL, (payload,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        self._db.execute(INSERT_ALL, (payload,))
         self.records_written += len(requests)
         self.bytes_written += len(payload)
         if time.monotonic() - self._purged_at >= PURGE_EVERY_S:
