@@ -102,7 +102,7 @@ def _fsync_directory(directory: Path) -> None:
 
 
 class DurableWriter(Protocol):
-    """What a ``GroupCommitLog`` writes through: ``SegmentWriter``, or ``serving.traffic.TrafficWriter``."""
+    """What a ``GroupCommitLog`` writes through (``SegmentWriter``)."""
 
     directory: Path
     bytes_written: int
@@ -122,46 +122,61 @@ class _Commit(asyncio.Future):
         return False
 
 
-class GroupCommitLog:
-    """Durable appends from an event loop: ``await append(records)`` returns once the records
-    are written and fsynced, together with whatever other requests appended meanwhile (one
-    fsync for them all; a write takes further appends while it holds fewer than ``max_batch``
-    records). A failed write raises its error (OSError for a full disk) in every append it held,
-    and acknowledges none of them.
+class TurnBatchedLog:
+    """Durable appends from event loops, handed over once per loop turn: ``await append(records)``
+    returns once the records are committed, with whatever else that turn of the loop appended. A
+    hand-over per request cost more CPU than the write itself. Subclasses say where a turn's
+    records go (``_hand_over``) and settle its future once they are committed, or failed."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._gathering: dict[asyncio.AbstractEventLoop, tuple[list, asyncio.Future]] = {}  # appends of this loop turn
+        self._closed = False
+
+    async def append(self, records: Sequence[Any]) -> int:
+        """Write ``records`` durably; returns how many were written. Raises what failed their
+        write (OSError for a full disk), or RuntimeError once the log is closed."""
+        if not records:
+            return 0
+        if self._closed:
+            raise RuntimeError(f"{self.name} is closed")
+        loop = asyncio.get_running_loop()
+        gathering = self._gathering.get(loop)
+        if gathering is None:
+            gathering = self._gathering[loop] = ([], _Commit(loop=loop))
+            loop.call_soon(self._turn_ended, loop)
+        gathering[0].extend(records)
+        await gathering[1]
+        return len(records)
+
+    def _turn_ended(self, loop: asyncio.AbstractEventLoop) -> None:
+        records, done = self._gathering.pop(loop)
+        self._hand_over(records, done, loop)
+
+    def _hand_over(self, records: list, done: asyncio.Future, loop: asyncio.AbstractEventLoop) -> None:
+        raise NotImplementedError
+
+
+class GroupCommitLog(TurnBatchedLog):
+    """Durable appends through a ``DurableWriter`` in a thread: one write and fsync for whatever
+    requests appended meanwhile (a write takes further appends while it holds fewer than
+    ``max_batch`` records). A failed write raises its error (OSError for a full disk) in every
+    append it held, and acknowledges none of them.
 
     ``on_written(records, bytes)`` and ``on_error()`` are called from the writer thread."""
 
     def __init__(self, writer: DurableWriter, max_batch: int = 512,
                  on_written: Callable[[int, int], None] | None = None, on_error: Callable[[], None] | None = None):
+        super().__init__(f"log {writer.directory}")
         self.writer = writer
         self.max_batch = max_batch
         self.on_written = on_written
         self.on_error = on_error
         self._pending: queue.SimpleQueue = queue.SimpleQueue()
-        self._gathering: dict[asyncio.AbstractEventLoop, tuple[list, asyncio.Future]] = {}  # appends of this loop turn
-        self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"log-{writer.directory.name}", daemon=True)
         self._thread.start()
 
-    async def append(self, records: Sequence[Any]) -> int:
-        """Write ``records`` durably; returns how many were written. Appends made in the same
-        turn of the event loop go to the writer thread as one hand-over: a thread hand-over per
-        request cost more CPU than the write itself."""
-        if not records:
-            return 0
-        if self._closed:
-            raise RuntimeError(f"log {self.writer.directory} is closed")
-        loop = asyncio.get_running_loop()
-        gathering = self._gathering.get(loop)
-        if gathering is None:
-            gathering = self._gathering[loop] = ([], _Commit(loop=loop))
-            loop.call_soon(self._hand_over, loop)
-        gathering[0].extend(records)
-        await gathering[1]
-        return len(records)
-
-    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        records, done = self._gathering.pop(loop)
+    def _hand_over(self, records: list, done: asyncio.Future, loop: asyncio.AbstractEventLoop) -> None:
         self._pending.put((records, done, loop))
 
     def close(self, timeout_s: float = 10.0) -> None:
@@ -210,20 +225,35 @@ class GroupCommitLog:
                 self.on_error()
         except Exception as err:  # a metrics hiccup must not stop the log
             logger.warning("log: counting a write failed: %r", err)
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, int]]] = {}
-        for call_records, done, loop in batch:
-            by_loop.setdefault(loop, []).append((done, len(call_records)))
-        for loop, calls in by_loop.items():  # one wake-up of each event loop for its whole share
-            try:
-                loop.call_soon_threadsafe(_settle, calls, outcome)
-            except RuntimeError:  # that event loop is closed: nobody waits for these answers
-                pass
+        settle([(done, loop, outcome or len(call_records)) for call_records, done, loop in batch])
 
 
-def _settle(calls: list[tuple[asyncio.Future, int]], error: Exception | None) -> None:
-    for done, written in calls:
-        if error is not None:
-            done.set_exception(error)
+def settle(outcomes: Sequence[tuple[asyncio.Future, asyncio.AbstractEventLoop, int | Exception]]) -> None:
+    """Settle appends' futures, from any thread: each gets its count, or raises its error. Futures
+    of the running loop are settled at once; each other loop is woken once for its whole share."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+    for done, loop, outcome in outcomes:
+        by_loop.setdefault(loop, []).append((done, outcome))
+    for loop, calls in by_loop.items():
+        if loop is running:
+            _settle(calls)
+            continue
+        try:
+            loop.call_soon_threadsafe(_settle, calls)
+        except RuntimeError:  # that event loop is closed: nobody waits for these answers
+            pass
+
+
+def _settle(calls: list[tuple[asyncio.Future, int | Exception]]) -> None:
+    for done, outcome in calls:
+        if done.done():  # a request that went away (its append cancelled)
+            continue
+        if isinstance(outcome, Exception):
+            done.set_exception(outcome)
             done.exception()  # every awaiting request raises it; none left means nobody to tell
         else:
-            done.set_result(written)
+            done.set_result(outcome)

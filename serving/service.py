@@ -28,7 +28,7 @@ from serving.live import LiveControl
 from serving.log_writer import GroupCommitLog, SegmentWriter
 from serving.shadow import ShadowRun, candidate_figures
 from serving.shared_state import SHARED_STATE_FILE, SharedRouting
-from serving.traffic import TrafficReader, TrafficWriter
+from serving.traffic import TrafficLog, TrafficReader
 
 logger = logging.getLogger("cascade")
 
@@ -81,10 +81,9 @@ class CascadeService:
         self.shadow = ShadowRun(config.home / "registry")
         retention_s = config.feedback.retention_hours * 3600
         # every answered request, kept durably so that feedback can name any item (serving.traffic)
-        self.traffic = TrafficWriter(config.traffic_path(), retention_s) if config.feedback.keep_traffic else None
-        self.traffic_log = (
-            GroupCommitLog(self.traffic, on_error=lambda: self._count("cascade_traffic_write_errors_total"))
-            if self.traffic is not None else None
+        self.traffic = (
+            TrafficLog(config.traffic_path(), retention_s, on_error=lambda: self._count("cascade_traffic_write_errors_total"))
+            if config.feedback.keep_traffic else None
         )
         self.feedback_log = GroupCommitLog(SegmentWriter(config.feedback_path()))
         self.ledger = FeedbackLedger(config.feedback_path())
@@ -103,8 +102,8 @@ class CascadeService:
     def close(self) -> None:
         """Finish the traffic and feedback logs' pending writes and close their files (the
         escalation log belongs to the caller); call it once nothing is served any more."""
-        if self.traffic_log is not None:
-            self.traffic_log.close()
+        if self.traffic is not None:
+            self.traffic.close()
         self.feedback_log.close()
         self.traffic_reader.close()
 
@@ -132,7 +131,7 @@ class CascadeService:
                     teacher_max_in_flight=routing.teacher_max_in_flight,
                     redact=self.redact,
                     on_evidence=self._observe,
-                    **({"keep_traffic": self.traffic_log.append, "new_request_id": self.traffic.new_request_id} if self.traffic else {}),
+                    **({"keep_traffic": self.traffic.append, "new_request_id": self.traffic.new_request_id} if self.traffic else {}),
                 )
                 cascade.versions = ModelVersions(student=student["version"], teacher=None)
                 if self.live is not None:  # a restarted or added replica starts from the shared live threshold

@@ -289,20 +289,20 @@ def serve_processes(timeout_s: float = 30.0) -> dict[str, list[int]]:
             continue
         if node == here:
             found.setdefault(name.split("#")[1] if "#" in name else "proxy", []).append(pid)
-    if "proxy" in found:  # on the fast path the proxy actor runs HAProxy, whose CPU is the proxy's too
-        found["proxy"] += _haproxy_children(found["proxy"])
+    for label, pids in found.items():  # HAProxy on the fast path, an ingress's traffic writer: their CPU is the replica's too
+        pids += _children(pids)
     return found
 
 
-def _haproxy_children(parents: Sequence[int]) -> list[int]:
-    """Process ids of the haproxy processes whose parent is one of ``parents``."""
+def _children(parents: Sequence[int]) -> list[int]:
+    """Process ids of the processes whose parent is one of ``parents``."""
     children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            name, rest = stat.read_text().split(" (", 1)[1].rsplit(")", 1)
-        except (OSError, IndexError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
             continue
-        if name == "haproxy" and int(rest.split()[1]) in parents:
+        if parent in parents:
             children.append(int(stat.parent.name))
     return children
 

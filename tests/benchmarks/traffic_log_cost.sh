@@ -3,7 +3,7 @@
 # feedback.keep_traffic true and false, alternating, each on a fresh copy of HOME; wrk at 16
 # connections sends single texts in student mode (evaluation traffic) for 10 s, twice per
 # server after a 5 s warm-up; prints requests/s, p50 and the ingress replica's CPU ms per
-# request of every run, then the medians.
+# request (its traffic writer process's included) of every run, then the medians.
 #
 #   tests/benchmarks/traffic_log_cost.sh HOME [ROUNDS=3] [TEXTS_CSV=../shared/data/banking77/test.csv]
 #
@@ -26,7 +26,11 @@ open(f"{sys.argv[2]}/bench.lua", "w").write(_WRK_SCRIPT)
 PY
 export BENCH_BODIES="$work/bodies.jsonl"
 for keep in true false; do printf 'feedback:\n  keep_traffic: %s\n' $keep > "$work/keep_$keep.yaml"; done
-ingress_ticks() { for pid in $(pgrep -f "ServeReplica:cascade:Ingress"); do awk '{print $14+$15}' /proc/$pid/stat; done | awk '{s+=$1} END {print s+0}'; }
+ingress_ticks() {  # the ingress replicas' CPU ticks, with their children's (the traffic log's writer processes)
+  for pid in $(pgrep -f "ServeReplica:cascade:Ingress"); do
+    for p in $pid $(pgrep -P "$pid"); do awk '{print $14+$15}' /proc/$p/stat 2>/dev/null; done
+  done | awk '{s+=$1} END {print s+0}'
+}
 for round in $(seq "$rounds"); do
   for keep in true false; do
     rm -rf "$work/home" && cp -r "$home" "$work/home"
