@@ -157,6 +157,7 @@ class Cascade:
     ) -> ClassifyResponse:
         """Answer ``texts`` according to ``options`` (see the module docstring); a ``privileged``
         (admin) request's forced teacher items are not capped by the budget."""
+        received = time.time()  # the time kept with the request: never after the time in its id, which purging cuts by
         request_id = request_id or self.new_request_id()
         n = len(texts)
         student = await self.student(texts) if options.mode != "teacher" else None
@@ -209,7 +210,7 @@ class Cascade:
             student=student.version if student else self.versions.student,
             teacher=teacher.version if teacher else self.versions.teacher,
         )
-        request = KeptRequest(request_id, time.time(), options.evaluation, self.versions.student, self.versions.teacher, kept) if kept else None
+        request = KeptRequest(request_id, received, options.evaluation, self.versions.student, self.versions.teacher, kept) if kept else None
         logged = await self._write(records, request)
         return ClassifyResponse.model_construct(  # every field is built valid here: no second validation
             request_id=request_id,

@@ -4,6 +4,7 @@ Standard library only, so that the process starts in a few tens of milliseconds.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
@@ -58,6 +59,8 @@ class TrafficFile:
         self.retention_s = retention_s
         self._db = connect(path)
         self._db.executescript(SCHEMA)
+        self._alive = path.open("rb")  # held while this writer lives: nobody else purges its file
+        fcntl.flock(self._alive, fcntl.LOCK_SH)
         self._purged_at = 0.0
 
     def commit(self, payloads: Sequence[bytes | str]) -> None:
@@ -74,10 +77,14 @@ class TrafficFile:
             raise
         if time.monotonic() - self._purged_at >= PURGE_EVERY_S:
             self._purged_at = time.monotonic()
-            purge(self.path, self.retention_s, db=self._db)
+            try:
+                purge(self.path, self.retention_s, db=self._db)
+            except Exception as err:  # the commit stands: purging is tried again later
+                logger.error("purging %s failed: %r", self.path, err)
 
     def close(self) -> None:
         self._db.close()
+        self._alive.close()
 
 
 def purge(path: Path, retention_s: float, now: float | None = None, db: sqlite3.Connection | None = None) -> None:
@@ -94,11 +101,14 @@ def purge(path: Path, retention_s: float, now: float | None = None, db: sqlite3.
         if other == path:
             continue
         try:
-            if now - max(p.stat().st_mtime for p in files_of(other) if p.exists()) > retention_s:
+            if now - max(p.stat().st_mtime for p in files_of(other) if p.exists()) <= retention_s:
+                continue
+            with other.open("rb") as gone:
+                fcntl.flock(gone, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: its writer lives, only idle
                 for p in files_of(other):
                     p.unlink(missing_ok=True)
-        except (OSError, ValueError) as err:  # another replica removed it meanwhile
-            logger.debug("traffic log: purging %s: %r", other, err)
+        except (OSError, ValueError) as err:  # its writer lives, or another replica removed it meanwhile
+            logger.debug("traffic log: not purging %s: %r", other, err)
 
 
 def files_of(path: Path) -> list[Path]:

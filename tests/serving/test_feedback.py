@@ -147,6 +147,9 @@ def test_kept_requests_past_retention_are_purged_and_not_found(home):
     assert reader.find([request_id]) == {}  # a writer deletes its own rows past retention
     later, _, _ = make_service(home, confident_student(), feedback_token=FEEDBACK)  # another replica, long after
     later.traffic.purge(now=time.time() + 2 * later.traffic.retention_s)
+    assert service.traffic.path.exists(), "a live writer's file stays, however long it has been idle"
+    service.close()
+    later.traffic.purge(now=time.time() + 2 * later.traffic.retention_s)
     assert not service.traffic.path.exists()  # a gone writer's file goes once all of it is past retention
 
 

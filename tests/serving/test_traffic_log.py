@@ -124,10 +124,11 @@ def test_a_full_pipe_holds_writes_until_the_writer_reads_them(log):
         os.kill(log.writer_pid, signal.SIGCONT)
         return await asyncio.wait_for(asyncio.gather(*appends), 30)
 
+    writer = log.writer_pid
     try:
         assert asyncio.run(main()) == [1] * 200
     finally:
-        os.kill(log.writer_pid, signal.SIGCONT)
+        os.kill(writer, signal.SIGCONT)
     assert len(found(log, requests)) == 200
 
 
@@ -193,3 +194,18 @@ def test_purge_deletes_the_rows_past_retention_and_keeps_the_rest(log):
     asyncio.run(log.append([new]))
     log.purge(now=cut + RETENTION_S)
     assert set(found(log, [old, new])) == {new.request_id}
+
+
+def test_an_append_of_the_turn_that_closes_the_log_is_refused_and_starts_no_writer(tmp_path):
+    log = TrafficLog(tmp_path, RETENTION_S)
+    pid = log.writer_pid
+
+    async def main():
+        pending = asyncio.ensure_future(log.append([kept(log)]))
+        await asyncio.sleep(0)  # gathered: its turn has not ended
+        log.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            await pending
+
+    asyncio.run(main())
+    assert log.writer_pid is None and not alive(pid)
