@@ -59,7 +59,10 @@ def close_services():
 
 def make_service(home: Path, student=None, teacher=None, feedback_token: str | None = None, feedback: dict | None = None,
                  **routing) -> tuple[CascadeService, TestClient, list]:
-    """A service over fakes and its HTTP client; the ``close_services`` fixture closes it."""
+    """A service over fakes and its HTTP client; the ``close_services`` fixture closes it. Audits
+    are off unless a test sets ``audit_rate``: a random audit would consult the teacher on an item
+    a test expects the student to answer alone."""
+    routing.setdefault("audit_rate", 0.0)
     written: list = []
 
     async def append(records):
