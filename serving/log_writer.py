@@ -16,7 +16,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 from distill.escalations import EscalationRecord
 from serving.config import LogConfig
@@ -101,17 +101,6 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-class DurableWriter(Protocol):
-    """What a ``GroupCommitLog`` writes through (``SegmentWriter``)."""
-
-    directory: Path
-    bytes_written: int
-
-    def append(self, records: Sequence[Any]) -> int: ...
-
-    def close(self) -> None: ...
-
-
 class _Commit(asyncio.Future):
     """One event-loop turn's share of a group commit, awaited by every append of that turn. It
     cannot be cancelled: a request that goes away (its task cancelled) still gets its
@@ -158,14 +147,14 @@ class TurnBatchedLog:
 
 
 class GroupCommitLog(TurnBatchedLog):
-    """Durable appends through a ``DurableWriter`` in a thread: one write and fsync for whatever
+    """Durable appends through a ``SegmentWriter`` in a thread: one write and fsync for whatever
     requests appended meanwhile (a write takes further appends while it holds fewer than
     ``max_batch`` records). A failed write raises its error (OSError for a full disk) in every
     append it held, and acknowledges none of them.
 
     ``on_written(records, bytes)`` and ``on_error()`` are called from the writer thread."""
 
-    def __init__(self, writer: DurableWriter, max_batch: int = 512,
+    def __init__(self, writer: SegmentWriter, max_batch: int = 512,
                  on_written: Callable[[int, int], None] | None = None, on_error: Callable[[], None] | None = None):
         super().__init__(f"log {writer.directory}")
         self.writer = writer
@@ -231,10 +220,7 @@ class GroupCommitLog(TurnBatchedLog):
 def settle(outcomes: Sequence[tuple[asyncio.Future, asyncio.AbstractEventLoop, int | Exception]]) -> None:
     """Settle appends' futures, from any thread: each gets its count, or raises its error. Futures
     of the running loop are settled at once; each other loop is woken once for its whole share."""
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
+    running = running_loop()
     by_loop: dict[asyncio.AbstractEventLoop, list] = {}
     for done, loop, outcome in outcomes:
         by_loop.setdefault(loop, []).append((done, outcome))
@@ -246,6 +232,14 @@ def settle(outcomes: Sequence[tuple[asyncio.Future, asyncio.AbstractEventLoop, i
             loop.call_soon_threadsafe(_settle, calls)
         except RuntimeError:  # that event loop is closed: nobody waits for these answers
             pass
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """This thread's running event loop, or None outside one."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _settle(calls: list[tuple[asyncio.Future, int | Exception]]) -> None:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
-from serving.log_writer import TurnBatchedLog, settle
+from serving.log_writer import TurnBatchedLog, running_loop, settle
 from serving.traffic_store import F_SETPIPE_SZ, PIPE_BYTES, connect, purge
 
 logger = logging.getLogger("cascade")
@@ -232,8 +232,7 @@ class TrafficLog(TurnBatchedLog):
                 return self._child_gone()
             self._acks += chunk
             outcomes = self._acknowledged()
-        self._failed([outcome for outcome in outcomes if isinstance(outcome[2], Exception)])
-        settle([outcome for outcome in outcomes if not isinstance(outcome[2], Exception)])
+        self._finish(outcomes)
 
     def _acknowledged(self) -> list[tuple[asyncio.Future, asyncio.AbstractEventLoop, int | Exception]]:
         """The appends that the whole acknowledgement lines read so far settle (under the lock)."""
@@ -269,7 +268,7 @@ class TrafficLog(TurnBatchedLog):
 
     def _unwatch_all(self) -> None:
         """Stop every loop watching the child's pipes (under the lock)."""
-        running = _running_loop()
+        running = running_loop()
         read_fd, write_fd = self._read_fd, self._write_fd
         for loop in self._readers | self._flushers:
             if loop.is_closed():
@@ -324,15 +323,12 @@ class TrafficLog(TurnBatchedLog):
                          for done, loop, _ in self._unacknowledged]
             self._unacknowledged.clear()
             self._outbox.clear()
+        self._finish(outcomes)
+
+    def _finish(self, outcomes: list) -> None:
+        """Settle appends (outside the lock): the failed ones counted and logged as failures."""
         self._failed([outcome for outcome in outcomes if isinstance(outcome[2], Exception)])
         settle([outcome for outcome in outcomes if not isinstance(outcome[2], Exception)])
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 class TrafficReader:
