@@ -3,7 +3,8 @@
 # feedback.keep_traffic true and false, alternating, each on a fresh copy of HOME; wrk at 16
 # connections sends single texts in student mode (evaluation traffic) for 10 s, twice per
 # server after a 5 s warm-up; prints requests/s, p50 and the ingress replica's CPU ms per
-# request (its traffic writer process's included) of every run, then the medians.
+# request (its traffic writer process's included) and the machine's busy share (wrk included) of
+# every run, then the medians.
 #
 #   tests/benchmarks/traffic_log_cost.sh HOME [ROUNDS=3] [TEXTS_CSV=../shared/data/banking77/test.csv]
 #
@@ -31,6 +32,9 @@ ingress_ticks() {  # the ingress replicas' CPU ticks, with their children's (the
     for p in $pid $(pgrep -P "$pid"); do awk '{print $14+$15}' /proc/$p/stat 2>/dev/null; done
   done | awk '{s+=$1} END {print s+0}'
 }
+machine_ticks() {  # busy and all CPU ticks of the whole machine (busy: all but idle and iowait)
+  awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat
+}
 for round in $(seq "$rounds"); do
   for keep in true false; do
     rm -rf "$work/home" && cp -r "$home" "$work/home"
@@ -39,13 +43,14 @@ for round in $(seq "$rounds"); do
     for _ in $(seq 240); do curl -sf -o /dev/null http://127.0.0.1:8011/readyz && break; sleep 1; done
     wrk -t2 -c16 -d5s -s "$work/bench.lua" http://127.0.0.1:8011/v1/classify > /dev/null
     for run in 1 2; do
-      before=$(ingress_ticks)
+      before=$(ingress_ticks); machine_before=$(machine_ticks)
       out=$(wrk -t2 -c16 -d10s --latency -s "$work/bench.lua" http://127.0.0.1:8011/v1/classify)
-      after=$(ingress_ticks)
+      after=$(ingress_ticks); machine_after=$(machine_ticks)
       requests=$(echo "$out" | awk '/requests in/ {print $1}')
       echo "keep_traffic=$keep round=$round run=$run requests_per_s=$(echo "$out" | awk '/Requests\/sec/ {print $2}')" \
            "p50=$(echo "$out" | awk '$1=="50%" {print $2}') non_2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}' | grep . || echo 0)" \
-           "ingress_cpu_ms_per_request=$(python -c "print(round(($after - $before) * 1000 / $(getconf CLK_TCK) / $requests, 3))")"
+           "ingress_cpu_ms_per_request=$(python -c "print(round(($after - $before) * 1000 / $(getconf CLK_TCK) / $requests, 3))")" \
+           "machine_busy=$(python -c "b0, t0, b1, t1 = map(int, '$machine_before $machine_after'.split()); print(round((b1 - b0) / (t1 - t0), 3))")"
     done | tee -a "$work/runs.txt"
     kill -INT $server; wait $server || true
   done
