@@ -4,7 +4,7 @@
 # connections sends single texts in student mode (evaluation traffic) for 10 s, twice per
 # server after a 5 s warm-up; prints requests/s, p50 and the ingress replica's CPU ms per
 # request (its traffic writer process's included) and the machine's busy share (wrk included) of
-# every run, then the medians.
+# every run, then the medians and the cost by round (the log on against off in the same round).
 #
 #   tests/benchmarks/traffic_log_cost.sh HOME [ROUNDS=3] [TEXTS_CSV=../shared/data/banking77/test.csv]
 #
@@ -57,12 +57,17 @@ for round in $(seq "$rounds"); do
 done
 python - "$work/runs.txt" <<'PY'
 import re, statistics, sys
-runs = {}
+runs, by_round = {}, {}
 for line in open(sys.argv[1]):
-    keep = re.search(r"keep_traffic=(\w+)", line).group(1)
-    runs.setdefault(keep, []).append((float(re.search(r"requests_per_s=([\d.]+)", line).group(1)),
-                                      float(re.search(r"ingress_cpu_ms_per_request=([\d.]+)", line).group(1))))
+    keep, rnd = re.search(r"keep_traffic=(\w+) round=(\d+)", line).groups()
+    per_s = float(re.search(r"requests_per_s=([\d.]+)", line).group(1))
+    runs.setdefault(keep, []).append((per_s, float(re.search(r"ingress_cpu_ms_per_request=([\d.]+)", line).group(1))))
+    by_round.setdefault(rnd, {}).setdefault(keep, []).append(per_s)
 for keep, values in runs.items():
     print(f"keep_traffic={keep}: median {statistics.median(v[0] for v in values):.0f} requests/s, "
           f"median {statistics.median(v[1] for v in values):.3f} ingress CPU ms per request, over {len(values)} runs")
+# each round's servers ran minutes apart, so a round's ratio is the least disturbed by the machine's drift
+costs = [100 * (1 - statistics.mean(r["true"]) / statistics.mean(r["false"])) for r in by_round.values() if len(r) == 2]
+print("cost by round (% of requests/s): " + ", ".join(f"{c:.1f}" for c in costs)
+      + f"; median {statistics.median(costs):.1f} %" if costs else "no whole round")
 PY
