@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # What the traffic log costs the single-text path, on one build: `cascade serve` with
-# feedback.keep_traffic true and false, alternating, each on a fresh copy of HOME; wrk at 16
-# connections sends single texts in student mode (evaluation traffic) for 10 s, twice per
+# feedback.keep_traffic true and false, alternating, each on a fresh copy of HOME; wrk at CONNECTIONS
+# connections (16) sends single texts in student mode (evaluation traffic) for 10 s, twice per
 # server after a 5 s warm-up; prints requests/s, p50 and the ingress replica's CPU ms per
 # request (its traffic writer process's included) and the machine's busy share (wrk included) of
 # every run, then the medians and the cost by round (the log on against off in the same round).
 #
-#   tests/benchmarks/traffic_log_cost.sh HOME [ROUNDS=3] [TEXTS_CSV=../shared/data/banking77/test.csv]
+#   [CONNECTIONS=16] tests/benchmarks/traffic_log_cost.sh HOME [ROUNDS=3] [TEXTS_CSV=../shared/data/banking77/test.csv]
 #
+# CONNECTIONS: wrk's connections (16, as `cascade bench`). In a closed loop a request's wait for
+# its commit leaves the server idle unless enough connections keep it busy: with more of them
+# the figure is the cost to the path's capacity rather than to 16 clients' throughput.
 # HOME: a bootstrapped home (`cascade bootstrap --home HOME`); it is copied, never changed.
 # Needs wrk. Port 8011. Run it on a quiet machine: the client shares its CPUs.
 set -euo pipefail
-home=$(realpath "$1"); rounds=${2:-3}
+home=$(realpath "$1"); rounds=${2:-3}; connections=${CONNECTIONS:-16}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 texts=${3:-$root/../shared/data/banking77/test.csv}
 work=$(mktemp -d)
@@ -41,13 +44,13 @@ for round in $(seq "$rounds"); do
     python -m serving.cli serve --home "$work/home" --port 8011 --config "$work/keep_$keep.yaml" -q > "$work/serve.log" 2>&1 &
     server=$!
     for _ in $(seq 240); do curl -sf -o /dev/null http://127.0.0.1:8011/readyz && break; sleep 1; done
-    wrk -t2 -c16 -d5s -s "$work/bench.lua" http://127.0.0.1:8011/v1/classify > /dev/null
+    wrk -t2 -c"$connections" -d5s -s "$work/bench.lua" http://127.0.0.1:8011/v1/classify > /dev/null
     for run in 1 2; do
       before=$(ingress_ticks); machine_before=$(machine_ticks)
-      out=$(wrk -t2 -c16 -d10s --latency -s "$work/bench.lua" http://127.0.0.1:8011/v1/classify)
+      out=$(wrk -t2 -c"$connections" -d10s --latency -s "$work/bench.lua" http://127.0.0.1:8011/v1/classify)
       after=$(ingress_ticks); machine_after=$(machine_ticks)
       requests=$(echo "$out" | awk '/requests in/ {print $1}')
-      echo "keep_traffic=$keep round=$round run=$run requests_per_s=$(echo "$out" | awk '/Requests\/sec/ {print $2}')" \
+      echo "keep_traffic=$keep round=$round run=$run connections=$connections requests_per_s=$(echo "$out" | awk '/Requests\/sec/ {print $2}')" \
            "p50=$(echo "$out" | awk '$1=="50%" {print $2}') non_2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}' | grep . || echo 0)" \
            "ingress_cpu_ms_per_request=$(python -c "print(round(($after - $before) * 1000 / $(getconf CLK_TCK) / $requests, 3))")" \
            "machine_busy=$(python -c "b0, t0, b1, t1 = map(int, '$machine_before $machine_after'.split()); print(round((b1 - b0) / (t1 - t0), 3))")"
