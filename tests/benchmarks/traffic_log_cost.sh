@@ -2,9 +2,10 @@
 # What the traffic log costs the single-text path, on one build: `cascade serve` with
 # feedback.keep_traffic true and false, alternating, each on a fresh copy of HOME; wrk at CONNECTIONS
 # connections (16) sends single texts in student mode (evaluation traffic) for 10 s, twice per
-# server after a 5 s warm-up; prints requests/s, p50 and the ingress replica's CPU ms per
-# request (its traffic writer process's included) and the machine's busy share (wrk included) of
-# every run, then the medians and the cost by round (the log on against off in the same round).
+# server after a 5 s warm-up; prints requests/s, p50, the ingress replica's CPU ms per request
+# (with its traffic writer process's; then its event loop's and its writer's alone) and the
+# machine's busy share (wrk included) of every run, then the medians and the cost by round (the
+# log on against off in the same round).
 #
 #   [CONNECTIONS=16] tests/benchmarks/traffic_log_cost.sh HOME [ROUNDS=3] [TEXTS_CSV=../shared/data/banking77/test.csv]
 #
@@ -30,10 +31,30 @@ open(f"{sys.argv[2]}/bench.lua", "w").write(_WRK_SCRIPT)
 PY
 export BENCH_BODIES="$work/bodies.jsonl"
 for keep in true false; do printf 'feedback:\n  keep_traffic: %s\n' $keep > "$work/keep_$keep.yaml"; done
-ingress_ticks() {  # the ingress replicas' CPU ticks, with their children's (the traffic log's writer processes)
-  for pid in $(pgrep -f "ServeReplica:cascade:Ingress"); do
-    for p in $pid $(pgrep -P "$pid"); do awk '{print $14+$15}' /proc/$p/stat 2>/dev/null; done
-  done | awk '{s+=$1} END {print s+0}'
+ingress_ticks() {  # JSON: CPU ticks of each thread of the ingress replicas, and of their children (the traffic log's writers)
+  python - $(pgrep -f "ServeReplica:cascade:Ingress") <<'PY'
+import json, os, subprocess, sys
+def ticks(stat):  # utime + stime, after the command name (which may hold spaces)
+    fields = open(stat).read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+threads, children = {}, {}
+for pid in sys.argv[1:]:
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        threads[tid] = ticks(f"/proc/{pid}/task/{tid}/stat")
+    for child in subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split():
+        children[child] = ticks(f"/proc/{child}/stat")
+print(json.dumps({"threads": threads, "children": children}))
+PY
+}
+cpu_per_request() {  # ms per request: the ingress's whole CPU with its children's, its busiest thread's (the event loop's), its children's
+  python - "$1" "$2" "$3" "$(getconf CLK_TCK)" <<'PY'
+import json, sys
+before, after, requests, hz = json.loads(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+used = {kind: [after[kind][k] - before[kind].get(k, 0) for k in after[kind]] for kind in after}
+ms = lambda t: round(t * 1000 / hz / requests, 3)
+print(f"ingress_cpu_ms_per_request={ms(sum(used['threads']) + sum(used['children']))} "
+      f"loop_cpu_ms_per_request={ms(max(used['threads'], default=0))} writer_cpu_ms_per_request={ms(sum(used['children']))}")
+PY
 }
 machine_ticks() {  # busy and all CPU ticks of the whole machine (busy: all but idle and iowait)
   awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat
@@ -52,7 +73,7 @@ for round in $(seq "$rounds"); do
       requests=$(echo "$out" | awk '/requests in/ {print $1}')
       echo "keep_traffic=$keep round=$round run=$run connections=$connections requests_per_s=$(echo "$out" | awk '/Requests\/sec/ {print $2}')" \
            "p50=$(echo "$out" | awk '$1=="50%" {print $2}') non_2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}' | grep . || echo 0)" \
-           "ingress_cpu_ms_per_request=$(python -c "print(round(($after - $before) * 1000 / $(getconf CLK_TCK) / $requests, 3))")" \
+           "$(cpu_per_request "$before" "$after" "$requests")" \
            "machine_busy=$(python -c "b0, t0, b1, t1 = map(int, '$machine_before $machine_after'.split()); print(round((b1 - b0) / (t1 - t0), 3))")"
     done | tee -a "$work/runs.txt"
     kill -INT $server; wait $server || true
@@ -64,11 +85,13 @@ runs, by_round = {}, {}
 for line in open(sys.argv[1]):
     keep, rnd = re.search(r"keep_traffic=(\w+) round=(\d+)", line).groups()
     per_s = float(re.search(r"requests_per_s=([\d.]+)", line).group(1))
-    runs.setdefault(keep, []).append((per_s, float(re.search(r"ingress_cpu_ms_per_request=([\d.]+)", line).group(1))))
+    runs.setdefault(keep, []).append((per_s, *(float(re.search(rf"{part}_cpu_ms_per_request=([\d.]+)", line).group(1))
+                                               for part in ("ingress", "loop", "writer"))))
     by_round.setdefault(rnd, {}).setdefault(keep, []).append(per_s)
 for keep, values in runs.items():
     print(f"keep_traffic={keep}: median {statistics.median(v[0] for v in values):.0f} requests/s, "
-          f"median {statistics.median(v[1] for v in values):.3f} ingress CPU ms per request, over {len(values)} runs")
+          f"CPU ms per request (medians): ingress {statistics.median(v[1] for v in values):.3f}, its event loop "
+          f"{statistics.median(v[2] for v in values):.3f}, its writer {statistics.median(v[3] for v in values):.3f}; over {len(values)} runs")
 # each round's servers ran minutes apart, so a round's ratio is the least disturbed by the machine's drift
 costs = [100 * (1 - statistics.mean(r["true"]) / statistics.mean(r["false"])) for r in by_round.values() if len(r) == 2]
 print("cost by round (% of requests/s): " + ", ".join(f"{c:.1f}" for c in costs)
