@@ -150,10 +150,10 @@ class TrafficLog(TurnBatchedLog):
         self._child = child
 
     def _hand_over(self, records: list, done: asyncio.Future, loop: asyncio.AbstractEventLoop) -> None:
-        """Send a turn's records to the child as one line. A line per append instead (no waiting
-        for the turn's end) cost more than it saved: the child woke and committed once a request
-        (``tests/benchmarks/traffic_log_cost.sh``: the ingress's and its writer's CPU, median
-        1.25 ms a request over 6 runs, against 1.11 over 12 when gathered per turn)."""
+        """Send a turn's records to the child as one line. Sending each append at once, always or
+        whenever the child was idle, cut the wait for the turn's end but cost more than it saved:
+        the child committed, and fsynced, several times as often, and the ingress's CPU per
+        request rose (``tests/benchmarks/traffic_log_cost.sh``)."""
         try:
             line = json.dumps(records).encode() + b"\n"
             with self._lock:
