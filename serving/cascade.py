@@ -45,6 +45,13 @@ Predict = Callable[[list[str]], Awaitable[ModelOutput]]
 AppendLog = Callable[[list[EscalationRecord]], Awaitable[int]]
 KeepTraffic = Callable[[list[KeptRequest]], Awaitable[int]]
 Redact = Callable[[str], str]
+# the threshold a student's answer is routed with (admin, online control or config), None: its policy's
+ThresholdFor = Callable[[ModelOutput, EscalationPolicy], float | None]
+
+
+def no_override(output: ModelOutput, policy: EscalationPolicy) -> None:
+    """Every student answer routed at its own policy's threshold."""
+    return None
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ class Cascade:
         append_log: AppendLog,
         labels: Sequence[str],
         costs: CostModel,
-        threshold: float | None = None,
+        threshold_for: ThresholdFor = no_override,
         teacher_timeout_s: float = 5.0,
         budget: TeacherRateLimiter | None = None,
         auditor: AuditSampler | None = None,
@@ -96,7 +103,7 @@ class Cascade:
         self.append_log = append_log
         self.labels = list(labels)
         self.costs = costs
-        self.threshold = threshold  # service-wide override of the fitted threshold
+        self.threshold_for = threshold_for  # the service-wide threshold for the student that answered
         self.teacher_timeout_s = teacher_timeout_s
         self.budget = budget  # caps the teacher's share of items over a sliding window
         self.auditor = auditor  # sends a fraction of confident items to the teacher too
@@ -161,11 +168,11 @@ class Cascade:
         request_id = request_id or self.new_request_id()
         n = len(texts)
         student = await self.student(texts) if options.mode != "teacher" else None
-        threshold = options.threshold if options.threshold is not None else self.threshold
-        plan = route(
-            options.mode, n, student.probs if student else None, self.policy_for(student) if student else None,
-            threshold, self.budget, self.auditor, privileged,
-        )
+        policy = self.policy_for(student) if student else None
+        threshold = options.threshold
+        if threshold is None and options.mode == "cascade":
+            threshold = self.threshold_for(student, policy)
+        plan = route(options.mode, n, student.probs if student else None, policy, threshold, self.budget, self.auditor, privileged)
         asked = np.flatnonzero(plan.ask)
         teacher, cause = (None, None)
         if len(asked):

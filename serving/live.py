@@ -11,14 +11,17 @@ feedback log (``outcomes``, ``serving.feedback.FeedbackLedger.outcomes``).
 A newly promoted student starts control afresh (the state names the student it belongs to),
 from a safe point: ``routing.threshold`` when set, else the top of the measure's range, where
 every item goes to the teacher, agrees by definition and is known; the first steps (one per
-``update_every`` items) come down as far as that complete evidence bounds. Starting from the
+``update_every`` items) come down as far as that complete evidence bounds. Its very first
+answers are routed there too: a replica routes a student the state does not name yet at the
+point control would start it, until its next sync puts it in the state. Starting from the
 fitted threshold instead served a shifted stream under the goal until the evidence had
 climbed to it. A student whose fitted policy escalates everything (a seed student in shadow)
 is held there: control does not undo it. A replica whose model servers still answer with the
-previous student for a while after a promotion (they swap one by one) does not bring it back:
-evidence of a student the registry does not point at is dropped while the state's student is
-the one it points at, and for ``stale_s`` after the switch from it; a rollback (the registry
-pointing at it again) switches back. The state also keeps a short history of the live figures
+previous student for a while after a promotion (they swap one by one) routes those answers at
+that student's last live threshold, and does not bring it back: evidence of a student the
+registry does not point at is dropped while the state's student is the one it points at, and
+for ``stale_s`` after the switch from it; a rollback (the registry pointing at it again)
+switches back. The state also keeps a short history of the live figures
 for the dashboard, the same whichever replica answers."""
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ class LiveControl:
         self.status = LiveStatus(goal=str(self.goal))
         self._deltas: dict[str, tuple[EscalationPolicy, LiveEvidence]] = {}  # new evidence per student version
         self._latest: str | None = None  # the student version observed last
+        self._previous: tuple[str | None, float | None] = (None, None)  # the student the state's replaced, its last threshold
         self._synced_at = float("-inf")
         self._syncing = False
 
@@ -98,12 +102,22 @@ class LiveControl:
         self._deltas[version][1].add(evidence.plan.confidence, evidence.known, evidence.agreed)
         self._latest = version
 
-    def threshold(self, student_version: str | None) -> float | None:
-        """The shared live threshold for ``student_version``; None until the shared state names it
-        (a replica serving a new student syncs at its next request, see ``tick``)."""
-        if student_version is None or self.status.student != student_version:
+    def threshold(self, student_version: str | None, policy: EscalationPolicy | None = None, classes: int | None = None) -> float | None:
+        """The live threshold for ``student_version``'s answers; None: control is off for it.
+        The shared state's for the student it names, and its last for the one it replaced (a
+        replica not yet swapped); a student it does not name yet (its first answers, before this
+        replica's next sync puts it there) starts where control would start it, given its
+        ``policy`` and number of ``classes`` (None without them)."""
+        if student_version is None:
             return None
-        return self.status.threshold
+        if self.status.student == student_version:
+            return self.status.threshold
+        if student_version == self._previous[0]:
+            return self._previous[1]
+        if policy is None or classes is None or not self._controllable(policy):
+            return None
+        grid = threshold_grid(policy.measure, classes)
+        return float(grid[self._start(policy, grid)[0]])
 
     def _controllable(self, policy: EscalationPolicy) -> bool:
         """Whether control can hold the goal for this student (an accuracy goal needs its validated agreement)."""
@@ -155,6 +169,7 @@ class LiveControl:
                 write_json(self.path, state)
         if state is not None:
             self.status = LiveStatus.model_validate(state["status"])
+            self._previous = (state.get("previous"), state.get("previous_threshold"))
             if self.on_status is not None:
                 self.on_status(self.status)
         return self.status
@@ -196,7 +211,8 @@ class LiveControl:
                                 threshold=float(delta.grid[index]) if controllable else None)
             state = {"status": status.model_dump(), "evidence": LiveEvidence(delta.grid).to_dict(), "index": index,
                      "floor": floor, "since_step": 0.0, "history": [], "started_at": time.time(),
-                     "previous": None if state is None else state["status"]["student"]}
+                     "previous": None if state is None else state["status"]["student"],
+                     "previous_threshold": None if state is None else state["status"]["threshold"]}
         evidence = LiveEvidence.from_dict(state["evidence"])
         evidence.merge(delta)
         evidence.age(self.settings.window_items)

@@ -16,7 +16,7 @@ from distill.errors import RegistryError
 from distill.feedback import FeedbackRecord
 from distill.metadata import escalation_policy
 from distill.registry import Registry
-from router import AuditSampler, CircuitBreaker, RouterError, TeacherRateLimiter
+from router import AuditSampler, CircuitBreaker, EscalationPolicy, RouterError, TeacherRateLimiter
 from serving import admin
 from serving.api import ClassifyOptions, ClassifyResponse, ModelsResponse, ModelVersions
 from serving.cascade import AppendLog, Cascade, Evidence, ModelOutput, Redact
@@ -130,14 +130,15 @@ class CascadeService:
                     breaker=CircuitBreaker(routing.breaker_failures, routing.breaker_reset_s),
                     teacher_max_in_flight=routing.teacher_max_in_flight,
                     redact=self.redact,
+                    threshold_for=self._threshold_for,
                     on_evidence=self._observe,
                     **({"keep_traffic": self.traffic.append, "new_request_id": self.traffic.new_request_id} if self.traffic else {}),
                 )
                 cascade.versions = ModelVersions(student=student["version"], teacher=None)
                 if self.live is not None:  # a restarted or added replica starts from the shared live threshold
                     await asyncio.to_thread(self.live.sync)
+                self.shared.read(fresh=True)  # a restarted or added replica starts from the admin's threshold too
                 self.cascade = cascade
-                cascade.threshold = self._threshold_override(fresh=True)
                 # every answer names the teacher's version, even before the teacher first answers
                 self._teacher_task = asyncio.get_running_loop().create_task(self._learn_teacher_version(cascade))
         return self.cascade
@@ -210,7 +211,6 @@ class CascadeService:
         """Check ``texts``, run the cascade, record the request's metrics (one path for /v1 and /v2)."""
         self.check_texts(texts)
         cascade = await self.ready()
-        cascade.threshold = self._threshold_override()
         start = time.perf_counter()
         try:
             answer = await cascade.classify(texts, options, privileged=privileged)
@@ -224,16 +224,19 @@ class CascadeService:
         await self.shadow.tick(cascade.versions.student)
         return answer
 
-    def _threshold_override(self, fresh: bool = False) -> float | None:
-        """The threshold every replica uses: the admin's, else the live one (online control),
-        else the config's (None: the fitted one)."""
-        return self._threshold_and_source(fresh)[0]
+    def _threshold_for(self, output: ModelOutput, policy: EscalationPolicy) -> float | None:
+        """The threshold a student's answer is routed with (``_threshold_and_source``)."""
+        return self._threshold_and_source(output.version, policy, output.probs.shape[1])[0]
 
-    def _threshold_and_source(self, fresh: bool = False) -> tuple[float | None, str]:
+    def _threshold_and_source(self, version: str | None, policy: EscalationPolicy, classes: int,
+                              fresh: bool = False) -> tuple[float | None, str]:
+        """The threshold every replica routes ``version``'s answers with, and where it comes from:
+        the admin's, else online control's (``serving.live``), else the config's, else None (the
+        student's fitted one)."""
         shared = self.shared.read(fresh).threshold
         if shared is not None:
             return shared, "admin"
-        live = self.live.threshold(self.cascade.versions.student) if self.live is not None and self.cascade else None
+        live = self.live.threshold(version, policy, classes) if self.live is not None else None
         if live is not None:
             return live, "live"
         return (self.config.routing.threshold, "config") if self.config.routing.threshold is not None else (None, "fitted")
@@ -245,7 +248,7 @@ class CascadeService:
         cascade = await self.ready()
         student, teacher = await asyncio.gather(self.student.info(), self._teacher_info())
         policy = escalation_policy(student["policy"])
-        override, source = self._threshold_and_source(fresh=True)
+        override, source = self._threshold_and_source(student["version"], policy, len(cascade.labels), fresh=True)
         return ModelsResponse(
             labels=cascade.labels,
             versions=ModelVersions(student=student["version"], teacher=teacher["version"] if teacher else cascade.versions.teacher),
@@ -297,16 +300,16 @@ class CascadeService:
         """Set the threshold of every ingress replica (None: back to the configured, else the
         fitted one); checked against the student's confidence measure; survives restarts."""
         cascade = await self.ready()
+        student = await self.student.info()
+        policy = escalation_policy(student["policy"])
         if threshold is not None:
-            student = await self.student.info()
-            policy = escalation_policy(student["policy"])
             try:
                 dataclasses.replace(policy, threshold=threshold)
             except RouterError as err:
                 raise InvalidInput(f"threshold: {err}") from None
-        previous = self._threshold_override(fresh=True)
+        previous = self._threshold_and_source(student["version"], policy, len(cascade.labels), fresh=True)[0]
         await asyncio.to_thread(self.shared.write, threshold=threshold)
-        cascade.threshold = self._threshold_override(fresh=True)
+        self.shared.read(fresh=True)  # this replica routes with it at once, the others within a check
         return admin.ThresholdResponse(threshold=threshold, previous=previous)
 
     async def set_shadow(self, version: str | None) -> dict[str, Any]:

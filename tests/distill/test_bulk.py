@@ -158,7 +158,7 @@ def test_the_stages_answer_as_the_served_cascade(own_home: Path, tiny_data: Path
         logged.extend(records)
         return len(records)
 
-    cascade = Cascade(client(student), client(teacher), append, student.labels, CostModel(), threshold=threshold)
+    cascade = Cascade(client(student), client(teacher), append, student.labels, CostModel(), threshold_for=lambda output, policy: threshold)
     served = asyncio.run(cascade.classify(rows["_text"].to_pylist(), ClassifyOptions())).predictions
     assert 0 < sum(p.tier == "teacher" for p in served) < len(served)
     assert out["label"].to_pylist() == [p.label for p in served]

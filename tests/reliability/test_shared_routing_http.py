@@ -142,10 +142,10 @@ def test_the_controlled_threshold_is_shared_by_both_replicas_and_kept_across_res
         return [(m["threshold_source"], m["threshold"], (m["live"] or {}).get("updated_at")) for m in models]
 
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # until the controller has stepped: 200 new items, synced once a second
+    while time.monotonic() < deadline:  # until the controller has stepped (200 new items) and both replicas read that step
         classify(url, IN_DOMAIN + ODD)
         views = live_views()
-        if all(view[0] == "live" for view in views):
+        if all(view[0] == "live" and view[2] is not None for view in views) and len(set(views)) == 1:
             break
     views = {view[:2] for view in live_views()}
     assert len(views) == 1 and next(iter(views))[0] == "live", views  # both replicas route alike

@@ -34,16 +34,17 @@ def evidence(rng: np.random.Generator, version: str, policy: EscalationPolicy, t
 def serve(live: LiveControl, rng: np.random.Generator, version: str, policy: EscalationPolicy = FITTED, requests: int = 1) -> None:
     """``requests`` requests routed at the replica's threshold for ``version``, each synced."""
     for _ in range(requests):
-        threshold = live.threshold(version)
+        threshold = live.threshold(version, policy, 3)
         live.observe(evidence(rng, version, policy, policy.threshold if threshold is None else threshold))
         live.sync()
 
 
 def test_a_new_student_starts_at_the_top_and_comes_down_to_the_goal(tmp_path):
     live, rng = LiveControl(tmp_path, GOAL, teacher_budget=1.0), np.random.default_rng(0)
-    live.observe(evidence(rng, "student-v1", FITTED, 0.3))  # the first request: the fitted threshold served it
-    assert live.threshold("student-v1") is None
-    live.sync()  # the shared state names the student: every replica starts it from the top
+    assert live.threshold("student-v1") is None  # nothing to start it from without its policy
+    assert live.threshold("student-v1", FITTED, 3) == 1.0  # its first answers start at the top, before any sync
+    live.observe(evidence(rng, "student-v1", FITTED, 1.0))
+    live.sync()  # the shared state names the student: every replica routes it from there
     assert live.threshold("student-v1") == 1.0
     # 100 items: not yet a step (one per 200)
     assert live.status.student == "student-v1" and live.status.threshold == 1.0 and live.status.fitted_threshold == 0.3
@@ -65,12 +66,14 @@ def test_a_seed_student_that_escalates_everything_is_held_there(tmp_path):
 
 def test_routing_threshold_is_the_start_when_set(tmp_path):
     live, rng = LiveControl(tmp_path, GOAL, teacher_budget=1.0, start_threshold=0.9), np.random.default_rng(2)
+    assert live.threshold("student-v1", FITTED, 3) == pytest.approx(0.9)  # before the state names it, too
     serve(live, rng, "student-v1")
-    assert live.status.threshold == 0.9
+    assert live.status.threshold == pytest.approx(0.9)
 
 
 def test_a_budget_goal_starts_from_the_fitted_threshold(tmp_path):
     live, rng = LiveControl(tmp_path, "budget<=0.10", teacher_budget=1.0), np.random.default_rng(3)
+    assert live.threshold("student-v1", FITTED, 3) == pytest.approx(0.3)
     serve(live, rng, "student-v1")
     assert live.status.threshold == pytest.approx(0.3)
 
@@ -78,6 +81,7 @@ def test_a_budget_goal_starts_from_the_fitted_threshold(tmp_path):
 def test_an_accuracy_goal_without_a_validated_agreement_leaves_control_off(tmp_path):
     unvalidated = EscalationPolicy(threshold=0.3, goal="accuracy>=teacher")
     live, rng = LiveControl(tmp_path, "accuracy>=teacher", teacher_budget=1.0), np.random.default_rng(4)
+    assert live.threshold("student-v1", unvalidated, 3) is None
     serve(live, rng, "student-v1", unvalidated, requests=5)
     assert live.threshold("student-v1") is None and live.status.threshold is None
 
@@ -98,9 +102,12 @@ def test_replicas_share_the_threshold_and_a_restart_starts_from_it(tmp_path):
 def test_a_replica_not_yet_swapped_does_not_bring_the_previous_student_back(tmp_path):
     a, b, rng = LiveControl(tmp_path, GOAL, 1.0), LiveControl(tmp_path, GOAL, 1.0), np.random.default_rng(6)
     serve(a, rng, "student-v1", requests=60)
+    v1_threshold = a.status.threshold
     serve(a, rng, "student-v2")  # promoted: a sees the new student (100 items, no step yet)
     serve(b, rng, "student-v1", requests=3)  # b's model servers still answer with the old one
     assert b.status.student == a.sync().student == "student-v2" and a.status.threshold == 1.0
+    # b routes the old student's answers at its last live threshold, not at its safe start
+    assert b.threshold("student-v1", FITTED, 3) == v1_threshold < 1.0
     (tmp_path / "student").mkdir()
     (tmp_path / "student" / "CURRENT").write_text('{"version": "student-v1"}\n')  # as Registry.promote writes it
     serve(b, rng, "student-v1")  # a rollback: the registry points at the old student again

@@ -107,7 +107,8 @@ def test_forced_teacher_items_are_capped_by_the_budget_unless_admin(home):
 
 def test_escalated_and_consulted_mean_one_thing_each(home):
     student = FakeModel("student-v1", [0.9, 0.05, 0.05], {"threshold": 0.7})  # every item confident
-    _, client, written = make_service(home, student=student, audit_rate=1.0)
+    # the fitted threshold: online control would start this new student with every item at the teacher
+    _, client, written = make_service(home, student=student, audit_rate=1.0, control=False)
     audited = client.post("/v1/classify", json={"inputs": ["x", "y"]}).json()["predictions"]
     assert all(p["reason"] == "audit" and p["consulted"] and not p["escalated"] and p["tier"] == "student" for p in audited)
     assert len(written) == 2
@@ -246,7 +247,10 @@ def test_online_control_is_shared_by_replicas_survives_restarts_and_restarts_wit
     assert restarted_http.get("/v1/models").json()["threshold"] == models["threshold"]
     _, promoted_http, _ = make("student-v2")  # a new student starts control afresh, from a safe point (every item to the teacher)
     fresh = promoted_http.get("/v1/models").json()
-    assert fresh["threshold_source"] == "fitted" and fresh["threshold"] == 0.9 and fresh["live"] is None
+    assert fresh["threshold_source"] == "live" and fresh["threshold"] == 1.0 and fresh["fitted_threshold"] == 0.9
+    # its very first answer, before any sync has named it in the shared state, is routed from there too
+    first = promoted_http.post("/v1/classify", json={"inputs": ["0.95"]}).json()["predictions"][0]
+    assert (first["tier"], first["reason"]) == ("teacher", "unsure"), first
 
 
 def test_evaluation_traffic_is_answered_but_never_logged(home):
