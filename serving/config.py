@@ -231,6 +231,8 @@ class CascadeConfig(_Strict):
 
     home: Path = Field(default_factory=default_home)  # registry and caches
     data: str = "banking77"  # data set the defaults are bootstrapped from when the registry is empty
+    text_column: str | None = None  # its text column (None: guessed from text, sentence, query, ...)
+    label_column: str | None = None  # its label column (None: guessed from label, category, intent, ...)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     app_name: str = "cascade"

@@ -47,8 +47,13 @@ def _common(parser: argparse.ArgumentParser, data: bool = True) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     if data:
         parser.add_argument("--data", default="banking77", help="'banking77', a directory with train/test files, a csv/jsonl/parquet file, or hf:NAME (default: banking77)")
-        parser.add_argument("--text-column", default=None, help="name of the text column (default: guessed: text, sentence, query, ...)")
-        parser.add_argument("--label-column", default=None, help="name of the label column (default: guessed: label, category, intent, ...)")
+        _column_flags(parser)
+
+
+def _column_flags(parser: argparse.ArgumentParser) -> None:
+    """The data set's column names, for data sets whose columns are not guessed."""
+    parser.add_argument("--text-column", default=None, help="name of the data set's text column (default: guessed: text, sentence, query, ...)")
+    parser.add_argument("--label-column", default=None, help="name of the data set's label column (default: guessed: label, category, intent, ...)")
 
 
 def _home(args: argparse.Namespace) -> Path:
@@ -250,13 +255,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from serving.config import load_config
     from serving.cli.simulate import plot_rounds, simulate
 
-    config = load_config(args.config, home=args.home or Path(".cascade-simulation"), port=args.port, data=args.data)
+    config = load_config(args.config, home=args.home or Path(".cascade-simulation"), port=args.port, data=args.data,
+                         text_column=args.text_column, label_column=args.label_column)
     config = config.model_copy(update={
         "student": config.student.model_copy(update={"poll_registry_s": 0.5}),
         "routing": config.routing.model_copy(update={"goal": args.goal, "teacher_timeout_s": args.teacher_timeout}),
     })
     say = (lambda _: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
-    report = simulate(config, config.data, args.rounds, args.seed_fraction, not args.no_shadow, args.epochs,
+    report = simulate(config, args.rounds, args.seed_fraction, not args.no_shadow, args.epochs,
                       shift=args.shift, typo_rate=args.typo_rate, say=say, feedback_rate=args.feedback_rate, wrong_teacher=args.wrong_teacher)
     plot_rounds(report, args.out)
     if args.json:
@@ -329,11 +335,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from serving.cli import runner
     from serving.config import load_config
 
-    config = load_config(args.config, home=args.home, port=args.port, host=args.host, data=args.data)
+    config = load_config(args.config, home=args.home, port=args.port, host=args.host, data=args.data,
+                         text_column=args.text_column, label_column=args.label_column)
     goal = config.routing.goal
-    registry = ensure_models(config.home, config.data, goal=goal, progress=not args.quiet)
+    registry = ensure_models(config.home, config.data, goal, config.text_column, config.label_column, progress=not args.quiet)
     if config.student.model is None:  # a pinned student version keeps the policy it was pinned with
-        ensure_goal(registry, config.home, config.data, goal)
+        ensure_goal(registry, config.home, config.data, goal, config.text_column, config.label_column)
     print(f"starting the cascade (Ray Serve) on {config.host}:{config.port} ...", flush=True)
     url = runner.start(config)
     print(f"cascade serving at {url}\n  classify: POST {url}/v1/classify\n  API docs: {url}/docs\n"
@@ -360,11 +367,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from serving.cli.bench import markdown_table, run_bench
     from serving.config import load_config
 
-    config = load_config(args.config, home=args.home, port=args.port, data=args.data)
+    config = load_config(args.config, home=args.home, port=args.port, data=args.data, text_column=args.text_column, label_column=args.label_column)
     # the bench measures capacity: a teacher-only pass queues longer than the serving timeout
     config = config.model_copy(update={"routing": config.routing.model_copy(update={"teacher_timeout_s": 300.0})})
-    ensure_models(config.home, config.data, progress=not args.quiet)
-    split = load_splits(config.data, args.text_column, args.label_column).get(args.split)
+    ensure_models(config.home, config.data, text_column=config.text_column, label_column=config.label_column, progress=not args.quiet)
+    split = load_splits(config.data, config.text_column, config.label_column).get(args.split)
     texts, labels = split.texts[: args.limit or None], split.labels[: args.limit or None]
     say = (lambda _: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
     if args.pairs < 0:
@@ -423,14 +430,14 @@ def cmd_soak(args: argparse.Namespace) -> int:
     from serving.config import load_config
     from serving.cli.soak import soak
 
-    config = load_config(args.config, home=args.home, port=args.port, data=args.data)
-    texts = load_splits(config.data, args.text_column, args.label_column).get("test").texts
+    config = load_config(args.config, home=args.home, port=args.port, data=args.data, text_column=args.text_column, label_column=args.label_column)
+    texts = load_splits(config.data, config.text_column, config.label_column).get("test").texts
     url = args.url
     if url is None:
         from distill.bootstrap import ensure_models
         from serving.cli import runner
 
-        ensure_models(config.home, config.data, progress=False)
+        ensure_models(config.home, config.data, text_column=config.text_column, label_column=config.label_column, progress=False)
         print(f"soak: starting the cascade on {config.host}:{config.port} ...", file=sys.stderr, flush=True)
         url = runner.start(config)
     try:
@@ -518,7 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="HTTP port (default: 8000, or the config's)")
     p.add_argument("--host", default=None, help="bind address (default: 127.0.0.1, or the config's)")
     p.add_argument("--home", type=Path, default=None, help="registry and cache directory (default: $CASCADE_HOME or ./.cascade)")
-    p.add_argument("--data", default=None, help="data set to bootstrap the default models from (default: banking77)")
+    p.add_argument("--data", default=None, help="data set to bootstrap the default models from (default: banking77, or the config's)")
+    _column_flags(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_serve)
 
@@ -539,9 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="serving config file (same as cascade serve)")
     p.add_argument("--port", type=int, default=None, help="HTTP port (default: 8000)")
     p.add_argument("--home", type=Path, default=None, help="registry and cache directory")
-    p.add_argument("--data", default=None, help="data set (default: banking77)")
-    p.add_argument("--text-column", default=None)
-    p.add_argument("--label-column", default=None)
+    p.add_argument("--data", default=None, help="data set (default: banking77, or the config's)")
+    _column_flags(p)
     p.add_argument("--split", choices=("test", "validation"), default="test")
     p.add_argument("--limit", type=int, default=0, help="use only the first N texts (default: all)")
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each single-text load run (default: 10)")
@@ -564,9 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="serving config file (same as cascade serve)")
     p.add_argument("--port", type=int, default=None, help="HTTP port when starting one (default: 8000)")
     p.add_argument("--home", type=Path, default=None, help="registry and cache directory")
-    p.add_argument("--data", default=None, help="data set whose test texts are sent (default: banking77)")
-    p.add_argument("--text-column", default=None)
-    p.add_argument("--label-column", default=None)
+    p.add_argument("--data", default=None, help="data set whose test texts are sent (default: banking77, or the config's)")
+    _column_flags(p)
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=cmd_soak)
 
@@ -603,7 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a registry for the simulation (default: ./.cascade-simulation); each run logs escalations to a fresh "
                         "<home>/simulations/<UTC time>/escalations, so that it learns from its own traffic alone, while the "
                         "home's teacher and cache are reused")
-    p.add_argument("--data", default=None, help="data set (default: banking77)")
+    p.add_argument("--data", default=None, help="data set (default: banking77, or the config's)")
+    _column_flags(p)
     p.add_argument("--config", type=Path, default=None, help="serving config file")
     p.add_argument("--port", type=int, default=None, help="HTTP port (default: 8000)")
     p.add_argument("--rounds", type=int, default=5, help="rounds of traffic and refresh (default: 5)")

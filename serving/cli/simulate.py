@@ -58,6 +58,7 @@ from distill.backends import HFClassifier
 from distill.bootstrap import ensure_models
 from distill.config import RefreshConfig, StudentSpec, TrainConfig
 from distill.data import DataSplits, TextDataset, load_splits, split_validation
+from distill.errors import DataError, ModelError
 from distill.feedback import read_feedback
 from distill.metadata import ModelMeta, escalation_policy
 from distill.pipeline import TeacherCache, data_record, distill_student, fit_student_policy, new_student_meta, register_model
@@ -65,7 +66,7 @@ from distill.refresh import refresh
 from distill.registry import Registry, new_version_id
 from router import CascadeFigures, CostModel, EscalationPolicy, Goal, agreement_target, cascade_figures, parse_goal
 from serving.cli import runner
-from serving.config import CascadeConfig
+from serving.config import CascadeConfig, ConfigError
 from serving.guards import FEEDBACK_TOKEN_ENV
 
 WRONG_TEACHER_KIND = "wrong-teacher"
@@ -134,14 +135,14 @@ def pick_wrong_classes(spec: str, labels: list[str]) -> list[str]:
     if spec.strip().isdigit():
         count = int(spec)
         if not 2 <= count <= len(labels):
-            raise ValueError(f"--wrong-teacher: a count of classes is between 2 and {len(labels)}, got {count}")
+            raise ConfigError(f"--wrong-teacher: a count of classes is between 2 and {len(labels)}, got {count}")
         return [labels[i] for i in sorted(np.random.default_rng(0).choice(len(labels), count, replace=False))]
     chosen = list(dict.fromkeys(c.strip() for c in spec.split(",") if c.strip()))
     unknown = [c for c in chosen if c not in labels]
     if unknown:
-        raise ValueError(f"--wrong-teacher: unknown class(es) {', '.join(map(repr, unknown))}; the teacher knows {len(labels)} labels, such as {', '.join(labels[:3])}")
+        raise ConfigError(f"--wrong-teacher: unknown class(es) {', '.join(map(repr, unknown))}; the teacher knows {len(labels)} labels, such as {', '.join(labels[:3])}")
     if len(chosen) < 2:
-        raise ValueError("--wrong-teacher: name at least two classes (each one's inputs get the next one's label), or a count")
+        raise ConfigError("--wrong-teacher: name at least two classes (each one's inputs get the next one's label), or a count")
     return chosen
 
 
@@ -157,7 +158,7 @@ def make_wrong_teacher(teacher: HFClassifier, classes: list[str]) -> HFClassifie
     model = copy.deepcopy(teacher.model)
     heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == len(teacher.labels)]
     if not heads:
-        raise ValueError(f"{teacher.version}: no linear layer onto its {len(teacher.labels)} labels to make wrong")
+        raise ModelError(f"{teacher.version}: no linear layer onto its {len(teacher.labels)} labels to make wrong")
     rows = list(range(len(teacher.labels)))
     for true, given in wrong_answers(classes).items():
         rows[teacher.labels.index(given)] = teacher.labels.index(true)  # the given label's score is the true one's
@@ -204,7 +205,7 @@ def with_typos(texts: list[str], rate: float, seed: int = 0) -> list[str]:
     neighbouring characters swapped, one dropped, or one doubled; seeded, so every run sees the
     same stream."""
     if not 0 <= rate <= 1:
-        raise ValueError(f"the typo rate is a probability in [0, 1]; got {rate}")
+        raise ConfigError(f"the typo rate is a probability in [0, 1]; got {rate}")
     rng = np.random.default_rng(seed)
     shifted = []
     for text in texts:
@@ -223,7 +224,7 @@ def shifted_stream(texts: list[str], shift: str, typo_rate: float) -> list[str]:
         return list(texts)
     if shift == "typos":
         return with_typos(texts, typo_rate)
-    raise ValueError(f"unknown shift {shift!r}: expected one of {', '.join(SHIFTS)}")
+    raise ConfigError(f"unknown shift {shift!r}: expected one of {', '.join(SHIFTS)}")
 
 
 def served_figures(policy: EscalationPolicy, student_probs: np.ndarray, teacher_top: np.ndarray,
@@ -253,24 +254,26 @@ def _wait_for_student(url: str, version: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.5)
 
 
-def simulate(config: CascadeConfig, data: str, rounds: int, seed_fraction: float, shadow: bool, refresh_epochs: int,
+def simulate(config: CascadeConfig, rounds: int, seed_fraction: float, shadow: bool, refresh_epochs: int,
              shift: str = "none", typo_rate: float = 0.2, say: Callable[[str], None] = print,
              feedback_rate: float = 0.0, wrong_teacher: str | None = None) -> dict:
     """Run the simulation (see the module docstring); returns the per-round report."""
     if shift not in SHIFTS:
-        raise ValueError(f"unknown shift {shift!r}: expected one of {', '.join(SHIFTS)}")
+        raise ConfigError(f"unknown shift {shift!r}: expected one of {', '.join(SHIFTS)}")
     if not 0 <= feedback_rate <= 1:
-        raise ValueError(f"the feedback rate is a share of the traffic in [0, 1]; got {feedback_rate}")
-    full = load_splits(data)
+        raise ConfigError(f"the feedback rate is a share of the traffic in [0, 1]; got {feedback_rate}")
+    data = config.data
+    full = load_splits(data, config.text_column, config.label_column)
     if full.test is None:
-        raise ValueError("the simulation reports test accuracy: the data set needs a test split")
+        raise DataError(f"{data}: the simulation reports test accuracy, so the data set needs a test split: a directory with "
+                        "train and test files (a single file is split into train and validation only)")
     run = run_dir(config.home)
     log_dir = run / "escalations"
     config = config.model_copy(update={
         "log": config.log.model_copy(update={"path": str(log_dir)}),
         "feedback": config.feedback.model_copy(update={"path": str(run / "feedback"), "traffic_path": str(run / "traffic")}),
     })
-    registry = ensure_models(config.home, data, progress=False)
+    registry = ensure_models(config.home, data, text_column=config.text_column, label_column=config.label_column, progress=False)
     base_teacher = honest_teacher(registry)
     labels_known = HFClassifier.load(registry.path("teacher", base_teacher)).labels
     wrong_classes = pick_wrong_classes(wrong_teacher, labels_known) if wrong_teacher else []

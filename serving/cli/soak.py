@@ -17,6 +17,8 @@ import httpx
 import numpy as np
 from pydantic import BaseModel
 
+from serving.config import ConfigError
+
 
 class SoakReport(BaseModel):
     clients: int
@@ -78,5 +80,5 @@ def soak(url: str, texts: Sequence[str], clients: int, seconds: float, batch: in
     """Drive ``clients`` concurrent clients, each sending ``batch`` texts per request back to
     back, against the cascade at ``url`` for ``seconds``."""
     if not texts:
-        raise ValueError("soak needs at least one text to send")
+        raise ConfigError("soak needs at least one text to send")
     return asyncio.run(_soak(url, texts, clients, seconds, batch))

@@ -33,3 +33,14 @@ def test_choices_are_the_known_measures_kinds_and_modes():
 def test_watch_schedule_defaults_to_watch_config():
     args = build_parser().parse_args(["refresh", "--watch"])
     assert (args.every_records, args.every_minutes) == (WatchConfig.every_records, WatchConfig.every_minutes)
+
+
+def test_every_command_that_reads_a_data_set_can_name_its_columns():
+    """Any data set with a text and a label column works through every command: one whose
+    column names are not guessed needs --text-column and --label-column wherever --data goes."""
+    commands = build_parser()._subparsers._group_actions[0].choices
+    reading = {name for name, parser in commands.items() if any("--data" in a.option_strings for a in parser._actions)}
+    assert {"bootstrap", "serve", "bench", "soak", "simulate", "refresh"} <= reading
+    for name in reading:
+        args = build_parser().parse_args([name, "--text-column", "Kundentext", "--label-column", "Ziel"])
+        assert (args.text_column, args.label_column) == ("Kundentext", "Ziel"), name

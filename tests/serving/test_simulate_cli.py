@@ -22,6 +22,7 @@ from distill.registry import Registry
 from router import EscalationPolicy
 from serving.cli.simulate import served_figures, with_typos
 from serving.config import load_config
+from intent_data import write_dataset
 from ports import free_port
 
 pytestmark = pytest.mark.slow
@@ -133,11 +134,16 @@ def test_a_second_run_in_the_same_home_learns_from_its_own_traffic_alone(simulat
 @pytest.fixture(scope="module")
 def shifted_simulation(tiny_home: Path, tiny_data: Path, tmp_path_factory) -> tuple[dict, Path]:
     """One round of the whole traffic with typos, on a fresh copy of the tiny registry: enough
-    items under one student for online control to step (once per 200 items)."""
+    items under one student for online control to step (once per 200 items). Its data set is
+    the tiny one's rows under column names no loader guesses, named by --text-column and
+    --label-column."""
     work = tmp_path_factory.mktemp("simulate-shifted")
     home = work / "home"
     shutil.copytree(tiny_home, home)
-    return run_simulate(home, tiny_data, work, work / "rounds.png", "--rounds", "1", "--shift", "typos", "--typo-rate", "0.5"), home
+    data = write_dataset(work / "data", text_column="Kundentext", label_column="Ziel (Absicht)")
+    assert load_splits(str(data), "Kundentext", "Ziel (Absicht)").test.texts == load_splits(str(tiny_data)).test.texts
+    return run_simulate(home, data, work, work / "rounds.png", "--rounds", "1", "--shift", "typos", "--typo-rate", "0.5",
+                        "--text-column", "Kundentext", "--label-column", "Ziel (Absicht)"), home
 
 
 def test_typos_are_seeded_and_edit_about_the_rate_of_words():
