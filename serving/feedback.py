@@ -70,19 +70,60 @@ class Tally:
                 "accuracy": round(self.correct / self.items, 4) if self.items else None, "interval_95": interval}
 
 
+@dataclass(slots=True)
+class HeldFeedback:
+    """What the ledger keeps of an item's latest feedback: enough to count it, to take it back
+    when a newer label replaces it, and to tell a repeat (not the record: its text stays on disk)."""
+
+    time: float
+    label: str
+    tier: str
+    correct: bool
+    both: tuple[bool, bool] | None  # (student right, teacher right) where both models labelled the item
+    student_version: str | None
+    row: int | None  # its row in that version's outcomes (None: the student did not score it)
+
+
+class Outcomes:
+    """One student version's outcomes as live control bins them, one row per item, in arrays
+    that grow by doubling: a step reads them without rebuilding them from every item."""
+
+    def __init__(self, capacity: int = 1024):
+        self.size = 0
+        self.confidence = np.zeros(capacity)
+        self.student_wrong = np.zeros(capacity, dtype=bool)
+        self.teacher_wrong = np.zeros(capacity)  # NaN: the teacher was not consulted
+
+    def put(self, row: int | None, confidence: float, student_wrong: bool, teacher_wrong: float) -> int:
+        """Write an item's outcome in its ``row`` (None: a new row); returns the row."""
+        if row is None:
+            if self.size == len(self.confidence):
+                for name in ("confidence", "student_wrong", "teacher_wrong"):
+                    old = getattr(self, name)
+                    setattr(self, name, np.concatenate([old, np.zeros_like(old)]))
+            row, self.size = self.size, self.size + 1
+        self.confidence[row], self.student_wrong[row], self.teacher_wrong[row] = confidence, student_wrong, teacher_wrong
+        return row
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Copies of the rows written so far."""
+        n = self.size
+        return self.confidence[:n].copy(), self.student_wrong[:n].copy(), self.teacher_wrong[:n].copy()
+
+
 @dataclass
 class FeedbackLedger:
     """Every replica's feedback, read incrementally from the feedback log: each item's latest
-    record, live accuracy by the tier that answered, and, on items both models labelled (the
-    escalated and the audited ones), the student's accuracy against the teacher's."""
+    label, live accuracy by the tier that answered, on items both models labelled (the
+    escalated and the audited ones) the student's accuracy against the teacher's, and per
+    student version the outcomes live control steps with."""
 
     directory: Path
-    latest: dict[tuple[str, int], FeedbackRecord] = field(default_factory=dict)
+    latest: dict[tuple[str, int], HeldFeedback] = field(default_factory=dict)
     tiers: dict[str, Tally] = field(default_factory=lambda: {tier: Tally() for tier in TIERS})
     both_student: Tally = field(default_factory=Tally)  # the student's labels where both models gave one
     both_teacher: Tally = field(default_factory=Tally)  # the teacher's, on the same items
-    # per student version, each item's outcome as live control bins it: (confidence, student wrong, teacher wrong or NaN)
-    by_student: dict[str, dict[tuple[str, int], tuple[float, bool, float]]] = field(default_factory=dict)
+    by_student: dict[str, Outcomes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._tail = LogTail(self.directory, FeedbackRecord)
@@ -100,21 +141,23 @@ class FeedbackLedger:
             return
         if held is not None:
             self._count(held, -1)
-        self.latest[record.key] = record
-        self._count(record, 1)
-
-    def _count(self, record: FeedbackRecord, sign: int) -> None:
-        self.tiers[record.tier].add(record.correct, sign)
+        both = None
         if record.student_label is not None and record.teacher_label is not None:
-            self.both_student.add(record.student_label == record.label, sign)
-            self.both_teacher.add(record.teacher_label == record.label, sign)
+            both = (record.student_label == record.label, record.teacher_label == record.label)
+        row = None  # an item's outcome keeps its row when a newer label replaces it (same request, same version)
         if record.confidence is not None and record.student_label is not None and record.student_version is not None:
-            items = self.by_student.setdefault(record.student_version, {})
-            if sign < 0:
-                items.pop(record.key, None)
-            else:
-                teacher_wrong = math.nan if record.teacher_label is None else float(record.teacher_label != record.label)
-                items[record.key] = (record.confidence, record.student_label != record.label, teacher_wrong)
+            teacher_wrong = math.nan if record.teacher_label is None else float(record.teacher_label != record.label)
+            outcomes = self.by_student.setdefault(record.student_version, Outcomes())
+            row = outcomes.put(held.row if held is not None and held.student_version == record.student_version else None, record.confidence, record.student_label != record.label, teacher_wrong)
+        held = HeldFeedback(record.time, record.label, record.tier, record.correct, both, record.student_version, row)
+        self.latest[record.key] = held
+        self._count(held, 1)
+
+    def _count(self, held: HeldFeedback, sign: int) -> None:
+        self.tiers[held.tier].add(held.correct, sign)
+        if held.both is not None:
+            self.both_student.add(held.both[0], sign)
+            self.both_teacher.add(held.both[1], sign)
 
     def outcomes(self, student_version: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every replica's feedback on items ``student_version`` scored, as live control bins it:
@@ -122,9 +165,8 @@ class FeedbackLedger:
         not consulted). Syncs first (blocking: call it in a thread)."""
         self.sync()
         with self._lock:
-            rows = list(self.by_student.get(student_version, {}).values())
-        confidence, student_wrong, teacher_wrong = (np.array(column, dtype=float) for column in zip(*rows)) if rows else (np.zeros(0),) * 3
-        return confidence, student_wrong.astype(bool), teacher_wrong
+            outcomes = self.by_student.get(student_version)
+            return outcomes.arrays() if outcomes is not None else (np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0))
 
     def figures(self) -> dict:
         """``/v1/stats``' ``feedback``: per tier, items, correct, accuracy and its 95 % interval;

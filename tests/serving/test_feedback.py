@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill.feedback import feedback_dir, read_feedback
+from distill.feedback import FeedbackRecord, feedback_dir, read_feedback
+from serving.feedback import FeedbackLedger
 from serving.traffic import TrafficReader
 from test_service import ConfidenceStudent, FakeModel, ThresholdTeacher, close_services, make_service  # noqa: F401  (close_services: autouse)
 
@@ -180,3 +181,27 @@ def test_an_accuracy_goal_is_held_through_live_accuracy_once_feedback_comes(home
         assert live["target"] == pytest.approx(1 - 0.16 / 0.66, abs=0.03), "the teacher's own accuracy on the traffic"
     else:  # without feedback, held through agreement with the teacher: its disagreements below 0.5 go to it
         assert live["through"] == "agreement" and live["feedback_items"] == 0 and live["threshold"] >= 0.45, live
+
+
+def test_the_ledger_keeps_each_items_outcome_in_one_row_that_a_changed_label_rewrites(tmp_path):
+    """Live control's outcomes per student version: one row per item, past the arrays' first
+    capacity; a newer label rewrites the item's row, an older one is ignored."""
+    def record(request_id: str, label: str, at: float, confidence: float = 0.9, version: str = "student-v1") -> FeedbackRecord:
+        return FeedbackRecord(request_id=request_id, index=0, label=label, time=at, text="t", tier="student", answered="a",
+                              student_label="a", teacher_label=None, student_version=version, teacher_version=None,
+                              confidence=confidence)
+
+    ledger = FeedbackLedger(tmp_path / "feedback")
+    for i in range(3000):
+        ledger._apply(record(f"{i:x}", "a" if i % 3 else "b", 1.0, confidence=i / 3000))
+    ledger._apply(record("ff0000", "b", 1.0, version="student-v2"))
+    confidence, student_wrong, teacher_wrong = ledger.outcomes("student-v1")
+    assert len(confidence) == 3000 and student_wrong.sum() == 1000 and np.isnan(teacher_wrong).all()
+    assert confidence[1] == pytest.approx(1 / 3000)
+    ledger._apply(record("0", "a", 2.0, confidence=0.0))  # item 0 was "b" (student wrong): now right, same row
+    ledger._apply(record("1", "b", 0.5))  # older than item 1's latest: ignored
+    confidence, student_wrong, _ = ledger.outcomes("student-v1")
+    assert len(confidence) == 3000 and student_wrong.sum() == 999 and not student_wrong[0] and not student_wrong[1]
+    assert [len(column) for column in ledger.outcomes("student-v2")] == [1, 1, 1]
+    figures = ledger.figures()["student"]
+    assert (figures["items"], figures["correct"]) == (3001, 2001)  # 2,000 right at first, item 0 now too; the v2 item wrong
