@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable, Sequence
@@ -20,6 +21,7 @@ from serving.errors import InvalidInput, NotFound, TooLarge
 from serving.traffic import KeptRequest, TrafficReader
 
 TIERS = ("student", "teacher")
+RETENTION_MARGIN_S = 3600.0  # kept past retention, for replicas whose clocks differ
 
 
 class FeedbackItem(BaseModel):
@@ -119,7 +121,10 @@ class FeedbackLedger:
     student version the outcomes live control steps with."""
 
     directory: Path
-    latest: dict[tuple[str, int], HeldFeedback] = field(default_factory=dict)
+    # the traffic log's retention: feedback on an item answered longer ago is refused (404), so
+    # nothing can replace its feedback and the ledger forgets its entry (its counts stay); None: keeps all
+    retention_s: float | None = None
+    latest: dict[tuple[str, int], HeldFeedback] = field(default_factory=dict)  # in the order read: about their feedback's time
     tiers: dict[str, Tally] = field(default_factory=lambda: {tier: Tally() for tier in TIERS})
     both_student: Tally = field(default_factory=Tally)  # the student's labels where both models gave one
     both_teacher: Tally = field(default_factory=Tally)  # the teacher's, on the same items
@@ -131,9 +136,25 @@ class FeedbackLedger:
 
     def sync(self) -> None:
         """Read what every replica recorded since the last sync (blocking: call it in a thread)."""
+        started = time.time()
         with self._lock:
             for record in self._tail.new_records():
                 self._apply(record)
+            if self.retention_s is not None:
+                self._forget(started - self.retention_s - RETENTION_MARGIN_S)
+
+    def _forget(self, cut: float) -> None:
+        """Drop the entries whose feedback came before ``cut`` (retention and a margin before this
+        sync began): their items were answered earlier still, so feedback on them is refused now,
+        and a record not read yet was taken on an item answered within the window: none can
+        replace a dropped entry."""
+        stale = []
+        for key, held in self.latest.items():
+            if held.time >= cut:
+                break
+            stale.append(key)
+        for key in stale:
+            del self.latest[key]
 
     def _apply(self, record: FeedbackRecord) -> None:
         held = self.latest.get(record.key)
@@ -141,6 +162,7 @@ class FeedbackLedger:
             return
         if held is not None:
             self._count(held, -1)
+            del self.latest[record.key]  # re-entered at the end, after the entries of earlier feedback
         both = None
         if record.student_label is not None and record.teacher_label is not None:
             both = (record.student_label == record.label, record.teacher_label == record.label)

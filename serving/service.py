@@ -86,7 +86,7 @@ class CascadeService:
             if config.feedback.keep_traffic else None
         )
         self.feedback_log = GroupCommitLog(SegmentWriter(config.feedback_path()))
-        self.ledger = FeedbackLedger(config.feedback_path())
+        self.ledger = FeedbackLedger(config.feedback_path(), retention_s)
         self.live = (
             LiveControl(config.home / "registry", routing.goal, routing.teacher_budget, routing.threshold,
                         on_status=getattr(metrics, "record_live", None), outcomes=self.ledger.outcomes)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from distill.feedback import FeedbackRecord, feedback_dir, read_feedback
-from serving.feedback import FeedbackLedger
+from serving.feedback import RETENTION_MARGIN_S, FeedbackLedger
 from serving.traffic import TrafficReader
 from test_service import ConfidenceStudent, FakeModel, ThresholdTeacher, close_services, make_service  # noqa: F401  (close_services: autouse)
 
@@ -183,14 +183,16 @@ def test_an_accuracy_goal_is_held_through_live_accuracy_once_feedback_comes(home
         assert live["through"] == "agreement" and live["feedback_items"] == 0 and live["threshold"] >= 0.45, live
 
 
+def record(request_id: str, label: str, at: float, confidence: float = 0.9, version: str = "student-v1") -> FeedbackRecord:
+    """Feedback on item 0 of a request the student answered "a" alone."""
+    return FeedbackRecord(request_id=request_id, index=0, label=label, time=at, text="t", tier="student", answered="a",
+                          student_label="a", teacher_label=None, student_version=version, teacher_version=None,
+                          confidence=confidence)
+
+
 def test_the_ledger_keeps_each_items_outcome_in_one_row_that_a_changed_label_rewrites(tmp_path):
     """Live control's outcomes per student version: one row per item, past the arrays' first
     capacity; a newer label rewrites the item's row, an older one is ignored."""
-    def record(request_id: str, label: str, at: float, confidence: float = 0.9, version: str = "student-v1") -> FeedbackRecord:
-        return FeedbackRecord(request_id=request_id, index=0, label=label, time=at, text="t", tier="student", answered="a",
-                              student_label="a", teacher_label=None, student_version=version, teacher_version=None,
-                              confidence=confidence)
-
     ledger = FeedbackLedger(tmp_path / "feedback")
     for i in range(3000):
         ledger._apply(record(f"{i:x}", "a" if i % 3 else "b", 1.0, confidence=i / 3000))
@@ -205,3 +207,18 @@ def test_the_ledger_keeps_each_items_outcome_in_one_row_that_a_changed_label_rew
     assert [len(column) for column in ledger.outcomes("student-v2")] == [1, 1, 1]
     figures = ledger.figures()["student"]
     assert (figures["items"], figures["correct"]) == (3001, 2001)  # 2,000 right at first, item 0 now too; the v2 item wrong
+
+
+def test_the_ledger_forgets_items_past_retention_and_keeps_their_counts(tmp_path):
+    """No feedback is taken on an item answered past the traffic log's retention, so the ledger
+    drops its entry (memory stays bounded by the window); its counts and outcome stay."""
+    ledger = FeedbackLedger(tmp_path / "feedback", retention_s=60)
+    now = time.time()
+    ledger._apply(record("a1", "b", now - 60 - RETENTION_MARGIN_S - 10))
+    ledger._apply(record("a2", "b", now - 60 - RETENTION_MARGIN_S + 10))  # within the margin: kept
+    ledger._apply(record("a3", "a", now - 30))
+    ledger._apply(record("a2", "a", now - 20))  # a changed label: a2's entry moves behind a3's
+    ledger.sync()
+    assert list(ledger.latest) == [("a3", 0), ("a2", 0)]
+    assert ledger.figures()["student"]["items"] == 3 and ledger.figures()["student"]["correct"] == 2
+    assert ledger.outcomes("student-v1")[1].tolist() == [True, False, False]
