@@ -331,14 +331,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from distill.bootstrap import ensure_goal, ensure_models
+    from distill.bootstrap import ensure_goal
     from serving.cli import runner
+    from serving.cli.data import config_registry
     from serving.config import load_config
 
     config = load_config(args.config, home=args.home, port=args.port, host=args.host, data=args.data,
                          text_column=args.text_column, label_column=args.label_column)
     goal = config.routing.goal
-    registry = ensure_models(config.home, config.data, goal, config.text_column, config.label_column, progress=not args.quiet)
+    registry = config_registry(config, progress=not args.quiet, goal=goal)
     if config.student.model is None:  # a pinned student version keeps the policy it was pinned with
         ensure_goal(registry, config.home, config.data, goal, config.text_column, config.label_column)
     print(f"starting the cascade (Ray Serve) on {config.host}:{config.port} ...", flush=True)
@@ -362,16 +363,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from distill.bootstrap import ensure_models
-    from distill.data import load_splits
     from serving.cli.bench import markdown_table, run_bench
+    from serving.cli.data import config_registry, config_splits
     from serving.config import load_config
 
     config = load_config(args.config, home=args.home, port=args.port, data=args.data, text_column=args.text_column, label_column=args.label_column)
     # the bench measures capacity: a teacher-only pass queues longer than the serving timeout
     config = config.model_copy(update={"routing": config.routing.model_copy(update={"teacher_timeout_s": 300.0})})
-    ensure_models(config.home, config.data, text_column=config.text_column, label_column=config.label_column, progress=not args.quiet)
-    split = load_splits(config.data, config.text_column, config.label_column).get(args.split)
+    config_registry(config, progress=not args.quiet)
+    split = config_splits(config).get(args.split)
     texts, labels = split.texts[: args.limit or None], split.labels[: args.limit or None]
     say = (lambda _: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
     if args.pairs < 0:
@@ -426,18 +426,17 @@ def cmd_export_serve_config(args: argparse.Namespace) -> int:
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
-    from distill.data import load_splits
+    from serving.cli.data import config_registry, config_splits
     from serving.config import load_config
     from serving.cli.soak import soak
 
     config = load_config(args.config, home=args.home, port=args.port, data=args.data, text_column=args.text_column, label_column=args.label_column)
-    texts = load_splits(config.data, config.text_column, config.label_column).get("test").texts
+    texts = config_splits(config).get("test").texts
     url = args.url
     if url is None:
-        from distill.bootstrap import ensure_models
         from serving.cli import runner
 
-        ensure_models(config.home, config.data, text_column=config.text_column, label_column=config.label_column, progress=False)
+        config_registry(config, progress=False)
         print(f"soak: starting the cascade on {config.host}:{config.port} ...", file=sys.stderr, flush=True)
         url = runner.start(config)
     try:

@@ -55,9 +55,8 @@ import numpy as np
 import torch
 
 from distill.backends import HFClassifier
-from distill.bootstrap import ensure_models
 from distill.config import RefreshConfig, StudentSpec, TrainConfig
-from distill.data import DataSplits, TextDataset, load_splits, split_validation
+from distill.data import DataSplits, TextDataset, split_validation
 from distill.errors import DataError, ModelError
 from distill.feedback import read_feedback
 from distill.metadata import ModelMeta, escalation_policy
@@ -66,6 +65,7 @@ from distill.refresh import refresh
 from distill.registry import Registry, new_version_id
 from router import CascadeFigures, CostModel, EscalationPolicy, Goal, agreement_target, cascade_figures, parse_goal
 from serving.cli import runner
+from serving.cli.data import config_registry, config_splits
 from serving.config import CascadeConfig, ConfigError
 from serving.guards import FEEDBACK_TOKEN_ENV
 
@@ -263,7 +263,7 @@ def simulate(config: CascadeConfig, rounds: int, seed_fraction: float, shadow: b
     if not 0 <= feedback_rate <= 1:
         raise ConfigError(f"the feedback rate is a share of the traffic in [0, 1]; got {feedback_rate}")
     data = config.data
-    full = load_splits(data, config.text_column, config.label_column)
+    full = config_splits(config)
     if full.test is None:
         raise DataError(f"{data}: the simulation reports test accuracy, so the data set needs a test split: a directory with "
                         "train and test files (a single file is split into train and validation only)")
@@ -273,7 +273,7 @@ def simulate(config: CascadeConfig, rounds: int, seed_fraction: float, shadow: b
         "log": config.log.model_copy(update={"path": str(log_dir)}),
         "feedback": config.feedback.model_copy(update={"path": str(run / "feedback"), "traffic_path": str(run / "traffic")}),
     })
-    registry = ensure_models(config.home, data, text_column=config.text_column, label_column=config.label_column, progress=False)
+    registry = config_registry(config, progress=False)
     base_teacher = honest_teacher(registry)
     labels_known = HFClassifier.load(registry.path("teacher", base_teacher)).labels
     wrong_classes = pick_wrong_classes(wrong_teacher, labels_known) if wrong_teacher else []
