@@ -294,7 +294,8 @@ class CascadeConfig(_Strict):
 
 
 class ConfigError(ValueError):
-    """A config file that cannot be read or does not validate; the message names the field."""
+    """A setting that cannot be used: a config file that cannot be read or does not validate, or a
+    command's option (``cascade simulate``, ``cascade soak``); the message names the field or option."""
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> CascadeConfig:
