@@ -8,7 +8,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from router import CAUSES
 from router.decision import Mode
-from serving.live import LiveStatus
 
 
 class ClassifyOptions(BaseModel):
@@ -66,6 +65,25 @@ class ClassifyResponse(BaseModel):
     versions: ModelVersions
     logged: int = Field(description="escalation records durably written for this request")
     cost: float = Field(description="cost units of the whole request")
+
+
+class LiveStatus(BaseModel):
+    """What ``/v1/models`` and the metrics report of online control."""
+
+    goal: str
+    student: str | None = None  # the student version the evidence belongs to
+    fitted_threshold: float | None = None
+    threshold: float | None = None  # the live threshold, from the safe start on; None: control off for this student
+    estimate: float | None = None  # served agreement or accuracy (see ``through``), or teacher share (budget goals)
+    bound: float | None = None  # its one-sided 95 % bound
+    target: float | None = None
+    through: str | None = None  # "agreement", "accuracy" (from outcome feedback) or "share" (budget goals)
+    feedback_items: float = 0.0  # items of this student with a true label (accuracy goals)
+    held: bool | None = None  # the goal holds at the live threshold, with its bound
+    budget_limited: bool = False  # the goal needs more teacher than routing.teacher_budget allows
+    evidence_items: float = 0.0  # routed items behind the estimate (aged)
+    known_items: float = 0.0  # of those, items whose teacher label is known
+    updated_at: str | None = None
 
 
 class ModelsResponse(BaseModel):

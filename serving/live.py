@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from serving.cascade import Evidence
@@ -42,30 +41,12 @@ if TYPE_CHECKING:
 from distill.registry import Registry
 from router import (ControlSettings, EscalationPolicy, LiveEvidence, LiveOutcomes, RouterError, TargetAccuracy, TeacherBudget,
                     agreement_target, control_step, parse_goal, threshold_grid)
+from serving.api import LiveStatus
 from serving.shared_state import locked, read_json, write_json
 
 logger = logging.getLogger("cascade")
 LIVE_STATE_FILE = "live.json"  # in the registry's root directory
 HISTORY_POINTS = 720  # live figures kept for the dashboard: an hour at one update each 5 s
-
-
-class LiveStatus(BaseModel):
-    """What ``/v1/models`` and the metrics report of online control."""
-
-    goal: str
-    student: str | None = None  # the student version the evidence belongs to
-    fitted_threshold: float | None = None
-    threshold: float | None = None  # the live threshold, from the safe start on; None: control off for this student
-    estimate: float | None = None  # served agreement or accuracy (see ``through``), or teacher share (budget goals)
-    bound: float | None = None  # its one-sided 95 % bound
-    target: float | None = None
-    through: str | None = None  # "agreement", "accuracy" (from outcome feedback) or "share" (budget goals)
-    feedback_items: float = 0.0  # items of this student with a true label (accuracy goals)
-    held: bool | None = None  # the goal holds at the live threshold, with its bound
-    budget_limited: bool = False  # the goal needs more teacher than routing.teacher_budget allows
-    evidence_items: float = 0.0  # routed items behind the estimate (aged)
-    known_items: float = 0.0  # of those, items whose teacher label is known
-    updated_at: str | None = None
 
 
 class LiveControl:

@@ -23,8 +23,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
-from serving.api import ClassifyResponse
-from serving.live import LiveStatus
+from serving.api import ClassifyResponse, LiveStatus
 
 logger = logging.getLogger("cascade")
 
