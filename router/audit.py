@@ -1,4 +1,5 @@
-"""Audit sampling: send a random share of confident items to the teacher too, and estimate agreement."""
+"""Audit sampling: send a random share of confident items to the teacher too, and estimate agreement
+(with its Wilson interval, ``wilson_interval``, which live accuracy by tier reports too)."""
 
 from __future__ import annotations
 
@@ -49,11 +50,26 @@ class AgreementEstimate:
         return self.agreed / self.audited if self.audited else None
 
     def interval(self, z: float = 1.96) -> tuple[float, float]:
-        """Wilson score interval for the agreement rate (z = 1.96 for 95 %); (0, 1) before any item."""
-        if self.audited == 0:
-            return 0.0, 1.0
-        n, p = self.audited, self.agreed / self.audited
-        denom = 1.0 + z * z / n
-        centre = (p + z * z / (2 * n)) / denom
-        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-        return max(0.0, centre - half), min(1.0, centre + half)
+        """Wilson score interval for the agreement rate (``wilson_interval``); (0, 1) before any item."""
+        return wilson_interval(self.agreed, self.audited, z)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of the rate ``successes / n`` (``z`` = 1.96: 95 %), clipped to
+    [0, 1]; (0, 1) for ``n`` = 0: no evidence rules any rate out. Audit agreement and live
+    accuracy by tier (``/v1/stats``) both report it.
+
+    >>> [round(bound, 4) for bound in wilson_interval(8, 10)]
+    [0.4902, 0.9433]
+    >>> wilson_interval(0, 0)
+    (0.0, 1.0)
+    """
+    if not 0 <= successes <= n:
+        raise RouterError(f"a Wilson interval needs 0 <= successes <= n; got {successes} of {n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)

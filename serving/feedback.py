@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from distill.escalations import LogTail
 from distill.feedback import FeedbackRecord
+from router.audit import wilson_interval
 from serving.errors import InvalidInput, NotFound, TooLarge
 from serving.traffic import KeptRequest, TrafficReader
 
@@ -47,16 +48,6 @@ class FeedbackResponse(BaseModel):
     unchanged: int = Field(description="repeats of an item's current label: nothing written")
 
 
-def wilson(correct: int, items: int, z: float = 1.96) -> tuple[float, float] | None:
-    """The 95 % Wilson interval of ``correct / items`` (None without items)."""
-    if items == 0:
-        return None
-    p, n = correct / items, items
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)
-
-
 @dataclass
 class Tally:
     items: int = 0
@@ -67,7 +58,8 @@ class Tally:
         self.correct += sign * int(correct)
 
     def figures(self) -> dict:
-        interval = wilson(self.correct, self.items)
+        # the interval of no items is null, as its accuracy is (router's is the vacuous (0, 1))
+        interval = tuple(round(bound, 4) for bound in wilson_interval(self.correct, self.items)) if self.items else None
         return {"items": self.items, "correct": self.correct,
                 "accuracy": round(self.correct / self.items, 4) if self.items else None, "interval_95": interval}
 
