@@ -230,10 +230,11 @@ def shifted_stream(texts: list[str], shift: str, typo_rate: float) -> list[str]:
 def served_figures(policy: EscalationPolicy, student_probs: np.ndarray, teacher_top: np.ndarray,
                    threshold: float | None = None) -> tuple[float, float]:
     """(agreement with the teacher, teacher share) of the answers ``policy`` serves at
-    ``threshold`` (None: its own): an escalated item is the teacher's answer, so it agrees."""
+    ``threshold`` (None: its own), as ``router.cascade_figures`` computes them: an escalated
+    item is the teacher's answer, so it agrees."""
     escalate = policy.escalate_mask(student_probs, threshold)
-    agreed = escalate | (student_probs.argmax(1) == teacher_top)
-    return float(agreed.mean()), float(escalate.mean())
+    figures = cascade_figures(student_probs.argmax(1), teacher_top, None, escalate)
+    return figures.teacher_agreement, figures.escalation_rate
 
 
 def _settled_live(url: str, sync_every_s: float = 1.0) -> dict:
