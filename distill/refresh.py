@@ -43,7 +43,6 @@
 from __future__ import annotations
 
 import copy
-import fcntl
 import hashlib
 import math
 import time
@@ -59,6 +58,7 @@ from distill.backends import HFClassifier
 from distill.config import RefreshConfig, StudentSpec, WatchConfig
 from distill.data import DataSplits
 from distill.errors import DataError, DistillError, RegistryError
+from distill.files import file_lock
 from distill.escalations import EscalationRecord, LogTail, read_records
 from distill.feedback import FeedbackRecord, feedback_dir, read_feedback
 from distill.losses import IGNORE
@@ -414,16 +414,11 @@ def _start_shadow(registry: Registry, version: str, gated_against: str) -> tuple
 def refresh_lock(home: Path) -> Iterator[None]:
     """Hold ``<home>/refresh.lock`` for one round: a second refresh fails at once instead of
     training beside the first."""
-    home.mkdir(parents=True, exist_ok=True)
-    with (home / "refresh.lock").open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RegistryError(f"another refresh is running (lock {home / 'refresh.lock'})") from None
-        try:
+    try:
+        with file_lock(home / "refresh.lock", wait=False):
             yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    except BlockingIOError:
+        raise RegistryError(f"another refresh is running (lock {home / 'refresh.lock'})") from None
 
 
 @contextmanager

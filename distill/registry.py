@@ -14,7 +14,6 @@ processes never interleave pointer moves.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import secrets
@@ -23,9 +22,10 @@ import stat
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import ContextManager, Iterator
 
 from distill.errors import RegistryError
+from distill.files import atomic_write, file_lock
 from distill.metadata import ModelMeta, Role, read_meta, write_meta
 
 ROLES: tuple[Role, ...] = ("student", "teacher")
@@ -34,15 +34,6 @@ ROLES: tuple[Role, ...] = ("student", "teacher")
 def new_version_id(role: str) -> str:
     """A unique, time-sortable version id such as ``student-20261124-081502-3fa2``."""
     return f"{role}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Registry:
@@ -153,7 +144,7 @@ class Registry:
             previous = self.current(role)
             if expected_current is not None and previous != expected_current:
                 raise RegistryError(f"{role} moved from {expected_current} to {previous} meanwhile; not promoting {version}")
-            _atomic_write(self._role_dir(role) / "CURRENT", json.dumps({"version": version}) + "\n")
+            atomic_write(self._role_dir(role) / "CURRENT", json.dumps({"version": version}) + "\n")
             self._log(role, {"event": "promoted", "version": version, "previous": previous, "note": note})
 
     def shadow(self, role: str = "student") -> dict | None:
@@ -174,7 +165,7 @@ class Registry:
                 raise RegistryError(f"{version} cannot shadow {current}: a shadow needs a current {role} other than itself")
             shadow = {"version": version, "current": current,
                       "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            _atomic_write(self._role_dir(role) / "SHADOW", json.dumps(shadow) + "\n")
+            atomic_write(self._role_dir(role) / "SHADOW", json.dumps(shadow) + "\n")
             self._log(role, {"event": "shadow_started", "version": version, "current": current, "note": note})
             return shadow
 
@@ -193,7 +184,7 @@ class Registry:
                              "reason": reason if promoted or not promote else f"{reason}; not promoted: the current pointer moved",
                              "evidence": evidence or {}})
             if promoted:
-                _atomic_write(self._role_dir(role) / "CURRENT", json.dumps({"version": version}) + "\n")
+                atomic_write(self._role_dir(role) / "CURRENT", json.dumps({"version": version}) + "\n")
                 self._log(role, {"event": "promoted", "version": version, "previous": current, "note": "shadow verdict"})
             return True
 
@@ -205,7 +196,7 @@ class Registry:
             if current is None or not earlier:
                 raise RegistryError(f"nothing to roll back to: {role} has no earlier promoted version")
             target = earlier[-1]
-            _atomic_write(self._role_dir(role) / "CURRENT", json.dumps({"version": target}) + "\n")
+            atomic_write(self._role_dir(role) / "CURRENT", json.dumps({"version": target}) + "\n")
             self._log(role, {"event": "rolled_back", "version": target, "previous": current})
             return target
 
@@ -246,13 +237,5 @@ class Registry:
             f.flush()
             os.fsync(f.fileno())
 
-    @contextmanager
-    def _lock(self, role: str) -> Iterator[None]:
-        directory = self._role_dir(role)
-        directory.mkdir(parents=True, exist_ok=True)
-        with (directory / ".lock").open("w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def _lock(self, role: str) -> ContextManager[None]:
+        return file_lock(self._role_dir(role) / ".lock")

@@ -106,3 +106,23 @@ class EscalationPolicy:
         if unknown:
             raise RouterError(f"unknown policy keys {sorted(unknown)}; expected some of: {', '.join(sorted(known))}")
         return cls(**d)
+
+
+def threshold_in_force(admin: float | None, live: float | None, configured: float | None) -> tuple[float | None, str]:
+    """The threshold traffic is routed with, and where it comes from, in one order for serving
+    and bulk jobs alike: the admin's override, else online control's live threshold, else the
+    configured one; None means the student's fitted threshold.
+
+    >>> threshold_in_force(0.9, 0.7, 0.5)
+    (0.9, 'admin')
+    >>> threshold_in_force(None, 0.7, 0.5)
+    (0.7, 'live')
+    >>> threshold_in_force(None, None, 0.5)
+    (0.5, 'config')
+    >>> threshold_in_force(None, None, None)
+    (None, 'fitted')
+    """
+    for threshold, source in ((admin, "admin"), (live, "live"), (configured, "config")):
+        if threshold is not None:
+            return threshold, source
+    return None, "fitted"

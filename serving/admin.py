@@ -4,7 +4,6 @@ of ``serving.guards.BearerToken``; the ingress checks it before calling anything
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -61,17 +60,15 @@ class ReloadResponse(BaseModel):
     teacher: str
 
 
-def promote(home: Path, request: PromoteRequest) -> PointerResponse:
+def promote(registry: Registry, request: PromoteRequest) -> PointerResponse:
     """Move ``request.role``'s current pointer to ``request.version`` (compare-and-swap when
     ``expected_current`` is given). Raises ``RegistryError``."""
-    registry = Registry(home / "registry")
     previous = registry.current(request.role)
     registry.promote(request.role, request.version, note="admin api", expected_current=request.expected_current)
     return PointerResponse(role=request.role, current=request.version, previous=previous)
 
 
-def rollback(home: Path, request: RollbackRequest) -> PointerResponse:
+def rollback(registry: Registry, request: RollbackRequest) -> PointerResponse:
     """Move ``request.role``'s pointer back to its previous version. Raises ``RegistryError``."""
-    registry = Registry(home / "registry")
     previous = registry.current(request.role)
     return PointerResponse(role=request.role, current=registry.rollback(request.role), previous=previous)

@@ -20,20 +20,18 @@ from ray.serve.handle import DeploymentHandle
 
 from distill.errors import RegistryError
 from distill.registry import Registry
-from distill.remote import model_labels
+from serving.remote import model_labels
 from serving.cascade import ModelOutput
-from serving.config import CascadeConfig, ConfigError, ModelDeploymentConfig
+from serving.compose import build_service, open_registry
+from serving.config import CascadeConfig, ConfigError, ModelDeploymentConfig, Paths
 from serving.errors import Unavailable
 from serving.guards import BearerToken, GuardSettings, InFlightLimit
 from serving.http import build_api
-from serving.log_writer import GroupCommitLog, SegmentWriter
 from serving.metrics import ClusterMetricsReader, FiguresHistory, IngressMetrics, Recorder, refresh_outcome
 from serving.model_server import BatchedModel
 from serving.redaction import load_redactor
-from serving.service import CascadeService
 
 logger = logging.getLogger("cascade")
-LOG_BATCH = 512  # an ingress replica's log write takes further appends while it holds fewer records
 
 
 @serve.deployment
@@ -52,9 +50,9 @@ class Monitor:
     runs in its own process, without Ray), and keeps the dashboard's recent past (cluster
     figures sampled every few seconds), which every ingress replica serves alike."""
 
-    def __init__(self, registry: str, poll_s: float, history_every_s: float):
+    def __init__(self, paths: Paths, poll_s: float, history_every_s: float):
         self.metrics = Recorder("cascade_refresh_runs_total")
-        threading.Thread(target=self._export, args=(Registry(registry), poll_s), daemon=True).start()
+        threading.Thread(target=self._export, args=(open_registry(paths), poll_s), daemon=True).start()
         self.history = FiguresHistory(ClusterMetricsReader(), history_every_s)
         threading.Thread(target=asyncio.run, args=(self.history.run(),), name="dashboard-history", daemon=True).start()
 
@@ -133,23 +131,16 @@ class Ingress:
         self.config = CascadeConfig.model_validate(config)
         # with placement "ingress" the student runs in this process, configured by reconfigure()
         self.local_student = (
-            BatchedModel("student", str(self.config.home), "cpu", self.config.student.threads, inline=True)
+            BatchedModel("student", self.config.paths(), "cpu", self.config.student.threads, inline=True)
             if student is None
             else None
         )
         self.metrics = IngressMetrics(self.config.routing.student_cost)
-        log = self.config.log
-        # this replica's own segments, written and fsynced by one thread (serving.log_writer)
-        self.log = GroupCommitLog(
-            SegmentWriter(self.config.log_path(), log.segment_max_bytes, log.segment_max_seconds), LOG_BATCH,
-            on_written=self.metrics.record_log_write, on_error=lambda: self.metrics.inc("cascade_log_write_errors_total"),
-        )
         in_flight = InFlightLimit(self.config.ingress.max_in_flight, on_shed=lambda: self.metrics.inc("cascade_shed_requests_total"))
-        self.service = CascadeService(
+        self.service = build_service(
             self.config,
             InlineClient(self.local_student) if self.local_student is not None else HandleClient(student, "student"),
             HandleClient(teacher, "teacher"),
-            self.log.append,
             self.metrics,
             in_flight,
             load_redactor(self.config.log.redact),
@@ -172,10 +163,10 @@ class Ingress:
         return await self.monitor.recent.remote()
 
     def __del__(self) -> None:
-        """On a graceful shutdown (Serve drains requests first), finish the logs' pending writes."""
-        for part in (getattr(self, "service", None), getattr(self, "log", None)):  # None: __init__ failed before it
-            if part is not None:
-                part.close()
+        """On a graceful shutdown (Serve drains requests first), finish the stores' pending writes."""
+        service = getattr(self, "service", None)  # None: __init__ failed before it
+        if service is not None:
+            service.close()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply the student's settings (model version, batching) when it runs in the ingress."""
@@ -208,7 +199,7 @@ def _model_deployment(role: str, settings: ModelDeploymentConfig, config: Cascad
         options["num_replicas"] = settings.num_replicas
     device = settings.device or ("cuda" if settings.num_gpus > 0 else "cpu")
     threads = settings.threads or max(1, int(settings.num_cpus))  # the cores this replica reserved
-    return ModelServer.options(**options).bind(role, str(config.home), device, threads)
+    return ModelServer.options(**options).bind(role, config.paths(), device, threads)
 
 
 def check_label_lists(config: CascadeConfig) -> None:
@@ -216,7 +207,7 @@ def check_label_lists(config: CascadeConfig) -> None:
     Lists are read from the models' ``config.json`` without loading weights; a model that is
     not a local directory (a hub id) is checked at its first answer instead, where a teacher
     with other labels degrades its items."""
-    registry = Registry(config.home / "registry")
+    registry = open_registry(config.paths())
 
     def labels_of(role: str, ref: str | None) -> list[str] | None:
         path = Path(registry.resolve(role, ref))
@@ -243,7 +234,7 @@ def build_app(config: CascadeConfig):
     colocated = config.student.placement == "ingress"
     student = None if colocated else _model_deployment("student", config.student, config)
     teacher = _model_deployment("teacher", config.teacher, config)
-    monitor = Monitor.bind(str(config.home / "registry"), config.metrics.refresh_poll_s, config.metrics.history_every_s)
+    monitor = Monitor.bind(config.paths(), config.metrics.refresh_poll_s, config.metrics.history_every_s)
     ingress = Ingress.options(
         num_replicas=config.ingress.num_replicas,
         max_ongoing_requests=config.ingress.max_ongoing_requests,
@@ -263,7 +254,7 @@ def app_builder(config: CascadeConfig) -> serve.Application:
     ``cascade serve`` it does not bootstrap missing models, which would take minutes inside the
     cluster on every deploy: a role served from the registry needs a current version, or the
     deploy fails with a message saying how to build one."""
-    registry = Registry(config.home / "registry")
+    registry = open_registry(config.paths())
     for role, settings in (("student", config.student), ("teacher", config.teacher)):
         if settings.model is None and registry.current(role) is None:
             raise RegistryError(f"no current {role} in {registry.root}: run `cascade bootstrap --home {config.home}` before deploying")

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from distill.config import DEFAULT_GOAL
 from distill.feedback import feedback_dir
-from distill.remote import RemoteTeacherSettings
+from serving.remote import RemoteTeacherSettings
 from distill.settings import default_home
 from router import CostModel, parse_goal
 from serving.redaction import load_redactor
@@ -226,6 +226,20 @@ class MetricsConfig(_Strict):
     history_every_s: float = Field(5.0, ge=1)  # how often the Monitor samples the figures the dashboard opens on (15 minutes kept)
 
 
+class Paths(BaseModel):
+    """Where a cascade's files are, derived from its config in one place (``CascadeConfig.paths``)
+    and read by every command and deployment: the registry (model versions, their pointers and
+    the shared routing documents), the escalation log, the traffic log and the feedback log."""
+
+    model_config = ConfigDict(frozen=True)
+
+    home: Path
+    registry: Path
+    escalations: Path
+    traffic: Path
+    feedback: Path
+
+
 class CascadeConfig(_Strict):
     """Everything `cascade serve` needs."""
 
@@ -246,17 +260,15 @@ class CascadeConfig(_Strict):
     metrics: MetricsConfig = MetricsConfig()
     proxy: ProxyConfig = ProxyConfig()
 
-    def log_path(self) -> Path:
-        """Where escalation segments go."""
-        return Path(self.log.path) if self.log.path else self.home / "escalations"
-
-    def traffic_path(self) -> Path:
-        """Where the replicas' traffic files go."""
-        return Path(self.feedback.traffic_path) if self.feedback.traffic_path else self.home / "traffic"
-
-    def feedback_path(self) -> Path:
-        """Where feedback segments go."""
-        return Path(self.feedback.path) if self.feedback.path else feedback_dir(self.home)
+    def paths(self) -> "Paths":
+        """Where this cascade's state lives on one host (the local store)."""
+        return Paths(
+            home=self.home,
+            registry=self.home / "registry",
+            escalations=Path(self.log.path) if self.log.path else self.home / "escalations",
+            traffic=Path(self.feedback.traffic_path) if self.feedback.traffic_path else self.home / "traffic",
+            feedback=Path(self.feedback.path) if self.feedback.path else feedback_dir(self.home),
+        )
 
     @model_validator(mode="after")
     def _remote_teacher_answers_in_time(self) -> "CascadeConfig":

@@ -30,7 +30,6 @@ import asyncio
 import logging
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -42,22 +41,24 @@ from distill.registry import Registry
 from router import (ControlSettings, EscalationPolicy, LiveEvidence, LiveOutcomes, RouterError, TargetAccuracy, TeacherBudget,
                     agreement_target, control_step, parse_goal, threshold_grid)
 from serving.api import LiveStatus
-from serving.shared_state import locked, read_json, write_json
+from serving.stores import SYNC_EVERY_S, StateStore
 
 logger = logging.getLogger("cascade")
-LIVE_STATE_FILE = "live.json"  # in the registry's root directory
+LIVE_DOCUMENT = "live"
 HISTORY_POINTS = 720  # live figures kept for the dashboard: an hour at one update each 5 s
 
 
 class LiveControl:
     """One replica's side of online control (see the module docstring)."""
 
-    def __init__(self, registry_root: Path, goal: str, teacher_budget: float, start_threshold: float | None = None,
-                 settings: ControlSettings = ControlSettings(), update_every: int = 200, sync_every_s: float = 1.0,
-                 on_status: Callable[[LiveStatus], None] | None = None, stale_s: float = 60.0,
-                 outcomes: Callable[[str], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None):
-        self.path = Path(registry_root) / LIVE_STATE_FILE
-        self.registry = Registry(registry_root)
+    def __init__(self, registry: Registry, state: StateStore, goal: str, teacher_budget: float,
+                 start_threshold: float | None = None, settings: ControlSettings = ControlSettings(), update_every: int = 200,
+                 sync_every_s: float = SYNC_EVERY_S, on_status: Callable[[LiveStatus], None] | None = None, stale_s: float = 60.0,
+                 outcomes: Callable[[str], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time):
+        self.registry = registry
+        self.state = state
+        self.clock, self.wall_clock = clock, wall_clock  # injectable: tests step time instead of sleeping
         self.goal = parse_goal(goal)
         self.teacher_budget = teacher_budget
         self.start_threshold = start_threshold  # routing.threshold; None: the top of each student's range
@@ -125,15 +126,15 @@ class LiveControl:
         replica serves a student the shared state does not name, so that a promotion reaches the
         shared state, and every replica, at once (off the event loop)."""
         wait = self.sync_every_s if self._latest in (None, self.status.student) else self.sync_every_s / 10
-        if self._syncing or time.monotonic() - self._synced_at < wait:
+        if self._syncing or self.clock() - self._synced_at < wait:
             return
         self._syncing = True
         try:
             await asyncio.to_thread(self.sync)
         except Exception as err:  # control is best effort: routing goes on with the last threshold
-            logger.error("live control: cannot sync %s: %r", self.path, err)
+            logger.error("live control: cannot sync: %r", err)
         finally:
-            self._synced_at = time.monotonic()
+            self._synced_at = self.clock()
             self._syncing = False
 
     def sync(self) -> LiveStatus:
@@ -142,12 +143,13 @@ class LiveControl:
         deltas, latest = self._deltas, self._latest
         self._deltas = {}
         feedback = self._feedback_due(deltas)
-        with locked(self.path):
-            state = read_json(self.path)
-            if deltas:
-                for version in sorted(deltas, key=lambda v: v == latest):  # the student observed last goes last
-                    state = self._merged(state, version, *deltas[version], feedback.get(version))
-                write_json(self.path, state)
+
+        def merged(state: dict | None) -> dict:
+            for version in sorted(deltas, key=lambda v: v == latest):  # the student observed last goes last
+                state = self._merged(state, version, *deltas[version], feedback.get(version))
+            return state
+
+        state = self.state.update(LIVE_DOCUMENT, merged) if deltas else self.state.read(LIVE_DOCUMENT)
         if state is not None:
             self.status = LiveStatus.model_validate(state["status"])
             self._previous = (state.get("previous"), state.get("previous_threshold"))
@@ -160,7 +162,7 @@ class LiveControl:
         registry's current student, while the state's is, or while the state switched from it
         less than ``stale_s`` ago (not a rollback: the registry would point at it again)."""
         current = self.registry.current("student")
-        recent = state.get("previous") == version and time.time() - state.get("started_at", 0.0) < self.stale_s
+        recent = state.get("previous") == version and self.wall_clock() - state.get("started_at", 0.0) < self.stale_s
         return current != version and (current == state["status"]["student"] or recent)
 
     def _feedback_due(self, deltas: dict[str, tuple[EscalationPolicy, LiveEvidence]]) -> dict[str, tuple]:
@@ -171,7 +173,7 @@ class LiveControl:
         feedback under the lock."""
         if self.outcomes is None or not isinstance(self.goal, TargetAccuracy) or not deltas:
             return {}
-        state = read_json(self.path)
+        state = self.state.read(LIVE_DOCUMENT)
         due = {}
         for version, (_, delta) in deltas.items():
             since_step = state["since_step"] if state is not None and state["status"]["student"] == version else 0.0
@@ -191,7 +193,7 @@ class LiveControl:
             status = LiveStatus(goal=str(self.goal), student=version, fitted_threshold=policy.threshold,
                                 threshold=float(delta.grid[index]) if controllable else None)
             state = {"status": status.model_dump(), "evidence": LiveEvidence(delta.grid).to_dict(), "index": index,
-                     "floor": floor, "since_step": 0.0, "history": [], "started_at": time.time(),
+                     "floor": floor, "since_step": 0.0, "history": [], "started_at": self.wall_clock(),
                      "previous": None if state is None else state["status"]["student"],
                      "previous_threshold": None if state is None else state["status"]["threshold"]}
         evidence = LiveEvidence.from_dict(state["evidence"])
@@ -212,10 +214,16 @@ class LiveControl:
                                held=step.held, budget_limited=step.budget_limited, through=step.through,
                                feedback_items=outcomes.total if outcomes is not None else 0.0, evidence_items=evidence.items,
                                known_items=float(evidence.known.sum()), updated_at=now)
-        state["history"] = (state["history"] + [[time.time(), step.threshold, step.estimate, step.bound, step.held]])[-HISTORY_POINTS:]
+        state["history"] = (state["history"] + [[self.wall_clock(), step.threshold, step.estimate, step.bound, step.held]])[-HISTORY_POINTS:]
         return state
 
     def history(self) -> list[list[Any]]:
         """The shared history of live figures: [unix time, threshold, estimate, bound, held], oldest first."""
-        state = read_json(self.path)
+        state = self.state.read(LIVE_DOCUMENT)
         return state["history"] if state else []
+
+
+def read_live_status(state: StateStore) -> LiveStatus | None:
+    """Online control's shared status, as every replica last left it; None before any sync."""
+    document = state.read(LIVE_DOCUMENT)
+    return LiveStatus.model_validate(document["status"]) if document is not None else None

@@ -5,7 +5,6 @@ import asyncio
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,15 +12,14 @@ import torch
 from ray import serve
 
 from distill.backends import HFClassifier
-from distill.registry import Registry
-from distill.remote import RemoteClassifier, RemoteTeacherSettings, model_labels
+from serving.remote import RemoteClassifier, RemoteTeacherSettings, model_labels
 from serving.cascade import ModelOutput
-from serving.config import ModelDeploymentConfig
+from serving.compose import open_registry, open_routing
+from serving.stores import SYNC_EVERY_S
+from serving.config import ModelDeploymentConfig, Paths
 from serving.metrics import ModelInfo, Recorder
-from serving.shared_state import SHARED_STATE_FILE, SharedRouting
 
 logger = logging.getLogger("cascade")
-RELOAD_CHECK_S = 1.0  # how often a model server looks for an admin reload request
 DEFAULTS = ModelDeploymentConfig()  # batching and polling until configure() says otherwise
 AUTO_WAIT_SHARE = 0.5  # with batch_wait_timeout_s "auto": wait up to this share of a batch's measured time ...
 AUTO_WAIT_MAX_S = 0.05  # ... and never longer than this
@@ -54,16 +52,16 @@ class BatchedModel:
     ``model`` None the server follows the registry's ``current`` pointer: every
     ``poll_registry_s`` seconds it checks the pointer and hot-swaps to a newly promoted (or
     rolled-back) version, in every replica, with no restart and no coordination; and within
-    ``RELOAD_CHECK_S`` of an admin reload (a bumped ``reload_generation`` in the shared state),
+    ``SYNC_EVERY_S`` of an admin reload (a bumped ``reload_generation`` in the shared state),
     whatever ``poll_registry_s`` is.
     """
 
-    def __init__(self, role: str, home: str, device: str | None = None, threads: int | None = None, inline: bool = False):
+    def __init__(self, role: str, paths: Paths, device: str | None = None, threads: int | None = None, inline: bool = False):
         self.role = role
         # a sub-millisecond model (the student inside the ingress) runs on the event loop: a hop to a
         # worker thread, and the GIL hand-offs while the loop is busy, cost more than its forward pass
         self.inline = inline
-        self.home = Path(home)
+        self.registry = open_registry(paths)
         self.device = device
         if threads:
             torch.set_num_threads(threads)
@@ -78,7 +76,7 @@ class BatchedModel:
         self.auto_wait = False  # batch_wait_timeout_s "auto": derived from the measured batch time
         self.batch_s: float | None = None  # moving average of one batch's forward pass, seconds
         self.batch_metrics = Recorder("cascade_teacher_batch_texts") if role == "teacher" else None
-        self.shared = SharedRouting(self.home / "registry" / SHARED_STATE_FILE, check_every_s=0)
+        self.shared = open_routing(paths, check_every_s=0)
         self._reload_generation = self.shared.read().reload_generation
 
     def configure(self, user_config: dict[str, Any]) -> None:
@@ -90,7 +88,7 @@ class BatchedModel:
         if remote is not None:
             self._use_remote(RemoteTeacherSettings.model_validate(remote))
         else:
-            self._swap_to(Registry(self.home / "registry").resolve(self.role, user_config.get("model")))
+            self._swap_to(self.registry.resolve(self.role, user_config.get("model")))
         self.max_batch_size = int(user_config.get("max_batch_size", self.max_batch_size))
         self._batched.set_max_batch_size(self.max_batch_size)
         wait = user_config.get("batch_wait_timeout_s", DEFAULTS.batch_wait_timeout_s)
@@ -105,7 +103,7 @@ class BatchedModel:
             if following and not self.follow_current:
                 return  # pinned to a version meanwhile
             if source is None:
-                source = Registry(self.home / "registry").resolve(self.role, None)
+                source = self.registry.resolve(self.role, None)
             if source == self.source:
                 return
             model = HFClassifier.load(source, device=self.device)
@@ -125,7 +123,7 @@ class BatchedModel:
         with self._swap_lock:
             if self.source == settings.model_dump_json():
                 return
-            labels = settings.labels or model_labels(Registry(self.home / "registry").current_path("student"))
+            labels = settings.labels or model_labels(self.registry.current_path("student"))
             if self.model is not None and labels != self.model.labels:
                 raise ValueError(f"{settings.version()} has other labels than {self.model.version}; not swapped")
             old, self.model, self.source = self.model, RemoteClassifier(settings, labels), settings.model_dump_json()
@@ -144,7 +142,7 @@ class BatchedModel:
         (0: never), and at once when an admin reload was requested."""
         last_poll = time.monotonic()
         while self.follow_current:
-            await asyncio.sleep(min(self.poll_registry_s, RELOAD_CHECK_S) if self.poll_registry_s > 0 else RELOAD_CHECK_S)
+            await asyncio.sleep(min(self.poll_registry_s, SYNC_EVERY_S) if self.poll_registry_s > 0 else SYNC_EVERY_S)
             generation = self.shared.read().reload_generation
             polling = self.poll_registry_s > 0 and time.monotonic() - last_poll >= self.poll_registry_s
             if generation == self._reload_generation and not polling:

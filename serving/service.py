@@ -9,26 +9,28 @@ import asyncio
 import dataclasses
 import logging
 import time
-from pathlib import Path
-from typing import Any, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from distill.errors import RegistryError
 from distill.feedback import FeedbackRecord
 from distill.metadata import escalation_policy
 from distill.registry import Registry
+from router.policy import threshold_in_force
 from router import AuditSampler, CircuitBreaker, EscalationPolicy, RouterError, TeacherRateLimiter
 from serving import admin
 from serving.api import ClassifyOptions, ClassifyResponse, ModelsResponse, ModelVersions
-from serving.cascade import AppendLog, Cascade, Evidence, ModelOutput, Redact
+from serving.cascade import Cascade, Evidence, ModelOutput, Redact
 from serving.config import CascadeConfig
 from serving.errors import Conflict, InvalidInput, TooLarge, Unavailable
-from serving.feedback import FeedbackDesk, FeedbackItem, FeedbackLedger, FeedbackResponse
+from serving.feedback import FeedbackDesk, FeedbackItem, FeedbackResponse
 from serving.guards import InFlightLimit
 from serving.live import LiveControl
-from serving.log_writer import GroupCommitLog, SegmentWriter
 from serving.shadow import ShadowRun, candidate_figures
-from serving.shared_state import SHARED_STATE_FILE, SharedRouting
-from serving.traffic import TrafficLog, TrafficReader
+from serving.shared_state import SharedRouting
+from serving.stores import SYNC_EVERY_S
+
+if TYPE_CHECKING:
+    from serving.compose import Stores
 
 logger = logging.getLogger("cascade")
 
@@ -64,48 +66,35 @@ class CascadeService:
         config: CascadeConfig,
         student: ModelClient,
         teacher: ModelClient,
-        append_log: AppendLog,
+        stores: Stores,
         metrics: Metrics | None = None,
         in_flight: InFlightLimit | None = None,
         redact: Redact | None = None,
-        shared_check_every_s: float = 1.0,
+        shared_check_every_s: float = SYNC_EVERY_S,
     ):
         self.config = config
         self.student, self.teacher = student, teacher
-        self.append_log = append_log
+        self.stores = stores
         self.metrics = metrics
         self.in_flight = in_flight
         self.redact = redact
-        self.shared = SharedRouting(config.home / "registry" / SHARED_STATE_FILE, shared_check_every_s)
+        self.shared = SharedRouting(stores.state, shared_check_every_s)
         routing = config.routing
-        self.shadow = ShadowRun(config.home / "registry")
-        retention_s = config.feedback.retention_hours * 3600
-        # every answered request, kept durably so that feedback can name any item (serving.traffic)
-        self.traffic = (
-            TrafficLog(config.traffic_path(), retention_s, on_error=lambda: self._count("cascade_traffic_write_errors_total"))
-            if config.feedback.keep_traffic else None
-        )
-        self.feedback_log = GroupCommitLog(SegmentWriter(config.feedback_path()))
-        self.ledger = FeedbackLedger(config.feedback_path(), retention_s)
+        self.shadow = ShadowRun(stores.registry, stores.state)
         self.live = (
-            LiveControl(config.home / "registry", routing.goal, routing.teacher_budget, routing.threshold,
-                        on_status=getattr(metrics, "record_live", None), outcomes=self.ledger.outcomes)
+            LiveControl(stores.registry, stores.state, routing.goal, routing.teacher_budget, routing.threshold,
+                        on_status=getattr(metrics, "record_live", None), outcomes=stores.feedback.outcomes)
             if routing.control and routing.audit_rate > 0
             else None
         )
-        self.traffic_reader = TrafficReader(config.traffic_path(), retention_s)
-        self.desk = FeedbackDesk(self.traffic_reader, self.ledger, self.feedback_log.append, config.feedback.max_items,
-                                 on_recorded=self._count_feedback, keeping=self.traffic is not None)
+        self.desk = FeedbackDesk(stores.traffic_lookup, stores.feedback, stores.feedback_log.append, config.feedback.max_items,
+                                 on_recorded=self._count_feedback, keeping=stores.traffic is not None)
         self.cascade: Cascade | None = None
         self._lock = asyncio.Lock()
 
     def close(self) -> None:
-        """Finish the traffic and feedback logs' pending writes and close their files (the
-        escalation log belongs to the caller); call it once nothing is served any more."""
-        if self.traffic is not None:
-            self.traffic.close()
-        self.feedback_log.close()
-        self.traffic_reader.close()
+        """Finish the stores' pending writes and close them; call it once nothing is served any more."""
+        self.stores.close()
 
     # ---- readiness
 
@@ -121,7 +110,7 @@ class CascadeService:
                 cascade = Cascade(
                     student=self._timed(self.student.predict, "student"),
                     teacher=self._timed(self.teacher.predict, "teacher"),
-                    append_log=self.append_log,
+                    append_log=self.stores.escalations.append,
                     labels=student["labels"],
                     costs=routing.costs(),
                     teacher_timeout_s=routing.teacher_timeout_s,
@@ -132,7 +121,7 @@ class CascadeService:
                     redact=self.redact,
                     threshold_for=self._threshold_for,
                     on_evidence=self._observe,
-                    **({"keep_traffic": self.traffic.append, "new_request_id": self.traffic.new_request_id} if self.traffic else {}),
+                    **({"keep_traffic": traffic.append, "new_request_id": traffic.new_request_id} if (traffic := self.stores.traffic) else {}),
                 )
                 cascade.versions = ModelVersions(student=student["version"], teacher=None)
                 if self.live is not None:  # a restarted or added replica starts from the shared live threshold
@@ -233,13 +222,8 @@ class CascadeService:
         """The threshold every replica routes ``version``'s answers with, and where it comes from:
         the admin's, else online control's (``serving.live``), else the config's, else None (the
         student's fitted one)."""
-        shared = self.shared.read(fresh).threshold
-        if shared is not None:
-            return shared, "admin"
         live = self.live.threshold(version, policy, classes) if self.live is not None else None
-        if live is not None:
-            return live, "live"
-        return (self.config.routing.threshold, "config") if self.config.routing.threshold is not None else (None, "fitted")
+        return threshold_in_force(self.shared.read(fresh).threshold, live, self.config.routing.threshold)
 
     # ---- models and stats
 
@@ -279,11 +263,11 @@ class CascadeService:
         reliability = cascade.reliability_stats()
         if self.in_flight is not None:
             reliability = {"shed_requests": self.in_flight.shed, "in_flight": self.in_flight.in_flight, **reliability}
-        await asyncio.to_thread(self.ledger.sync)
+        await asyncio.to_thread(self.stores.feedback.sync)
         return {
             "audit": {"audited": cascade.audit.audited, "agreed": cascade.audit.agreed,
                       "agreement": cascade.audit.value, "interval_95": [round(low, 4), round(high, 4)]},
-            "feedback": self.ledger.figures(),
+            "feedback": self.stores.feedback.figures(),
             "reliability": reliability,
         }
 
@@ -314,7 +298,7 @@ class CascadeService:
 
     async def set_shadow(self, version: str | None) -> dict[str, Any]:
         """Start judging a registered student in shadow on live traffic (None: stop the one running)."""
-        registry = Registry(self.config.home / "registry")
+        registry = self.stores.registry
         try:
             if version is not None:
                 return {"shadow": await asyncio.to_thread(registry.start_shadow, "student", version, "admin api")}
@@ -325,18 +309,17 @@ class CascadeService:
         except RegistryError as err:
             raise Conflict(str(err)) from None
 
-    async def move_pointer(self, move: Callable[[Path, Any], admin.PointerResponse], body: Any) -> admin.PointerResponse:
+    async def move_pointer(self, move: Callable[[Registry, Any], admin.PointerResponse], body: Any) -> admin.PointerResponse:
         """Promote or roll back in the registry (``serving.admin``); a refused move is a 409."""
         try:
-            return await asyncio.to_thread(move, self.config.home, body)
+            return await asyncio.to_thread(move, self.stores.registry, body)
         except RegistryError as err:
             raise Conflict(str(err)) from None
 
     async def reload(self) -> admin.ReloadResponse:
         """Make the model servers re-read the registry's current pointers now: the replicas this
-        call reaches at once, every other one within ``RELOAD_CHECK_S`` (through the shared state)."""
-        generation = self.shared.read(fresh=True).reload_generation + 1
-        await asyncio.to_thread(self.shared.write, reload_generation=generation)
+        call reaches at once, every other one within ``SYNC_EVERY_S`` (through the shared state)."""
+        await asyncio.to_thread(self.shared.bump_reload)
         try:
             student, teacher = await asyncio.gather(self.student.reload(), self.teacher.reload())
         except Exception as err:  # a version that cannot load: the serving one stays

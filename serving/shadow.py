@@ -2,7 +2,7 @@
 (``Registry.start_shadow``: by ``cascade refresh --shadow`` or ``POST /v1/admin/shadow``), each
 ingress replica loads it beside the serving student, scores every cascade request with it
 (its answers are never returned) and keeps paired evidence (``router.shadow``). Once a second
-a replica merges its evidence into the registry's ``shadow.json`` under a file lock; the
+a replica merges its evidence into the shared ``shadow`` document (``serving.stores``); the
 replica whose merge makes the verdict promote or reject ends the shadow in the registry, which
 records the verdict and its evidence in ``history.jsonl`` (and promotes: model servers swap as
 for any promotion). A failure of the candidate never fails a request: it only stops the shadow
@@ -22,19 +22,20 @@ from distill.registry import Registry
 from router import EscalationPolicy
 from router.shadow import ShadowEvidence, ShadowSettings, shadow_verdict
 from serving.cascade import Evidence
-from serving.shared_state import SHARED_STATE_FILE, SharedRouting, locked, read_json, write_json
+from serving.shared_state import SharedRouting
+from serving.stores import SYNC_EVERY_S, StateStore
 
 logger = logging.getLogger("cascade")
-SHADOW_STATE_FILE = "shadow.json"  # in the registry's root directory
+SHADOW_DOCUMENT = "shadow"
 
 
 class ShadowRun:
     """One ingress replica's side of a shadow candidate (see the module docstring)."""
 
-    def __init__(self, registry_root: Path, settings: ShadowSettings = ShadowSettings(), check_every_s: float = 1.0,
-                 load: Callable[[str], Any] = HFClassifier.load):
-        self.registry = Registry(registry_root)
-        self.path = Path(registry_root) / SHADOW_STATE_FILE
+    def __init__(self, registry: Registry, state: StateStore, settings: ShadowSettings = ShadowSettings(),
+                 check_every_s: float = SYNC_EVERY_S, load: Callable[[str], Any] = HFClassifier.load):
+        self.registry = registry
+        self.state = state
         self.settings = settings
         self.check_every_s = check_every_s
         self.load = load
@@ -93,27 +94,27 @@ class ShadowRun:
             logger.info("shadow %s now scored beside %s", self.version, current_version)
             return
         delta, self._delta = self._delta, ShadowEvidence()
-        with locked(self.path):
-            state = read_json(self.path)
+
+        def merged(state: dict | None) -> dict:
             if state is None or state.get("version") != self.version:
                 state = {"version": self.version, "current": current_version, "evidence": ShadowEvidence().to_dict()}
             evidence = ShadowEvidence.from_dict(state["evidence"])
             evidence.merge(delta)
-            state["evidence"] = evidence.to_dict()
             verdict = shadow_verdict(evidence, self.settings)
-            state["verdict"] = {"decision": verdict.decision, "reason": verdict.reason,
-                                "agreement_gain": verdict.agreement_gain, "escalation_change": verdict.escalation_change}
-            write_json(self.path, state)
-        self.status = state
-        if verdict.decision != "wait":
-            record = {**state["evidence"], "agreement_gain": list(verdict.agreement_gain),
-                      "escalation_change": list(verdict.escalation_change)}
-            promote = verdict.decision == "promote"
-            if self.registry.end_shadow("student", self.version, promote, record, verdict.reason):
-                logger.info("shadow %s %s: %s", self.version, "promoted" if promote else "rejected", verdict.reason)
+            return {**state, "evidence": evidence.to_dict(),
+                    "verdict": {"decision": verdict.decision, "reason": verdict.reason,
+                                "agreement_gain": verdict.agreement_gain, "escalation_change": verdict.escalation_change}}
+
+        state = self.state.update(SHADOW_DOCUMENT, merged)
+        self.status, verdict = state, state["verdict"]
+        if verdict["decision"] != "wait":
+            record = {**state["evidence"], "agreement_gain": list(verdict["agreement_gain"]),
+                      "escalation_change": list(verdict["escalation_change"])}
+            promote = verdict["decision"] == "promote"
+            if self.registry.end_shadow("student", self.version, promote, record, verdict["reason"]):
+                logger.info("shadow %s %s: %s", self.version, "promoted" if promote else "rejected", verdict["reason"])
                 if promote:  # every model server swaps now, as on an admin reload, whatever its poll_registry_s
-                    shared = SharedRouting(self.path.with_name(SHARED_STATE_FILE))
-                    shared.write(reload_generation=shared.read(fresh=True).reload_generation + 1)
+                    SharedRouting(self.state).bump_reload()
 
 
 def candidate_figures(status: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -1,22 +1,21 @@
-"""``cascade batch``: the cascade over a data set on Ray Data (``distill.bulk``), with the served
+"""``cascade batch``: the cascade over a data set on Ray Data (``serving.bulk``), with the served
 cascade's models, threshold, costs and escalation log: the serving config (``--config``) and the
 admin's threshold in the registry decide as they do for served traffic."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from distill.bulk import BulkError, BulkJob, BulkSettings, BulkSummary, OutputDir, plan_input, run_bulk
+from serving.bulk import BulkError, BulkJob, BulkSettings, BulkSummary, OutputDir, plan_input, run_bulk
 from distill.escalations import EscalationRecord
 from distill.metadata import read_meta
-from distill.registry import Registry
-from distill.remote import model_labels
+from serving.remote import model_labels
+from router.policy import threshold_in_force
 from serving.cli import _at_least_one
 from serving.config import CascadeConfig, load_config
 
@@ -26,27 +25,23 @@ def _version(path: str) -> str:
     return meta.version if meta else Path(path).name
 
 
-def served_threshold(config: CascadeConfig, registry: Registry, student_version: str) -> float | None:
-    """The threshold served traffic gets now: the admin's, else online control's live one for
-    this student once control has stepped on evidence (its start-up point sends every item to
-    the teacher until the evidence allows less), else the config's; None: the student's fitted one."""
-    from serving.live import LIVE_STATE_FILE, LiveStatus
-    from serving.shared_state import SHARED_STATE_FILE, SharedRouting
+def served_threshold(config: CascadeConfig, student_version: str) -> float | None:
+    """The threshold served traffic gets now (``router.policy.threshold_in_force``), with online
+    control's live one counted only once control has stepped on evidence for this student (its
+    start-up point sends every item to the teacher until the evidence allows less); None: the
+    student's fitted one."""
+    from serving.compose import open_routing, open_state
+    from serving.live import read_live_status
 
-    admin = SharedRouting(registry.root / SHARED_STATE_FILE).read(fresh=True).threshold
-    if admin is not None:
-        return admin
-    live_file = registry.root / LIVE_STATE_FILE
-    if config.routing.control and config.routing.audit_rate > 0 and live_file.is_file():
-        live = LiveStatus.model_validate(json.loads(live_file.read_text())["status"])
-        if live.student == student_version and live.threshold is not None and live.updated_at is not None:
-            return live.threshold
-    return config.routing.threshold
+    paths = config.paths()
+    live = read_live_status(open_state(paths)) if config.routing.control and config.routing.audit_rate > 0 else None
+    stepped = live.threshold if live is not None and live.student == student_version and live.updated_at is not None else None
+    return threshold_in_force(open_routing(paths).read(fresh=True).threshold, stepped, config.routing.threshold)[0]
 
 
 def batch(args: argparse.Namespace) -> BulkSummary:
     """Run ``cascade batch`` from its parsed arguments; returns the run's summary."""
-    from serving.log_writer import SegmentWriter
+    from serving.compose import escalation_writer, open_registry
     from serving.redaction import load_redactor
 
     started = time.monotonic()
@@ -59,12 +54,12 @@ def batch(args: argparse.Namespace) -> BulkSummary:
         raise BulkError(f"invalid settings: {problems}") from None
     if config.teacher.remote is not None:
         raise BulkError("cascade batch runs registry models; the config's teacher is a remote endpoint")
-    registry = Registry(config.home / "registry")
+    registry = open_registry(config.paths())
     student = registry.resolve("student", args.student or config.student.model)
     teacher = registry.resolve("teacher", args.teacher or config.teacher.model)
     if model_labels(student) != model_labels(teacher):
         raise BulkError(f"student {student} and teacher {teacher} have different label lists: use a matching pair")
-    threshold = args.threshold if args.threshold is not None else served_threshold(config, registry, _version(student))
+    threshold = args.threshold if args.threshold is not None else served_threshold(config, _version(student))
     plan = plan_input(args.input, args.text_column)
     out = OutputDir(args.output)
     job, resumed = out.start(BulkJob(input=plan.uri, text_column=plan.text_column, student=student, teacher=teacher,
@@ -76,7 +71,9 @@ def batch(args: argparse.Namespace) -> BulkSummary:
     if resumed:
         print(f"cascade batch: resuming the unfinished job in {args.output} (student {job.student_version}, teacher {job.teacher_version})",
               file=sys.stderr, flush=True)
-    log = SegmentWriter(Path(args.log) if args.log else config.log_path(), config.log.segment_max_bytes, config.log.segment_max_seconds)
+    if args.log:
+        config = config.model_copy(update={"log": config.log.model_copy(update={"path": str(args.log)})})
+    log = escalation_writer(config)
     redact = load_redactor(config.log.redact)
 
     def write_records(records: list[EscalationRecord]) -> None:

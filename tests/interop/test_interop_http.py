@@ -136,13 +136,13 @@ def test_v2_errors_name_the_problem(remote_cascade, client):
 
 def test_escalations_are_logged_with_the_remote_teachers_label(remote_cascade, fake_teacher, labels):
     url, config = remote_cascade
-    before = {r.id for r in read_records(config.log_path())}
+    before = {r.id for r in read_records(config.paths().escalations)}
     body = classify(url, ODD + IN_DOMAIN)
     escalated = {t: p for t, p in zip(ODD + IN_DOMAIN, body["predictions"]) if p["escalated"]}
     assert escalated and body["logged"] == len(escalated)
     host = fake_teacher.url.removeprefix("http://")
     assert body["versions"]["teacher"] == f"remote:fake-llm@{host}"
-    new = [r for r in read_records(config.log_path()) if r.id not in before]
+    new = [r for r in read_records(config.paths().escalations) if r.id not in before]
     assert sorted(r.text for r in new) == sorted(escalated)
     for record in new:
         assert record.teacher_label == rule_label(record.text, labels) == escalated[record.text]["label"]
@@ -152,7 +152,7 @@ def test_escalations_are_logged_with_the_remote_teachers_label(remote_cascade, f
 
 def test_a_failing_remote_teacher_degrades_to_the_student_and_logs_nothing(remote_cascade, fake_teacher):
     url, config = remote_cascade
-    before = len(read_records(config.log_path()))
+    before = len(read_records(config.paths().escalations))
     fake_teacher.script = [503] * 200  # every call fails, retries included
     try:
         body = classify(url, ODD)
@@ -161,7 +161,7 @@ def test_a_failing_remote_teacher_degrades_to_the_student_and_logs_nothing(remot
     escalated = [p for p in body["predictions"] if p["escalated"]]
     assert escalated, "odd texts are unsure"
     assert all(p["degraded"] and p["cause"] == "teacher_unavailable" and p["tier"] == "student" for p in escalated)
-    assert body["logged"] == 0 and len(read_records(config.log_path())) == before
+    assert body["logged"] == 0 and len(read_records(config.paths().escalations)) == before
 
 
 def test_a_student_is_distilled_label_only_from_the_remote_teachers_log(remote_cascade, tiny_home, tiny_data, tmp_path, capsys, labels):
@@ -169,12 +169,12 @@ def test_a_student_is_distilled_label_only_from_the_remote_teachers_log(remote_c
 
     url, config = remote_cascade
     assert classify(url, NOVEL, mode="teacher")["logged"] == len(NOVEL)  # more to learn from than the earlier tests logged
-    records = [r for r in read_records(config.log_path()) if r.teacher_label_only]
+    records = [r for r in read_records(config.paths().escalations) if r.teacher_label_only]
     assert records, "the earlier tests log escalations"
     home = tmp_path / "home"
     shutil.copytree(tiny_home, home)  # refresh registers a version; the session's home stays as it was
     capsys.readouterr()
-    assert main(["refresh", "--home", str(home), "--data", str(tiny_data), "--log", str(config.log_path()), "--epochs", "10", "-q"]) == 0
+    assert main(["refresh", "--home", str(home), "--data", str(tiny_data), "--log", str(config.paths().escalations), "--epochs", "10", "-q"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["data"]["label_only_rows"] == report["data"]["escalation_rows"] > 0
     assert report["data"]["teacher_versions"] == [records[0].teacher_version]

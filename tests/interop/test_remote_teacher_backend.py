@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from fake_teacher import rule_label
 from distill.errors import ModelError
-from distill.remote import RemoteClassifier, RemoteTeacherError, RemoteTeacherSettings, parse_label
+from serving.remote import RemoteClassifier, RemoteTeacherError, RemoteTeacherSettings, parse_label
 from distill.registry import Registry
 from serving.config import ConfigError, load_config
 
@@ -185,10 +185,11 @@ def test_close_waits_for_the_call_in_progress_then_releases_the_client(fake_teac
 
 
 def test_a_swap_away_from_a_remote_teacher_closes_its_client(fake_teacher, tiny_home):
+    from serving.config import CascadeConfig
     from serving.model_server import BatchedModel
 
     fake_teacher.reset()
-    server = BatchedModel("teacher", str(tiny_home))
+    server = BatchedModel("teacher", CascadeConfig(home=tiny_home).paths())
     remote = {"kind": "json", "url": f"{fake_teacher.url}/probabilities", "labels": LABELS}
     server.configure({"model": None, "remote": remote})
     first = server.model

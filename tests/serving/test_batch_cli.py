@@ -113,7 +113,7 @@ def test_batch_answers_as_served_and_logs_escalations(ray_cluster, unsure_home: 
 @pytest.mark.slow
 def test_a_rerun_after_a_crash_answers_only_what_was_not_written(ray_cluster, unsure_home: Path, tiny_data: Path, tmp_path: Path,
                                                                  capsys, monkeypatch):
-    from distill.bulk import OutputDir
+    from serving.bulk import OutputDir
 
     out, log = tmp_path / "out", tmp_path / "log"
     argv = ["batch", "--home", str(unsure_home), "--input", str(tiny_data / "test.jsonl"), "--output", str(out),

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from distill.bulk import BulkError, BulkJob, OutputDir, StudentStage, TeacherStage, plan_input, read_file, record_id
+from serving.bulk import BulkError, BulkJob, OutputDir, StudentStage, TeacherStage, plan_input, read_file, record_id
 from distill.registry import Registry
 from router import CostModel
 

@@ -46,7 +46,7 @@ def test_health_ready_and_models(cascade_url):
 
 
 def test_confident_items_stay_with_student_unsure_go_to_teacher_and_are_logged(cascade_url, cascade_config):
-    before = {r.id for r in read_records(cascade_config.log_path())}
+    before = {r.id for r in read_records(cascade_config.paths().escalations)}
     body = classify(cascade_url, IN_DOMAIN + ODD, top_k=2)
     predictions = body["predictions"]
     assert len(predictions) == len(IN_DOMAIN + ODD)
@@ -60,7 +60,7 @@ def test_confident_items_stay_with_student_unsure_go_to_teacher_and_are_logged(c
     assert tiers == {"student", "teacher"}, "the mix must exercise both tiers"
     escalated_texts = [t for t, p in zip(IN_DOMAIN + ODD, predictions) if p["escalated"]]
     assert body["logged"] == len(escalated_texts)
-    new = [r for r in read_records(cascade_config.log_path()) if r.id not in before]
+    new = [r for r in read_records(cascade_config.paths().escalations) if r.id not in before]
     assert sorted(r.text for r in new) == sorted(escalated_texts)
     by_text = {t: p for t, p in zip(IN_DOMAIN + ODD, predictions)}
     for record in new:

@@ -124,7 +124,7 @@ def test_feedback_reaches_a_student_answered_item_after_a_restart_and_from_anoth
 def test_a_failed_traffic_write_answers_the_request_and_its_feedback_is_404(home):
     service, client, _ = make_service(home, confident_student(), feedback_token=FEEDBACK)
     classify(client, "x")
-    service.traffic.close()  # every later commit fails
+    service.stores.traffic.close()  # every later commit fails
     answered = classify(client, "y")
     assert client.get("/v1/stats").json()["reliability"]["traffic_write_errors"] == 1
     assert feedback(client, [{"request_id": answered["request_id"], "index": 0, "label": "a"}]).status_code == 404
@@ -135,23 +135,23 @@ def test_without_the_traffic_log_new_answers_cannot_get_feedback_and_the_404_say
     answered = classify(client, "x")
     response = feedback(client, [{"request_id": answered["request_id"], "index": 0, "label": "a"}])
     assert response.status_code == 404 and "feedback.keep_traffic is false" in response.json()["error"]
-    assert not service.config.traffic_path().exists(), "nothing kept"
+    assert not service.config.paths().traffic.exists(), "nothing kept"
 
 
 def test_kept_requests_past_retention_are_purged_and_not_found(home):
     service, client, _ = make_service(home, confident_student(), feedback_token=FEEDBACK)
     request_id = classify(client, "x")["request_id"]
-    reader = TrafficReader(service.config.traffic_path(), retention_s=3600)
+    reader = TrafficReader(service.config.paths().traffic, retention_s=3600)
     assert request_id in reader.find([request_id])
-    assert request_id not in TrafficReader(service.config.traffic_path(), retention_s=0).find([request_id])
-    service.traffic.purge(now=time.time() + 2 * service.traffic.retention_s)
+    assert request_id not in TrafficReader(service.config.paths().traffic, retention_s=0).find([request_id])
+    service.stores.traffic.purge(now=time.time() + 2 * service.stores.traffic.retention_s)
     assert reader.find([request_id]) == {}  # a writer deletes its own rows past retention
     later, _, _ = make_service(home, confident_student(), feedback_token=FEEDBACK)  # another replica, long after
-    later.traffic.purge(now=time.time() + 2 * later.traffic.retention_s)
-    assert service.traffic.path.exists(), "a live writer's file stays, however long it has been idle"
+    later.stores.traffic.purge(now=time.time() + 2 * later.stores.traffic.retention_s)
+    assert service.stores.traffic.path.exists(), "a live writer's file stays, however long it has been idle"
     service.close()
-    later.traffic.purge(now=time.time() + 2 * later.traffic.retention_s)
-    assert not service.traffic.path.exists()  # a gone writer's file goes once all of it is past retention
+    later.stores.traffic.purge(now=time.time() + 2 * later.stores.traffic.retention_s)
+    assert not service.stores.traffic.path.exists()  # a gone writer's file goes once all of it is past retention
 
 
 @pytest.mark.parametrize("with_feedback", [False, True])

@@ -8,17 +8,23 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
-import time
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from distill.registry import Registry
 from router import EscalationPolicy
 from serving.live import LiveControl
+from serving.stores import FileStateStore
 
 GOAL = "agreement>=0.97"
 FITTED = EscalationPolicy(threshold=0.3, goal=GOAL, validation={"teacher_agreement": 0.98})
+
+
+def control(root, goal: str, *args, **kwargs) -> LiveControl:
+    """A replica's live control over the local stores in ``root`` (the replicas of a test share it)."""
+    return LiveControl(Registry(root), FileStateStore(root), goal, *args, **kwargs)
 
 
 def evidence(rng: np.random.Generator, version: str, policy: EscalationPolicy, threshold: float, items: int = 100) -> SimpleNamespace:
@@ -40,7 +46,7 @@ def serve(live: LiveControl, rng: np.random.Generator, version: str, policy: Esc
 
 
 def test_a_new_student_starts_at_the_top_and_comes_down_to_the_goal(tmp_path):
-    live, rng = LiveControl(tmp_path, GOAL, teacher_budget=1.0), np.random.default_rng(0)
+    live, rng = control(tmp_path, GOAL, teacher_budget=1.0), np.random.default_rng(0)
     assert live.threshold("student-v1") is None  # nothing to start it from without its policy
     assert live.threshold("student-v1", FITTED, 3) == 1.0  # its first answers start at the top, before any sync
     live.observe(evidence(rng, "student-v1", FITTED, 1.0))
@@ -56,7 +62,7 @@ def test_a_new_student_starts_at_the_top_and_comes_down_to_the_goal(tmp_path):
 
 def test_a_seed_student_that_escalates_everything_is_held_there(tmp_path):
     seed = EscalationPolicy(threshold=1.0, goal="shadow: escalate all", validation={"teacher_agreement": 0.98})
-    live, rng = LiveControl(tmp_path, GOAL, teacher_budget=1.0), np.random.default_rng(1)
+    live, rng = control(tmp_path, GOAL, teacher_budget=1.0), np.random.default_rng(1)
     serve(live, rng, "student-seed", seed, requests=40)
     assert live.status.threshold == 1.0 and live.status.held and len(live.history()) >= 15
     # the next student starts afresh, from the top too, and comes down
@@ -65,14 +71,14 @@ def test_a_seed_student_that_escalates_everything_is_held_there(tmp_path):
 
 
 def test_routing_threshold_is_the_start_when_set(tmp_path):
-    live, rng = LiveControl(tmp_path, GOAL, teacher_budget=1.0, start_threshold=0.9), np.random.default_rng(2)
+    live, rng = control(tmp_path, GOAL, teacher_budget=1.0, start_threshold=0.9), np.random.default_rng(2)
     assert live.threshold("student-v1", FITTED, 3) == pytest.approx(0.9)  # before the state names it, too
     serve(live, rng, "student-v1")
     assert live.status.threshold == pytest.approx(0.9)
 
 
 def test_a_budget_goal_starts_from_the_fitted_threshold(tmp_path):
-    live, rng = LiveControl(tmp_path, "budget<=0.10", teacher_budget=1.0), np.random.default_rng(3)
+    live, rng = control(tmp_path, "budget<=0.10", teacher_budget=1.0), np.random.default_rng(3)
     assert live.threshold("student-v1", FITTED, 3) == pytest.approx(0.3)
     serve(live, rng, "student-v1")
     assert live.status.threshold == pytest.approx(0.3)
@@ -80,27 +86,27 @@ def test_a_budget_goal_starts_from_the_fitted_threshold(tmp_path):
 
 def test_an_accuracy_goal_without_a_validated_agreement_leaves_control_off(tmp_path):
     unvalidated = EscalationPolicy(threshold=0.3, goal="accuracy>=teacher")
-    live, rng = LiveControl(tmp_path, "accuracy>=teacher", teacher_budget=1.0), np.random.default_rng(4)
+    live, rng = control(tmp_path, "accuracy>=teacher", teacher_budget=1.0), np.random.default_rng(4)
     assert live.threshold("student-v1", unvalidated, 3) is None
     serve(live, rng, "student-v1", unvalidated, requests=5)
     assert live.threshold("student-v1") is None and live.status.threshold is None
 
 
 def test_replicas_share_the_threshold_and_a_restart_starts_from_it(tmp_path):
-    a, b, rng = LiveControl(tmp_path, GOAL, 1.0), LiveControl(tmp_path, GOAL, 1.0), np.random.default_rng(5)
+    a, b, rng = control(tmp_path, GOAL, 1.0), control(tmp_path, GOAL, 1.0), np.random.default_rng(5)
     for _ in range(60):
         serve(a, rng, "student-v1")
         serve(b, rng, "student-v1")
     a.sync()
     assert a.status.threshold == b.status.threshold < 1.0 and a.status.evidence_items == pytest.approx(12_000)
-    restarted = LiveControl(tmp_path, GOAL, 1.0)
+    restarted = control(tmp_path, GOAL, 1.0)
     assert restarted.threshold("student-v1") is None  # nothing read yet
     restarted.sync()  # as a replica does once ready, before any traffic
     assert restarted.threshold("student-v1") == a.status.threshold
 
 
 def test_a_replica_not_yet_swapped_does_not_bring_the_previous_student_back(tmp_path):
-    a, b, rng = LiveControl(tmp_path, GOAL, 1.0), LiveControl(tmp_path, GOAL, 1.0), np.random.default_rng(6)
+    a, b, rng = control(tmp_path, GOAL, 1.0), control(tmp_path, GOAL, 1.0), np.random.default_rng(6)
     serve(a, rng, "student-v1", requests=60)
     v1_threshold = a.status.threshold
     serve(a, rng, "student-v2")  # promoted: a sees the new student (100 items, no step yet)
@@ -115,20 +121,21 @@ def test_a_replica_not_yet_swapped_does_not_bring_the_previous_student_back(tmp_
     serve(a, rng, "student-v2")  # now a replica not yet swapped back
     assert a.status.student == "student-v1"
     (tmp_path / "student" / "CURRENT").unlink()  # a registry that names no student: only stale_s tells
-    late = LiveControl(tmp_path, GOAL, 1.0, stale_s=0.0)  # past stale_s, a student's evidence switches control to it
+    late = control(tmp_path, GOAL, 1.0, stale_s=0.0)  # past stale_s, a student's evidence switches control to it
     serve(late, rng, "student-v2")
     assert late.status.student == "student-v2"
 
 
 def test_a_new_student_reaches_the_shared_state_at_once_and_the_same_one_once_a_second(tmp_path):
-    live, rng = LiveControl(tmp_path, GOAL, 1.0), np.random.default_rng(7)
+    now = [0.0]
+    live, rng = control(tmp_path, GOAL, 1.0, clock=lambda: now[0]), np.random.default_rng(7)
     shared = lambda: json.loads((tmp_path / "live.json").read_text())  # noqa: E731
     live.observe(evidence(rng, "student-v1", FITTED, 0.3))
     asyncio.run(live.tick())
     live.observe(evidence(rng, "student-v1", FITTED, 1.0))
     asyncio.run(live.tick())  # the same student within a second: not yet
     assert shared()["status"]["student"] == "student-v1" and shared()["since_step"] == 100
-    time.sleep(0.15)
+    now[0] += 0.15
     live.observe(evidence(rng, "student-v2", FITTED, 1.0))
     asyncio.run(live.tick())  # a student the shared state does not name: after a tenth of a second
     assert shared()["status"]["student"] == "student-v2" and live.status.student == "student-v2"
@@ -139,7 +146,7 @@ def test_an_accuracy_goal_reads_its_feedback_outside_the_shared_lock(tmp_path):
     reads: list[bool] = []  # per read: whether the shared lock was free
 
     def outcomes(version: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        with live.path.with_name(f".{live.path.name}.lock").open("w") as handle:
+        with (tmp_path / ".live.json.lock").open("w") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 fcntl.flock(handle, fcntl.LOCK_UN)
@@ -148,7 +155,7 @@ def test_an_accuracy_goal_reads_its_feedback_outside_the_shared_lock(tmp_path):
                 reads.append(False)
         return np.linspace(0, 1, 50), np.zeros(50, dtype=bool), np.zeros(50)
 
-    live = LiveControl(tmp_path, "accuracy>=0.9", teacher_budget=1.0, outcomes=outcomes)
+    live = control(tmp_path, "accuracy>=0.9", teacher_budget=1.0, outcomes=outcomes)
     serve(live, np.random.default_rng(5), "student-v1", requests=20)  # 2,000 items: about ten steps
     assert len(reads) >= 8 and all(reads), reads
     assert live.status.through == "agreement" and live.status.feedback_items == 50  # under min_feedback: held through agreement

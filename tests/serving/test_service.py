@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from distill.escalations import read_records
+from serving.compose import build_service
 from serving.config import CascadeConfig
 from serving.guards import FEEDBACK_TOKEN_ENV, BearerToken, GuardSettings, InFlightLimit
 from serving.http import build_api
@@ -59,21 +61,16 @@ def close_services():
 
 def make_service(home: Path, student=None, teacher=None, feedback_token: str | None = None, feedback: dict | None = None,
                  **routing) -> tuple[CascadeService, TestClient, list]:
-    """A service over fakes and its HTTP client; the ``close_services`` fixture closes it. Audits
+    """A service over fakes, its HTTP client, and a reader of its escalation log; the
+    ``close_services`` fixture closes it. Audits
     are off unless a test sets ``audit_rate``: a random audit would consult the teacher on an item
     a test expects the student to answer alone."""
     routing.setdefault("audit_rate", 0.0)
-    written: list = []
-
-    async def append(records):
-        written.extend(records)
-        return len(records)
-
     config = CascadeConfig.model_validate({"home": str(home), "routing": routing, "feedback": feedback or {}})
     student = student or FakeModel("student-v1", [0.5, 0.3, 0.2], {"threshold": 0.7})  # every item unsure
     teacher = teacher or FakeModel("teacher-v1", [0.1, 0.8, 0.1])
     in_flight = InFlightLimit(8)
-    service = CascadeService(config, student, teacher, append, in_flight=in_flight, shared_check_every_s=0)
+    service = build_service(config, student, teacher, in_flight=in_flight, shared_check_every_s=0)
     OPEN_SERVICES.append(service)
     guard = GuardSettings(max_body_bytes=1 << 20, in_flight=in_flight, retry_after_s=1, admin_token=BearerToken(TOKEN),
                           feedback_token=BearerToken(feedback_token, FEEDBACK_TOKEN_ENV, "feedback"))
@@ -84,7 +81,7 @@ def make_service(home: Path, student=None, teacher=None, feedback_token: str | N
     async def history():
         return []
 
-    return service, TestClient(build_api(service, guard, figures, history, "cascade")), written
+    return service, TestClient(build_api(service, guard, figures, history, "cascade")), lambda: read_records(config.paths().escalations)
 
 
 @pytest.fixture
@@ -108,16 +105,16 @@ def test_forced_teacher_items_are_capped_by_the_budget_unless_admin(home):
 def test_escalated_and_consulted_mean_one_thing_each(home):
     student = FakeModel("student-v1", [0.9, 0.05, 0.05], {"threshold": 0.7})  # every item confident
     # the fitted threshold: online control would start this new student with every item at the teacher
-    _, client, written = make_service(home, student=student, audit_rate=1.0, control=False)
+    _, client, logged = make_service(home, student=student, audit_rate=1.0, control=False)
     audited = client.post("/v1/classify", json={"inputs": ["x", "y"]}).json()["predictions"]
     assert all(p["reason"] == "audit" and p["consulted"] and not p["escalated"] and p["tier"] == "student" for p in audited)
-    assert len(written) == 2
+    assert len(logged()) == 2
     teacher_down = FakeModel("teacher-v1", [0.1, 0.8, 0.1])
     teacher_down.fail = ConnectionError("teacher gone")
-    _, client, written = make_service(home / "3", teacher=teacher_down)
+    _, client, logged = make_service(home / "3", teacher=teacher_down)
     refused = client.post("/v1/classify", json={"inputs": ["x"]}).json()["predictions"][0]
     assert refused["escalated"] and not refused["consulted"] and refused["degraded"] and refused["cause"] == "teacher_unavailable"
-    assert written == []
+    assert logged() == []
 
 
 def test_teacher_down_from_the_first_request_degrades_instead_of_failing(home):
@@ -254,8 +251,8 @@ def test_online_control_is_shared_by_replicas_survives_restarts_and_restarts_wit
 
 
 def test_evaluation_traffic_is_answered_but_never_logged(home):
-    _, client, written = make_service(home)
+    _, client, logged = make_service(home)
     body = client.post("/v1/classify", json={"inputs": ["x", "y"], "options": {"evaluation": True}}).json()
-    assert [p["tier"] for p in body["predictions"]] == ["teacher", "teacher"] and body["logged"] == 0 and written == []
+    assert [p["tier"] for p in body["predictions"]] == ["teacher", "teacher"] and body["logged"] == 0 and logged() == []
     client.post("/v1/classify", json={"inputs": ["x"]})
-    assert len(written) == 1
+    assert len(logged()) == 1

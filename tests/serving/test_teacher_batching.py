@@ -30,7 +30,7 @@ def test_the_teacher_waits_auto_by_default_and_takes_a_fixed_wait(tmp_path: Path
 
 
 def test_measured_batches_set_the_next_wait_and_are_counted(tiny_home: Path, monkeypatch):
-    teacher = BatchedModel("teacher", str(tiny_home))
+    teacher = BatchedModel("teacher", CascadeConfig(home=tiny_home).paths())
     teacher.configure({"batch_wait_timeout_s": "auto", "max_batch_size": 64})
     assert teacher._batched._get_batch_wait_timeout_s() == 0.0  # nothing measured yet: no wait
     observed = []
@@ -44,7 +44,7 @@ def test_measured_batches_set_the_next_wait_and_are_counted(tiny_home: Path, mon
     teacher.configure({"batch_wait_timeout_s": 0.005})
     teacher._measured(4, 0.5)
     assert teacher._batched._get_batch_wait_timeout_s() == 0.005  # a fixed wait stays fixed
-    assert BatchedModel("student", str(tiny_home)).batch_metrics is None
+    assert BatchedModel("student", CascadeConfig(home=tiny_home).paths()).batch_metrics is None
 
 
 def test_the_batch_size_histogram_follows_prometheus_conventions():

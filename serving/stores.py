@@ -1,0 +1,94 @@
+"""The interfaces of the shared, mutable state that a serving replica writes and reads, and the
+local (one-host) implementation of the shared documents. ``serving.compose`` builds them from
+the config and hands them in; nothing that uses a store opens a path of its own accord.
+
+- ``StateStore``: small named JSON documents shared by every replica (the admin's overrides,
+  online control, shadow evidence), read whole and changed by a read-modify-write that never
+  loses another replica's change.
+- ``RecordLog``: an append-only log of records, acknowledged once durable (the escalation log,
+  the feedback log).
+- ``TrafficStore`` and ``TrafficLookup``: every answered request, kept for feedback, and
+  finding requests by id.
+
+The model registry (``distill.registry.Registry``) is the store of model pointers and history.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+from distill.files import atomic_write, file_lock
+
+logger = logging.getLogger("cascade")
+
+Document = dict[str, Any]
+SYNC_EVERY_S = 1.0  # how often a replica looks at the shared state (overrides, live control, shadow, reloads)
+
+
+class StateStore(Protocol):
+    """Named JSON documents that every replica of a cascade shares."""
+
+    def read(self, name: str) -> Document | None:
+        """The document as last written, or None when there is none (or it cannot be read)."""
+        ...
+
+    def update(self, name: str, change: Callable[[Document | None], Document]) -> Document:
+        """Write ``change(current)`` as the document, with no other update in between; returns it."""
+        ...
+
+
+class FileStateStore:
+    """Documents as ``<root>/<name>.json`` on one host's disk: replaced atomically, updated under
+    a file lock beside each document."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def _path(self, name: str) -> Path:
+        return self.root / f"{name}.json"
+
+    def read(self, name: str) -> Document | None:
+        path = self._path(name)
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as err:  # documents are replaced atomically, so only a foreign write gets here
+            logger.error("unreadable shared state %s (%r); starting afresh", path, err)
+            return None
+
+    def update(self, name: str, change: Callable[[Document | None], Document]) -> Document:
+        path = self._path(name)
+        with file_lock(path.with_name(f".{path.name}.lock")):
+            document = change(self.read(name))
+            atomic_write(path, json.dumps(document) + "\n")
+        return document
+
+
+class RecordLog(Protocol):
+    """An append-only log; ``append`` resolves to the number of records made durable."""
+
+    async def append(self, records: Sequence[Any]) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class TrafficStore(Protocol):
+    """Every answered request, kept for ``retention`` so that feedback can name any item."""
+
+    def new_request_id(self) -> str: ...
+
+    async def append(self, rows: Sequence[Any]) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class TrafficLookup(Protocol):
+    """Kept requests found by id, whichever replica answered them."""
+
+    def find(self, request_ids: Sequence[str]) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
