@@ -168,6 +168,18 @@ def route(
     return Route(mode, reason, confidence, escalated, capped, audited)
 
 
+def student_scores(mode: Mode, degraded: np.ndarray | bool) -> np.ndarray | bool:
+    """Whether the student scored an item (its probabilities were needed, and its units paid):
+    always, except in mode teacher, where it scores only the items the teacher did not answer,
+    the ``degraded`` ones. Takes and gives one item's bool or an array of them.
+
+    >>> student_scores("cascade", False), student_scores("teacher", False), student_scores("teacher", True)
+    (True, False, True)
+    """
+    scored = np.logical_or(mode != "teacher", degraded)
+    return bool(scored) if np.ndim(scored) == 0 else scored
+
+
 def settle(plan: Route, teacher_answered: bool, cause: str | None = None, costs: CostModel = CostModel()) -> Decisions:
     """Each item's outcome once the teacher answered the items it was asked about
     (``teacher_answered``), or did not, for ``cause`` (one of ``CAUSES``)."""
@@ -179,7 +191,6 @@ def settle(plan: Route, teacher_answered: bool, cause: str | None = None, costs:
     causes = np.full(len(consulted), None, dtype=object)
     causes[degraded] = cause
     causes[plan.capped] = "teacher_budget"
-    # in mode teacher the student scores only what the teacher did not answer
-    student_scored = degraded if plan.mode == "teacher" else np.ones(len(consulted), dtype=bool)
+    student_scored = student_scores(plan.mode, degraded)
     cost = costs.student_units * student_scored + costs.teacher_units * consulted
     return Decisions(plan, consulted, answered_by_teacher, degraded, causes, student_scored, cost.astype(float))

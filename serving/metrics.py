@@ -23,6 +23,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
+from router.decision import student_scores
 from serving.api import ClassifyResponse, LiveStatus
 
 logger = logging.getLogger("cascade")
@@ -213,8 +214,8 @@ class IngressMetrics(Recorder):
                 causes[p.cause] = causes.get(p.cause, 0) + 1
             if p.confidence is not None:
                 self.observe("cascade_student_confidence_ratio", p.confidence)
-            # the student ran unless the teacher was forced and answered; the rest is the teacher's
-            student_part = self.student_cost if mode != "teacher" or p.tier == "student" else 0.0
+            # the student's units where it scored the item (router.decision decides it); the rest is the teacher's
+            student_part = self.student_cost if student_scores(mode, p.degraded) else 0.0
             cost["student"] += student_part
             cost["teacher"] += p.cost - student_part
         for tier, n in tiers.items():
