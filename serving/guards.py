@@ -1,6 +1,7 @@
 """What stands between the network and the cascade: a bound on classify requests in progress
 (past it 429 with ``Retry-After``), a request-body byte cap and a UTF-8 check (before any
-parsing), and the bearer token of the admin operations. Plain classes, testable without Ray."""
+parsing), the one reader of JSON bodies (``parse_json``: strict, and safe against nesting), and
+the bearer token of the admin operations. Plain classes, testable without Ray."""
 
 from __future__ import annotations
 
@@ -8,10 +9,16 @@ import hmac
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 ADMIN_TOKEN_ENV = "CASCADE_ADMIN_TOKEN"
 FEEDBACK_TOKEN_ENV = "CASCADE_FEEDBACK_TOKEN"
+# the Open Inference Protocol's binary tensor data extension (``serving.kserve.HEADER_LENGTH``):
+# a request that carries it has raw tensor bytes after its JSON, not text
+BINARY_TENSOR_HEADER = b"inference-header-content-length"
+JSON_MEDIA_TYPE = "application/json"
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -43,7 +50,9 @@ class RequestGuard:
     """ASGI middleware in front of the routes: (1) sheds requests to ``shed_paths`` past the
     in-flight bound with 429 and ``Retry-After``; (2) answers 413 to a body over
     ``max_bytes``, before anything parses it, with or without a ``Content-Length``; (3) answers
-    400 to a body that is not UTF-8. The body, once read here, is replayed to the app."""
+    400 to a body that is not UTF-8, unless it carries binary tensor data (the V2 extension,
+    whose JSON header and BYTES elements ``serving.kserve`` checks itself). The body, once read
+    here, is replayed to the app."""
 
     def __init__(self, app: Callable):
         self.app = app
@@ -60,8 +69,10 @@ class RequestGuard:
             body = await self._read_body(receive, send, settings.max_body_bytes)
             if body is None:
                 return
+            binary = any(name.lower() == BINARY_TENSOR_HEADER for name, _ in scope.get("headers", ()))
             try:
-                body.decode("utf-8")
+                if not binary:
+                    body.decode("utf-8")
             except UnicodeDecodeError as err:
                 return await send_json_error(send, 400, f"request body: not valid UTF-8 at byte offset {err.start}")
             await self.app(scope, _replay(body, receive), send)
@@ -99,6 +110,61 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replayed
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class InvalidJson(ValueError):
+    """A request body that is not JSON, or too deeply nested to read; ``str`` names the problem."""
+
+
+def parse_json(model: type[Model], raw: bytes) -> Model:
+    """A request body validated as ``model``, strictly (a number where a text belongs is
+    refused, and so is a text or a bool where a number belongs), by pydantic-core straight from
+    its bytes: on the hot path this skips decoding into Python objects. JSON that pydantic-core
+    refuses but Python's parser takes (a lone surrogate escape) is validated from Python objects,
+    so that the service's own checks can name the item. pydantic-core refuses JSON nested more
+    than a couple of hundred levels deep, and such a body never reaches Python's recursive parser.
+
+    Raises ``InvalidJson`` for a body that is empty or not JSON, and pydantic's
+    ``ValidationError`` for JSON that is not a ``model``."""
+    if not raw.strip():
+        raise InvalidJson("body: empty; expected a JSON object")
+    try:
+        return model.model_validate_json(raw, strict=True)
+    except ValidationError as err:
+        first = err.errors()[0]
+        if first["type"] != "json_invalid":
+            raise
+        problem = first.get("ctx", {}).get("error", first["msg"])
+    if "recursion limit" in problem:
+        raise InvalidJson(f"body: not valid JSON: nested too deeply ({problem})")
+    try:
+        value = json.loads(raw)
+    except RecursionError:  # deeper than Python's parser goes: pydantic-core stopped earlier at something else
+        raise InvalidJson("body: not valid JSON: nested too deeply") from None
+    except ValueError:
+        raise InvalidJson(f"body: not valid JSON: {problem}") from None
+    return model.model_validate(value, strict=True)
+
+
+def content_type_refusal(header: str | None, also: tuple[str, ...] = ()) -> str | None:
+    """None when a body declared as ``header`` may be read as JSON (``application/json``, a
+    ``+json`` type, any of ``also``, or no declared type: JSON is assumed), else the problem."""
+    if header is None:
+        return None
+    media, *parameters = (part.strip() for part in header.split(";"))
+    media = media.lower()
+    if media != JSON_MEDIA_TYPE and not (media.startswith("application/") and media.endswith("+json")) and media not in also:
+        expected = " or ".join((JSON_MEDIA_TYPE, *also))
+        return f"content-type: expected {expected}, got {header!r}"
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        charset = value.strip().strip('"').lower()
+        if name.strip().lower() == "charset" and charset not in ("utf-8", "utf8"):
+            return f"content-type: charset {value.strip()!r}; JSON bodies are read as UTF-8"
+    return None
 
 
 class InFlightLimit:

@@ -15,7 +15,6 @@ length and its UTF-8 bytes. Outputs come back binary when the request asks for i
 (``parameters.binary_data_output``, or ``binary_data`` on a requested output), else as JSON.
 """
 
-import json
 import math
 import struct
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serving.api import ClassifyOptions, ClassifyResponse, Prediction
 from serving.errors import ServingError
+from serving.guards import InvalidJson, parse_json
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 INPUT_NAME = "text"
@@ -194,7 +194,18 @@ def decode_bytes_tensor(raw: bytes, where: str) -> list[str]:
 
 
 def _flatten(data: list[Any]) -> list[Any]:
-    return [x for item in data for x in (_flatten(item) if isinstance(item, list) else [item])]
+    """The elements of nested lists, in order, without recursion (however deep the client nested them)."""
+    flat: list[Any] = []
+    pending = [iter(data)]
+    while pending:
+        for item in pending[-1]:
+            if isinstance(item, list):
+                pending.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            pending.pop()
+    return flat
 
 
 def _texts(tensor: RequestInput, binary: bytes) -> list[str]:
@@ -248,12 +259,15 @@ def _wanted_outputs(request: InferRequest) -> dict[str, bool]:
 def parse_infer(body: bytes, header_length: str | None) -> InferCall:
     """A V2 inference request body (JSON, or JSON plus binary tensor data) as an ``InferCall``."""
     header, binary = _split_body(body, header_length)
+    if header_length is not None:  # the ingress's guard left the body's UTF-8 to us: binary data follows the JSON
+        try:
+            header.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise V2Error(400, f"body: the JSON header is not valid UTF-8 at byte offset {err.start}") from None
     try:
-        raw = json.loads(header)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise V2Error(400, f"body: not valid JSON: {err}") from None
-    try:
-        request = InferRequest.model_validate(raw)
+        request = parse_json(InferRequest, header)  # strict, and safe against deep nesting
+    except InvalidJson as err:
+        raise V2Error(400, str(err)) from None
     except ValidationError as err:
         raise V2Error(422, _problems(err)) from None
     if len(request.inputs) != 1:
