@@ -9,7 +9,8 @@ from distill.config import WARM_START_EPOCHS, TrainConfig
 from distill.data import load_splits
 from distill.registry import Registry
 from router import EscalationPolicy
-from serving.cli import build_parser, main, refresh_config
+from serving.cli import build_parser, main
+from serving.cli.refresh import refresh_config
 
 
 def test_help_lists_every_subcommand_with_a_line(capsys):
