@@ -13,7 +13,7 @@ after a failed write it cuts the segment back (best effort) and goes on in a new
 the served logs (``GroupCommitLog``) never retry a failed write. A copy comes only from a new
 writer, in its own newer segment: a client re-appending the write it saw no acknowledgement
 for (the last write of a writer killed mid-write), or a ``cascade batch`` re-run after a crash,
-whose records keep their ids (``distill.bulk.record_id``) and which writes again the records of
+whose records keep their ids (``serving.bulk.record_id``) and which writes again the records of
 the block it had logged but not yet output. Either way the original is in the last write of a
 segment whose writer stopped, and the copy in another writer's segment, read after that one to
 its end: remembering only the ids of segments still growing would miss it.
