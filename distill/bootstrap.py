@@ -22,26 +22,28 @@ from distill.pipeline import (
     register_model,
 )
 from distill.registry import Registry, new_version_id
+from distill.settings import DEFAULT_DATA, Paths
 from distill.students import build_embedded_teacher
 from router import parse_goal
 
 def ensure_models(
     home: Path,
-    data: str = "banking77",
+    data: str = DEFAULT_DATA,
     goal: str = DEFAULT_GOAL,
     text_column: str | None = None,
     label_column: str | None = None,
     progress: bool = True,
 ) -> Registry:
     """Return the registry at ``home``, first building whichever default model is missing."""
-    registry = Registry(home / "registry")
+    paths = Paths.under(home)
+    registry = Registry(paths.registry)
     need_teacher = registry.current("teacher") is None
     need_student = registry.current("student") is None
     if not (need_teacher or need_student):
         return registry
     started = time.perf_counter()
     splits = load_splits(data, text_column, label_column)
-    cache = TeacherCache(home / "cache")
+    cache = TeacherCache(paths.cache)
     record = data_record(data, splits)
     if need_teacher:
         print(f"bootstrap: building the embedded teacher on {len(splits.train)} rows of '{data}'", file=sys.stderr, flush=True)
@@ -91,7 +93,7 @@ def ensure_goal(
           f"'{wanted}': fitting it for '{wanted}'", file=sys.stderr, flush=True)
     teacher = HFClassifier.load(registry.current_path("teacher"))
     splits = load_splits(data, text_column, label_column)
-    meta, report = calibrate(registry, student, teacher, splits, TeacherCache(home / "cache"), wanted,
+    meta, report = calibrate(registry, student, teacher, splits, TeacherCache(Paths.under(home).cache), wanted,
                              policy.measure, per_class=bool(policy.class_thresholds))
     print(f"start-up: registered and promoted student {meta.version} (threshold {report['threshold']:.4f}, "
           f"validation escalation {report['validation']['escalation_rate']:.2%})", file=sys.stderr, flush=True)

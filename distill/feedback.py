@@ -19,9 +19,6 @@ from pydantic import BaseModel, Field
 
 from distill.escalations import LogTail
 
-FEEDBACK_DIR = "feedback"
-
-
 class FeedbackRecord(BaseModel):
     """The true label of item ``index`` of request ``request_id``."""
 
@@ -49,11 +46,6 @@ class FeedbackRecord(BaseModel):
     def correct(self) -> bool:
         """The cascade's answer was the true label."""
         return self.answered == self.label
-
-
-def feedback_dir(home: Path) -> Path:
-    """Where a home's feedback segments go."""
-    return home / FEEDBACK_DIR
 
 
 def latest(records: Iterable[FeedbackRecord]) -> dict[tuple[str, int], FeedbackRecord]:

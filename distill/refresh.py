@@ -59,8 +59,9 @@ from distill.config import RefreshConfig, StudentSpec, WatchConfig
 from distill.data import DataSplits
 from distill.errors import DataError, DistillError, RegistryError
 from distill.files import file_lock
+from distill.settings import Paths
 from distill.escalations import EscalationRecord, LogTail, read_records
-from distill.feedback import FeedbackRecord, feedback_dir, read_feedback
+from distill.feedback import FeedbackRecord, read_feedback
 from distill.losses import IGNORE
 from distill.metadata import ModelMeta, escalation_policy
 from distill.pipeline import TeacherCache, data_record, new_student, register_model
@@ -347,8 +348,8 @@ def refresh(registry: Registry, home: Path, splits: DataSplits, log_dir: Path, c
     candidate that passes the gate goes into shadow instead of being promoted."""
     teacher = HFClassifier.load(registry.current_path("teacher"))
     current = HFClassifier.load(registry.current_path("student"))
-    cache = TeacherCache(home / "cache")
-    feedback = list(read_feedback(feedback_dir(home)).values() if feedback is None else feedback)
+    cache = TeacherCache(Paths.under(home).cache)
+    feedback = list(read_feedback(Paths.under(home).feedback).values() if feedback is None else feedback)
     unasked = list({text_key(f.text): f.text for f in feedback if f.teacher_label is None}.values())  # the student answered alone
     asked = {text_key(t): teacher.labels[i] for t, i in zip(unasked, teacher.predict_proba(unasked).argmax(1))} if unasked else {}
     data = build_dataset(read_records(log_dir), splits, cache.log_probs(teacher, splits.train), teacher.labels, config, config.train.seed,

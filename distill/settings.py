@@ -5,8 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 """The repository root when running from a checkout (``pip install -e .``)."""
+
+DEFAULT_DATA = "banking77"
+"""The embedded default data set: what an empty home is bootstrapped from."""
 
 
 def default_banking77_dir() -> Path:
@@ -18,3 +23,30 @@ def default_banking77_dir() -> Path:
 def default_home() -> Path:
     """Where the registry and caches live: ``$CASCADE_HOME``, else ``./.cascade``."""
     return Path(os.environ.get("CASCADE_HOME", ".cascade")).resolve()
+
+
+class Paths(BaseModel):
+    """Where a cascade's files are on one host, in one place: the model registry (versions, their
+    pointers and the shared routing documents), the teacher's output cache, and the escalation,
+    traffic and feedback logs. ``Paths.under(home)`` is a home's own layout; a serving config may
+    put the logs elsewhere (``serving.config.CascadeConfig.paths``).
+
+    >>> Paths.under(Path("/srv/cascade")).registry
+    PosixPath('/srv/cascade/registry')
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    home: Path
+    registry: Path
+    cache: Path
+    escalations: Path
+    traffic: Path
+    feedback: Path
+
+    @classmethod
+    def under(cls, home: Path, escalations: Path | None = None, traffic: Path | None = None,
+              feedback: Path | None = None) -> "Paths":
+        """``home``'s layout, with any log given elsewhere."""
+        return cls(home=home, registry=home / "registry", cache=home / "cache", escalations=escalations or home / "escalations",
+                   traffic=traffic or home / "traffic", feedback=feedback or home / "feedback")

@@ -6,7 +6,6 @@ path of its own accord. Today's stores are the local ones (files and SQLite on o
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable
 
 from distill.registry import Registry
@@ -17,7 +16,7 @@ from serving.guards import InFlightLimit
 from serving.log_writer import GroupCommitLog, SegmentWriter
 from serving.service import CascadeService, Metrics, ModelClient
 from serving.shared_state import SharedRouting
-from serving.stores import SYNC_EVERY_S, FileStateStore, RecordLog, StateStore, TrafficLookup, TrafficStore
+from serving.stores import SYNC_EVERY_S, FileStateStore, StateStore, Stores
 from serving.traffic import TrafficLog, TrafficReader
 
 LOG_BATCH = 512  # an ingress replica's log write takes further appends while it holds fewer records
@@ -41,25 +40,6 @@ def open_routing(paths: Paths, check_every_s: float = SYNC_EVERY_S) -> SharedRou
 def escalation_writer(config: CascadeConfig) -> SegmentWriter:
     """A synchronous writer of escalation records (``cascade batch``; a replica uses ``Stores.escalations``)."""
     return SegmentWriter(config.paths().escalations, config.log.segment_max_bytes, config.log.segment_max_seconds)
-
-
-@dataclasses.dataclass
-class Stores:
-    """What one ingress replica writes and reads."""
-
-    registry: Registry
-    state: StateStore
-    escalations: RecordLog  # committed before the answer that reports it logged
-    feedback_log: RecordLog
-    feedback: FeedbackLedger  # every replica's feedback, as tallies and outcomes
-    traffic: TrafficStore | None  # None: no traffic kept (feedback.keep_traffic false)
-    traffic_lookup: TrafficLookup
-
-    def close(self) -> None:
-        """Finish pending writes and close files; call it once nothing is served any more."""
-        for log in (self.traffic, self.feedback_log, self.escalations, self.traffic_lookup):
-            if log is not None:
-                log.close()
 
 
 def open_stores(config: CascadeConfig, metrics: Metrics | None = None) -> Stores:

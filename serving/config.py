@@ -11,9 +11,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from distill.config import DEFAULT_GOAL
-from distill.feedback import feedback_dir
 from serving.remote import RemoteTeacherSettings
-from distill.settings import default_home
+from distill.settings import DEFAULT_DATA, Paths, default_home
 from router import CostModel, parse_goal
 from serving.redaction import load_redactor
 
@@ -226,25 +225,11 @@ class MetricsConfig(_Strict):
     history_every_s: float = Field(5.0, ge=1)  # how often the Monitor samples the figures the dashboard opens on (15 minutes kept)
 
 
-class Paths(BaseModel):
-    """Where a cascade's files are, derived from its config in one place (``CascadeConfig.paths``)
-    and read by every command and deployment: the registry (model versions, their pointers and
-    the shared routing documents), the escalation log, the traffic log and the feedback log."""
-
-    model_config = ConfigDict(frozen=True)
-
-    home: Path
-    registry: Path
-    escalations: Path
-    traffic: Path
-    feedback: Path
-
-
 class CascadeConfig(_Strict):
     """Everything `cascade serve` needs."""
 
     home: Path = Field(default_factory=default_home)  # registry and caches
-    data: str = "banking77"  # data set the defaults are bootstrapped from when the registry is empty
+    data: str = DEFAULT_DATA  # data set the defaults are bootstrapped from when the registry is empty
     text_column: str | None = None  # its text column (None: guessed from text, sentence, query, ...)
     label_column: str | None = None  # its label column (None: guessed from label, category, intent, ...)
     host: str = "127.0.0.1"
@@ -260,15 +245,9 @@ class CascadeConfig(_Strict):
     metrics: MetricsConfig = MetricsConfig()
     proxy: ProxyConfig = ProxyConfig()
 
-    def paths(self) -> "Paths":
-        """Where this cascade's state lives on one host (the local store)."""
-        return Paths(
-            home=self.home,
-            registry=self.home / "registry",
-            escalations=Path(self.log.path) if self.log.path else self.home / "escalations",
-            traffic=Path(self.feedback.traffic_path) if self.feedback.traffic_path else self.home / "traffic",
-            feedback=Path(self.feedback.path) if self.feedback.path else feedback_dir(self.home),
-        )
+    def paths(self) -> Paths:
+        """Where this cascade's files are: its home's layout, with the logs the config moves."""
+        return Paths.under(self.home, *(Path(p) if p else None for p in (self.log.path, self.feedback.traffic_path, self.feedback.path)))
 
     @model_validator(mode="after")
     def _remote_teacher_answers_in_time(self) -> "CascadeConfig":

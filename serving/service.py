@@ -9,7 +9,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from distill.errors import RegistryError
 from distill.feedback import FeedbackRecord
@@ -27,10 +27,7 @@ from serving.guards import InFlightLimit
 from serving.live import LiveControl
 from serving.shadow import ShadowRun, candidate_figures
 from serving.shared_state import SharedRouting
-from serving.stores import SYNC_EVERY_S
-
-if TYPE_CHECKING:
-    from serving.compose import Stores
+from serving.stores import SYNC_EVERY_S, Stores
 
 logger = logging.getLogger("cascade")
 

@@ -15,12 +15,17 @@ The model registry (``distill.registry.Registry``) is the store of model pointer
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from distill.files import atomic_write, file_lock
+from distill.registry import Registry
+
+if TYPE_CHECKING:
+    from serving.feedback import FeedbackLedger
 
 logger = logging.getLogger("cascade")
 
@@ -92,3 +97,22 @@ class TrafficLookup(Protocol):
     def find(self, request_ids: Sequence[str]) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
+
+
+@dataclasses.dataclass
+class Stores:
+    """What one ingress replica writes and reads."""
+
+    registry: Registry
+    state: StateStore
+    escalations: RecordLog  # committed before the answer that reports it logged
+    feedback_log: RecordLog
+    feedback: FeedbackLedger  # every replica's feedback, as tallies and outcomes
+    traffic: TrafficStore | None  # None: no traffic kept (feedback.keep_traffic false)
+    traffic_lookup: TrafficLookup
+
+    def close(self) -> None:
+        """Finish pending writes and close files; call it once nothing is served any more."""
+        for log in (self.traffic, self.feedback_log, self.escalations, self.traffic_lookup):
+            if log is not None:
+                log.close()

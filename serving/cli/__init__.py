@@ -18,7 +18,6 @@ import sys
 
 from distill.errors import DistillError
 from router import RouterError
-from serving.cli.args import at_least_one as _at_least_one  # noqa: F401  serving.cli.batch's import; use serving.cli.args
 from serving.config import ConfigError
 
 EPILOG = "Models and caches live in --home (default $CASCADE_HOME or ./.cascade)."

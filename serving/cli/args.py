@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from distill.settings import default_home
+from distill.settings import DEFAULT_DATA, default_home
 from router import CostModel
 from serving.config import RoutingConfig
 
@@ -40,7 +40,7 @@ def add_common(parser: argparse.ArgumentParser, data: bool = True) -> None:
     parser.add_argument("--home", type=Path, default=None, help="registry and cache directory (default: $CASCADE_HOME or ./.cascade)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     if data:
-        parser.add_argument("--data", default="banking77", help="'banking77', a directory with train/test files, a csv/jsonl/parquet file, or hf:NAME (default: banking77)")
+        parser.add_argument("--data", default=DEFAULT_DATA, help=f"'{DEFAULT_DATA}', a directory with train/test files, a csv/jsonl/parquet file, or hf:NAME (default: {DEFAULT_DATA})")
         add_column_flags(parser)
 
 

@@ -16,7 +16,7 @@ from distill.escalations import EscalationRecord
 from distill.metadata import read_meta
 from serving.remote import model_labels
 from router.policy import threshold_in_force
-from serving.cli import _at_least_one
+from serving.cli.args import at_least_one
 from serving.config import CascadeConfig, load_config
 
 
@@ -114,12 +114,12 @@ def add_parser(sub) -> None:
     p.add_argument("--threshold", type=float, default=None, help="override the threshold (default: as served: admin's, config's, else fitted)")
     p.add_argument("--log", type=Path, default=None, help="escalation log directory (default: the config's, <home>/escalations)")
     p.add_argument("--address", default=None, help="an existing Ray cluster (e.g. ray://head:10001 or auto); default: start one here")
-    p.add_argument("--num-cpus", type=_at_least_one, default=None, help="CPUs of the local Ray cluster (default: all)")
-    p.add_argument("--rows-per-batch", type=_at_least_one, default=defaults.rows_per_batch, help=f"rows per model call (default: {defaults.rows_per_batch})")
-    p.add_argument("--rows-per-part", type=_at_least_one, default=defaults.rows_per_part,
+    p.add_argument("--num-cpus", type=at_least_one, default=None, help="CPUs of the local Ray cluster (default: all)")
+    p.add_argument("--rows-per-batch", type=at_least_one, default=defaults.rows_per_batch, help=f"rows per model call (default: {defaults.rows_per_batch})")
+    p.add_argument("--rows-per-part", type=at_least_one, default=defaults.rows_per_part,
                    help=f"rows per output part, the most a crash loses (default: {defaults.rows_per_part})")
-    p.add_argument("--student-actors", type=_at_least_one, default=defaults.student_actors, help=f"most student actors (default: {defaults.student_actors})")
-    p.add_argument("--teacher-actors", type=_at_least_one, default=defaults.teacher_actors, help=f"most teacher actors (default: {defaults.teacher_actors})")
+    p.add_argument("--student-actors", type=at_least_one, default=defaults.student_actors, help=f"most student actors (default: {defaults.student_actors})")
+    p.add_argument("--teacher-actors", type=at_least_one, default=defaults.teacher_actors, help=f"most teacher actors (default: {defaults.teacher_actors})")
     p.add_argument("--teacher-cpus", type=float, default=defaults.teacher_cpus, help=f"CPUs per teacher actor (default: {defaults.teacher_cpus:g})")
     p.add_argument("--teacher-gpus", type=float, default=defaults.num_gpus, help="GPUs per teacher actor (default: 0)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")

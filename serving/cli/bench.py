@@ -248,7 +248,7 @@ def model_only(config: CascadeConfig, texts: Sequence[str]) -> dict:
     from distill.metadata import escalation_policy
     from distill.registry import Registry
 
-    registry = Registry(config.home / "registry")
+    registry = Registry(config.paths().registry)
     student = HFClassifier.load(registry.resolve("student", config.student.model), device="cpu")
     teacher = HFClassifier.load(registry.resolve("teacher", config.teacher.model), device="cpu")
     timings = {}

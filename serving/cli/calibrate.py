@@ -7,6 +7,7 @@ import argparse
 import json
 
 from router import MEASURES, EscalationPolicy
+from distill.settings import Paths
 from serving.cli.args import add_common, add_cost_flags, cost_model, home_dir, load_model, open_registry
 
 
@@ -18,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     registry = open_registry(args)
     student, teacher = load_model(registry, "student", args.student), load_model(registry, "teacher", args.teacher)
     splits = load_splits(args.data, args.text_column, args.label_column)
-    _, report = calibrate(registry, student, teacher, splits, TeacherCache(home_dir(args) / "cache"), args.goal,
+    _, report = calibrate(registry, student, teacher, splits, TeacherCache(Paths.under(home_dir(args)).cache), args.goal,
                           args.measure, args.per_class, cost_model(args), promote=args.promote)
     print(json.dumps(report, indent=2))
     return 0

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import get_args
 
+from distill.settings import Paths
 from serving.cli.args import add_common, at_least_one, home_dir, load_model, open_registry
 
 
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     mode = "hard" if args.hard_labels_only else args.mode
     config = TrainConfig(mode=mode, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature, alpha=args.alpha, seed=args.seed)
     spec = StudentSpec(kind=args.kind, layers=args.layers, hidden_size=args.hidden_size, train=config)
-    cache = TeacherCache(home_dir(args) / "cache")
+    cache = TeacherCache(Paths.under(home_dir(args)).cache)
     student, metrics = distill_student(teacher, train, spec, cache, progress=not args.quiet)
     policy = fit_student_policy(student, teacher, splits.validation, cache, args.goal)
     metrics["validation_accuracy"] = policy.validation.get("student_accuracy")

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from distill.errors import DistillError
+from distill.settings import Paths
 from serving.cli.args import add_common, add_cost_flags, cost_model, home_dir, load_model, open_registry
 
 
@@ -19,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     registry = open_registry(args)
     student, teacher = load_model(registry, "student", args.student), load_model(registry, "teacher", args.teacher)
     data = load_splits(args.data, args.text_column, args.label_column).get(args.split)
-    student_probs, teacher_probs, labels = split_outputs(student, teacher, data, TeacherCache(home_dir(args) / "cache"))
+    student_probs, teacher_probs, labels = split_outputs(student, teacher, data, TeacherCache(Paths.under(home_dir(args)).cache))
     if labels is None:
         raise DistillError(f"the {args.split} split has no labels: the frontier needs them for accuracy")
     policy = escalation_policy(student.meta)

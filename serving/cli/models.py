@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from distill.settings import Paths
 from serving.cli.args import add_common, home_dir
 
 
 def run(args: argparse.Namespace) -> int:
     from distill.registry import Registry
 
-    registry = Registry(home_dir(args) / "registry")
+    registry = Registry(Paths.under(home_dir(args)).registry)
     if args.action == "list":
         for role in ("teacher", "student"):
             current = registry.current(role)

@@ -8,7 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from serving.cli.args import add_common, at_least_one, home_dir, open_registry, share
+from serving.cli.args import add_column_flags, at_least_one, share
+from serving.config import CascadeConfig, load_config
 
 
 def refresh_config(args: argparse.Namespace):
@@ -25,28 +26,40 @@ def refresh_config(args: argparse.Namespace):
     )
 
 
+def serving_config(args: argparse.Namespace) -> CascadeConfig:
+    """The serving config whose home, data set and logs a round reads: --config's, with the
+    command's flags over it."""
+    config = load_config(args.config, home=args.home, data=args.data, text_column=args.text_column, label_column=args.label_column)
+    if args.log is not None:
+        config = config.model_copy(update={"log": config.log.model_copy(update={"path": str(args.log)})})
+    if args.feedback is not None:
+        config = config.model_copy(update={"feedback": config.feedback.model_copy(update={"path": str(args.feedback)})})
+    return config
+
+
 def run(args: argparse.Namespace) -> int:
     from distill.config import WatchConfig
-    from distill.data import load_splits
-    from distill.feedback import feedback_dir, read_feedback
+    from distill.feedback import read_feedback
     from distill.refresh import FeedbackSettings, failures_recorded, refresh, refresh_lock, watch
+    from serving.cli.data import config_registry, config_splits
 
-    registry = open_registry(args)
-    splits = load_splits(args.data, args.text_column, args.label_column)
+    served = serving_config(args)
+    paths = served.paths()
+    registry = config_registry(served, progress=not args.quiet)
+    splits = config_splits(served)
     config = refresh_config(args)
-    log_dir = args.log or home_dir(args) / "escalations"
-    feedback_log = args.feedback or feedback_dir(home_dir(args))
+    log_dir, feedback_log = paths.escalations, paths.feedback
     settings = FeedbackSettings() if args.feedback_holdout is None else FeedbackSettings(holdout_share=args.feedback_holdout)
     if args.watch:
         print(f"watching {log_dir}: a round every {args.every_records} new records or {args.every_minutes} minutes; Ctrl-C stops", flush=True)
         try:
-            watch(registry, home_dir(args), splits, log_dir, config, args.data,
+            watch(registry, paths.home, splits, log_dir, config, served.data,
                   WatchConfig(every_records=args.every_records, every_minutes=args.every_minutes), on_round=lambda report: print(json.dumps(report), flush=True),
                   feedback_log=feedback_log, feedback_settings=settings, shadow=args.shadow)
         except KeyboardInterrupt:
             return 0
-    with refresh_lock(home_dir(args)), failures_recorded(registry):
-        report = refresh(registry, home_dir(args), splits, log_dir, config, args.data, progress=not args.quiet,
+    with refresh_lock(paths.home), failures_recorded(registry):
+        report = refresh(registry, paths.home, splits, log_dir, config, served.data, progress=not args.quiet,
                          feedback=read_feedback(feedback_log).values(), feedback_settings=settings, shadow=args.shadow)
     print(json.dumps(report, indent=2))
     print(_refresh_summary(report), file=sys.stderr)
@@ -68,8 +81,13 @@ def add_parser(sub) -> None:
     from distill.config import DEFAULT_GOAL, RefreshConfig, TrainConfig, WatchConfig
 
     p = sub.add_parser("refresh", help="retrain the student from the escalation log; gate; promote if better", description="One refresh round: escalation records (teacher soft labels) plus a replay of the base training data train a candidate student; it is promoted only if, on the validation split, it is at least as accurate as the current student and meets the goal with no more escalation. The decision is recorded either way; running cascades pick up a promotion within poll_registry_s.")
-    add_common(p)
-    p.add_argument("--log", type=Path, default=None, help="escalation log directory (default: <home>/escalations)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="serving config (same as cascade serve): its home, data set and columns, escalation log and feedback log")
+    p.add_argument("--home", type=Path, default=None, help="registry and cache directory (default: the config's, else $CASCADE_HOME or ./.cascade)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--data", default=None, help="base data set replayed beside the log (default: the config's, else banking77)")
+    add_column_flags(p)
+    p.add_argument("--log", type=Path, default=None, help="escalation log directory (default: the config's log.path, else <home>/escalations)")
     p.add_argument("--replay-ratio", type=float, default=RefreshConfig.replay_ratio, help=f"base rows replayed per escalation row (default: {RefreshConfig.replay_ratio})")
     p.add_argument("--margin-floor", type=float, default=RefreshConfig.margin_floor, help="drop records whose teacher top-2 margin is below this (default: 0)")
     p.add_argument("--since", default=None, help="only records at or after this ISO time")
@@ -82,7 +100,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="train as a Ray Train job with this many workers (default: 0, in this process)")
     p.add_argument("--feedback", type=Path, default=None,
-                   help="outcome feedback log directory (default: <home>/feedback): true labels override the teacher's where they "
+                   help="outcome feedback log directory (default: the config's feedback.path, else <home>/feedback): true labels override the teacher's where they "
                         "disagree, and items the student answered alone become hard-label examples")
     p.add_argument("--feedback-holdout", type=share, default=None,  # None: distill.refresh.FeedbackSettings' (not imported for --help: torch)
                    help="share of feedback items (by a hash of request id and index) never trained on: the gate reports both students' "

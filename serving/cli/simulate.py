@@ -293,7 +293,7 @@ def _simulate(config: CascadeConfig, registry: Registry, full: DataSplits, data:
               wrong_classes: list[str]) -> dict:
     """The run itself, with the teacher it serves already current (see ``simulate``)."""
     teacher = HFClassifier.load(registry.current_path("teacher"))
-    cache = TeacherCache(config.home / "cache")
+    cache = TeacherCache(config.paths().cache)
     rest, seed = split_validation(full.train, seed_fraction, seed=0)
     splits = DataSplits(train=seed, validation=full.validation, test=full.test)
     traffic = shifted_stream(rest.texts, shift, typo_rate)
@@ -321,7 +321,7 @@ def _simulate(config: CascadeConfig, registry: Registry, full: DataSplits, data:
               "seed_rows": len(seed), "traffic_rows": len(rest), "escalation_log": str(log_dir),
               "shift": shift, "typo_rate": typo_rate if shift == "typos" else None, "goal": str(goal),
               "control": config.routing.control and config.routing.audit_rate > 0, "feedback_rate": feedback_rate,
-              "feedback_log": str(config.feedback_path()), "wrong_classes": wrong_classes,
+              "feedback_log": str(config.paths().feedback), "wrong_classes": wrong_classes,
               "wrong_answers": wrong_answers(wrong_classes) if wrong_classes else {},
               "teacher_recall": class_recall(teacher_probs.argmax(1), labels, classes), "rounds": []}
     try:
@@ -337,7 +337,7 @@ def _simulate(config: CascadeConfig, registry: Registry, full: DataSplits, data:
             sent = (send_feedback(url, token, predictions, [rest.labels[i] for i in chunk], feedback_rate, seed=number)
                     if feedback_rate else {"sent": 0, "recorded": 0, "unchanged": 0, "changed": 0})
             outcome = refresh(registry, config.home, splits, log_dir, refresh_config, data, progress=False,
-                              feedback=read_feedback(config.feedback_path()).values())
+                              feedback=read_feedback(config.paths().feedback).values())
             used, gate = outcome["data"]["feedback"], outcome["figures"]
             row = {"round": number, "student": current.version, "traffic": len(chunk), "teacher_share": round(share, 4),
                    "degraded_share": round(degraded, 4), "test_teacher_share": round(test.escalation_rate, 4),

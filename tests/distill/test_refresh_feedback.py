@@ -12,7 +12,8 @@ from distill.backends import HFClassifier
 from distill.config import RefreshConfig, StudentSpec, TrainConfig
 from distill.data import load_splits
 from distill.escalations import EscalationRecord
-from distill.feedback import FeedbackRecord, feedback_dir
+from distill.feedback import FeedbackRecord
+from distill.settings import Paths
 from distill.losses import IGNORE
 from distill.pipeline import TeacherCache, distill_student
 from distill.refresh import FeedbackSettings, build_dataset, gate, held_out, refresh, sign_test_p
@@ -195,7 +196,7 @@ def test_refresh_reads_the_homes_feedback_and_records_what_it_used(own_home, spl
     items += [feedback(t, teacher.labels[int(p.argmax())], r) for t, p, r in zip(texts[20:26], probs[20:26], trained[1:])]  # student-answered
     items += [feedback(t, teacher.labels[int(p.argmax())], r) for t, p, r in zip(texts[26:30], probs[26:30], held)]
     items += [feedback("what is the weather now please", "weather", "evaluation-request", evaluation=True)]
-    SegmentWriter(feedback_dir(own_home)).append(items)
+    SegmentWriter(Paths.under(own_home).feedback).append(items)
     trained_on: list[str] = []
     train_student = distill.refresh.train_student
     monkeypatch.setattr(distill.refresh, "train_student", lambda model, tokenizer, rows, *rest: trained_on.extend(rows) or train_student(model, tokenizer, rows, *rest))

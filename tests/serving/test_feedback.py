@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill.feedback import FeedbackRecord, feedback_dir, read_feedback
+from distill.feedback import FeedbackRecord, read_feedback
+from distill.settings import Paths
 from serving.feedback import RETENTION_MARGIN_S, FeedbackLedger
 from serving.traffic import TrafficReader
 from test_service import ConfidenceStudent, FakeModel, ThresholdTeacher, close_services, make_service  # noqa: F401  (close_services: autouse)
@@ -57,7 +58,7 @@ def test_feedback_is_off_without_a_token_and_refused_with_a_wrong_one(home):
     assert feedback(on, item, headers={}).status_code == 401
     wrong = feedback(on, item, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and "not accepted" in wrong.json()["error"]
-    assert not read_feedback(feedback_dir(home / "on"))  # nothing refused was written
+    assert not read_feedback(Paths.under(home / "on").feedback)  # nothing refused was written
 
 
 def test_every_bad_item_is_refused_with_its_status_and_nothing_is_written(home):
@@ -80,7 +81,7 @@ def test_every_bad_item_is_refused_with_its_status_and_nothing_is_written(home):
         assert response.status_code == status and fragment in response.json()["error"], (items, response.text)
     not_json = client.post("/v1/feedback", content=b"{", headers={**AUTH, "content-type": "application/json"})
     assert not_json.status_code == 422
-    assert not read_feedback(feedback_dir(home))
+    assert not read_feedback(Paths.under(home).feedback)
 
 
 def test_live_accuracy_by_tier_counts_each_items_latest_label(home):
@@ -103,10 +104,10 @@ def test_live_accuracy_by_tier_counts_each_items_latest_label(home):
     assert changed == {"recorded": 1, "changed": 1, "unchanged": 0}
     stats = client.get("/v1/stats").json()["feedback"]
     assert (stats["student"]["items"], stats["student"]["correct"]) == (2, 2)
-    history = [json.loads(line) for segment in sorted(feedback_dir(home).glob("segment-*.jsonl")) for line in segment.read_text().splitlines()]
+    history = [json.loads(line) for segment in sorted(Paths.under(home).feedback.glob("segment-*.jsonl")) for line in segment.read_text().splitlines()]
     assert [(r["index"], r["label"], r["replaces"]) for r in history if r["request_id"] == confident["request_id"]] == [
         (0, "a", None), (1, "c", None), (1, "a", "c")]  # the changed label is a new record; the old one stays
-    record = read_feedback(feedback_dir(home))[(unsure["request_id"], 0)]
+    record = read_feedback(Paths.under(home).feedback)[(unsure["request_id"], 0)]
     assert (record.text, record.tier, record.answered, record.student_label, record.teacher_label) == ("z", "teacher", "b", "a", "b")
 
 
@@ -116,7 +117,7 @@ def test_feedback_reaches_a_student_answered_item_after_a_restart_and_from_anoth
     _, second, _ = make_service(home, confident_student(), feedback_token=FEEDBACK)  # a restart: a new replica, new traffic file
     response = feedback(second, [{"request_id": answered["request_id"], "index": 1, "label": "c"}])
     assert response.status_code == 200 and response.json()["recorded"] == 1
-    record = read_feedback(feedback_dir(home))[(answered["request_id"], 1)]
+    record = read_feedback(Paths.under(home).feedback)[(answered["request_id"], 1)]
     assert (record.text, record.tier, record.evaluation, record.correct) == ("a refund", "student", True, False)
     assert first.get("/v1/stats").json()["feedback"]["student"]["items"] == 1  # every replica counts every replica's feedback
 
