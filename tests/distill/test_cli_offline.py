@@ -10,7 +10,7 @@ from distill.data import load_splits
 from distill.registry import Registry
 from router import EscalationPolicy
 from serving.cli import build_parser, main
-from serving.cli.refresh import refresh_config
+from serving.cli.refresh import refresh_config, serving_config
 
 
 def test_help_lists_every_subcommand_with_a_line(capsys):
@@ -19,6 +19,21 @@ def test_help_lists_every_subcommand_with_a_line(capsys):
     out = capsys.readouterr().out
     for command in build_parser()._subparsers._group_actions[0].choices:
         assert command in out
+
+
+def test_refresh_reads_home_data_and_logs_from_the_serving_config_under_its_flags(tmp_path):
+    config = tmp_path / "serve.json"
+    config.write_text(json.dumps({"home": str(tmp_path / "home"), "data": "my/data", "text_column": "body",
+                                  "log": {"path": str(tmp_path / "escalations")}, "feedback": {"path": str(tmp_path / "feedback")}}))
+    served = serving_config(build_parser().parse_args(["refresh", "--config", str(config)]))
+    paths = served.paths()
+    assert (paths.home, paths.escalations, paths.feedback) == (tmp_path / "home", tmp_path / "escalations", tmp_path / "feedback")
+    assert (served.data, served.text_column) == ("my/data", "body")
+    flags = ["refresh", "--config", str(config), "--log", str(tmp_path / "other"), "--data", "other/data"]
+    served = serving_config(build_parser().parse_args(flags))
+    assert (served.paths().escalations, served.paths().feedback, served.data) == (tmp_path / "other", tmp_path / "feedback", "other/data")
+    plain = serving_config(build_parser().parse_args(["refresh", "--home", str(tmp_path / "h")])).paths()
+    assert (plain.escalations, plain.feedback) == (tmp_path / "h" / "escalations", tmp_path / "h" / "feedback")
 
 
 @pytest.mark.parametrize(("extra", "epochs", "warm"), [
