@@ -25,9 +25,10 @@ import json
 from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Generic, Iterator, TypeVar
+from typing import Any, Generic, Iterator, Sequence, TypeVar
 from uuid import uuid4
 
+import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 SEGMENT_GLOB = "segment-*.jsonl"
@@ -49,6 +50,24 @@ class EscalationRecord(BaseModel):
     teacher_label_only: bool = False  # a black-box teacher gave its label alone: teacher_probs is one-hot, not soft
     student_version: str | None
     teacher_version: str
+
+    @classmethod
+    def consulted(cls, labels: Sequence[str], text: str, reason: str, student_probs: np.ndarray | None, teacher_probs: np.ndarray,
+                  student_version: str | None, teacher_version: str, **fields: Any) -> "EscalationRecord":
+        """The record of one item the teacher was consulted on, from both models' probability rows
+        (None: the student did not score it), each label its row's top one; ``fields`` sets the
+        rest (``request_id``, ``id``, ``teacher_label_only``).
+
+        >>> r = EscalationRecord.consulted(["a", "b"], "hi", "unsure", np.array([0.6, 0.4]), np.array([0.1, 0.9]),
+        ...                                "s1", "t1", request_id="r1")
+        >>> r.student_label, r.teacher_label, r.teacher_probs
+        ('a', 'b', [0.1, 0.9])
+        """
+        scored = student_probs is not None
+        return cls(text=text, reason=reason, student_label=labels[int(student_probs.argmax())] if scored else None,
+                   teacher_label=labels[int(teacher_probs.argmax())], student_probs=student_probs.tolist() if scored else None,
+                   teacher_probs=teacher_probs.tolist(), student_version=student_version if scored else None,
+                   teacher_version=teacher_version, **fields)
 
 
 def segments(directory: Path) -> list[Path]:

@@ -332,11 +332,9 @@ class TeacherStage:
         records: list[str | None] = [None] * n
         files, rows = batch["source_file"].to_pylist(), batch["source_row"].to_pylist()
         for j, i in enumerate(asked):
-            records[i] = EscalationRecord(
-                id=record_id(self.job_id, files[i], rows[i]), request_id=f"batch-{self.job_id}", text=texts[i],
-                reason=str(reason[i]), student_label=labels[int(student_probs[i].argmax())], teacher_label=labels[int(teacher[j].argmax())],
-                student_probs=student_probs[i].tolist(), teacher_probs=teacher[j].tolist(),
-                student_version=self.student_version, teacher_version=self.model.version,
+            records[i] = EscalationRecord.consulted(
+                labels, texts[i], str(reason[i]), student_probs[i], teacher[j], self.student_version, self.model.version,
+                id=record_id(self.job_id, files[i], rows[i]), request_id=f"batch-{self.job_id}",
             ).model_dump_json()
         columns = {
             "label": pa.array([labels[t] for t in top], pa.string(), mask=~ok),

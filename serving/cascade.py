@@ -198,8 +198,10 @@ class Cascade:
             predictions.append(prediction)
             if decision.consulted:
                 scored = student if decision.student_scored else None
-                records.append(self._record(request_id, texts[i], decision.reason, scored, i, teacher, teacher_row[i],
-                                            student_labels[i], teacher_labels[i]))
+                records.append(EscalationRecord.consulted(
+                    self.labels, self.redact(texts[i]) if self.redact else texts[i], decision.reason,
+                    scored.probs[i] if scored else None, teacher.probs[teacher_row[i]], scored.version if scored else None,
+                    teacher.version, request_id=request_id, teacher_label_only=teacher.label_only))  # label-only: refresh trains on the label
             if self.keep_traffic is not None:  # every label it got, and the confidence live control bins outcomes by
                 kept.append(KeptItem(self.redact(texts[i]) if self.redact else texts[i], decision.tier, prediction.label,
                                      self.labels[student_labels[i]] if student_labels[i] >= 0 else None,
@@ -255,21 +257,6 @@ class Cascade:
             return None
         order = np.argsort(-probs, kind="stable")[:k]
         return [LabelScore(label=self.labels[j], score=round(float(probs[j]), 6)) for j in order]
-
-    def _record(self, request_id: str, text: str, reason: str, student: ModelOutput | None, i: int, teacher: ModelOutput,
-                row: int, student_label: int, teacher_label: int) -> EscalationRecord:
-        return EscalationRecord(
-            request_id=request_id,
-            text=self.redact(text) if self.redact else text,
-            reason=reason,
-            student_label=self.labels[student_label] if student else None,
-            teacher_label=self.labels[teacher_label],
-            student_probs=student.probs[i].tolist() if student else None,
-            teacher_probs=teacher.probs[row].tolist(),
-            student_version=student.version if student else None,
-            teacher_version=teacher.version,
-            teacher_label_only=teacher.label_only,  # refresh then trains on it as a label
-        )
 
     async def _write(self, records: list[EscalationRecord], request: KeptRequest | None) -> int:
         """Log the records and keep the request, the two durable writes in parallel; returns the
