@@ -7,6 +7,7 @@ service over them with its HTTP client. Importable from every test directory (py
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -61,20 +62,22 @@ def close_services():
         OPEN_SERVICES.pop().close()
 
 
-def make_service(home: Path, student=None, teacher=None, feedback_token: str | None = None, feedback: dict | None = None,
-                 **routing) -> tuple[CascadeService, TestClient, list]:
+def make_service(home: Path, student=None, teacher=None, feedback_token: str | None = None, feedback: dict | None = None, *,
+                 admin_token: str | None = TOKEN, limits: dict | None = None, max_body_bytes: int = 1 << 20,
+                 **routing) -> tuple[CascadeService, TestClient, Callable[[], list]]:
     """A service over fakes, its HTTP client, and a reader of its escalation log; the
     ``close_services`` fixture closes it. Audits
     are off unless a test sets ``audit_rate``: a random audit would consult the teacher on an item
-    a test expects the student to answer alone."""
+    a test expects the student to answer alone. ``admin_token`` None turns the admin routes off;
+    ``limits`` is the config's section, ``max_body_bytes`` the guard's byte cap."""
     routing.setdefault("audit_rate", 0.0)
-    config = CascadeConfig.model_validate({"home": str(home), "routing": routing, "feedback": feedback or {}})
+    config = CascadeConfig.model_validate({"home": str(home), "routing": routing, "feedback": feedback or {}, **({"limits": limits} if limits else {})})
     student = student or FakeModel("student-v1", [0.5, 0.3, 0.2], {"threshold": 0.7})  # every item unsure
     teacher = teacher or FakeModel("teacher-v1", [0.1, 0.8, 0.1])
     in_flight = InFlightLimit(8)
     service = build_service(config, student, teacher, in_flight=in_flight, shared_check_every_s=0)
     OPEN_SERVICES.append(service)
-    guard = GuardSettings(max_body_bytes=1 << 20, in_flight=in_flight, retry_after_s=1, admin_token=BearerToken(TOKEN),
+    guard = GuardSettings(max_body_bytes=max_body_bytes, in_flight=in_flight, retry_after_s=1, admin_token=BearerToken(admin_token),
                           feedback_token=BearerToken(feedback_token, FEEDBACK_TOKEN_ENV, "feedback"))
 
     async def figures():
