@@ -8,7 +8,7 @@ from router.breaker import CircuitBreaker
 from router.budget import TeacherRateLimiter
 from router.calibration import apply_temperature, expected_calibration_error, fit_temperature
 from router.confidence import MEASURES, confidence, margin, max_probability, negative_entropy
-from router.controller import (ControlSettings, ControlState, LiveEvidence, LiveOutcomes, agreement_target, control_step,
+from router.controller import (ControlSettings, ControlStep, LiveEvidence, LiveOutcomes, agreement_target, control_step,
                                threshold_grid)
 from router.cost import CostModel
 from router.decision import CAUSES, MODES, REASONS, Decision, Decisions, Route, route, settle
@@ -20,7 +20,7 @@ from router.thresholds import FrontierPoint, fit_policy, frontier
 
 __all__ = [
     "ControlSettings",
-    "ControlState",
+    "ControlStep",
     "LiveEvidence",
     "LiveOutcomes",
     "agreement_target",

@@ -249,8 +249,8 @@ class ControlSettings:
 
 
 @dataclass(frozen=True)
-class ControlState:
-    """Where the controller stands after an update."""
+class ControlStep:
+    """One control step's result: where the controller stands after it, and what it measured there."""
 
     index: int  # the live threshold is grid[index]
     threshold: float
@@ -278,7 +278,7 @@ def agreement_target(goal: Goal, validation: dict[str, float] | None = None) -> 
 
 def control_step(evidence: LiveEvidence, index: int, goal: Goal, teacher_budget: float = 1.0,
                  validation: dict[str, float] | None = None, settings: ControlSettings = ControlSettings(),
-                 floor: int = 0, outcomes: LiveOutcomes | None = None) -> ControlState:
+                 floor: int = 0, outcomes: LiveOutcomes | None = None) -> ControlStep:
     """One move of the live threshold; for agreement and accuracy goals never below
     ``grid[floor]`` unless the budget forces it; ``outcomes``: the student's outcome feedback,
     which accuracy goals are held through once it holds ``min_feedback`` items (see the module
@@ -300,7 +300,7 @@ def control_step(evidence: LiveEvidence, index: int, goal: Goal, teacher_budget:
             new = max(index, int(np.flatnonzero(margin).max()) if margin.any() else 0)
         else:
             new = int(np.flatnonzero(fits).max()) if fits.any() else 0
-        return ControlState(new, float(grid[new]), float(share[new]), float(share[new]), target,
+        return ControlStep(new, float(grid[new]), float(share[new]), float(share[new]), target,
                             bool(share[new] <= target + 1e-12), bool(target > teacher_budget), "share")
 
     through = "agreement"
@@ -332,5 +332,5 @@ def control_step(evidence: LiveEvidence, index: int, goal: Goal, teacher_budget:
                 near = clears[clears >= index - settings.max_step]
                 new = int(near.min()) if near.size else index
     budget_limited = bool((lower >= target).any() and not (allowed & (lower >= target)).any())  # only thresholds past the budget hold it
-    return ControlState(new, float(grid[new]), float(estimate[new]), float(lower[new]), float(target),
+    return ControlStep(new, float(grid[new]), float(estimate[new]), float(lower[new]), float(target),
                         bool(lower[new] >= target and allowed[new]), budget_limited, through)

@@ -1,7 +1,7 @@
 """Online goal control across replicas: each ingress replica collects live evidence from the
-requests it answers, and once a second merges it into one shared state file beside the
-registry, under a file lock, where the controller (``router.controller``) steps once per
-``update_every`` new items. Every replica reads the live threshold back from that file, so
+requests it answers, and once a second merges it into one shared document (``LiveState`` in the
+cascade's ``StateStore``, a read-modify-write), where the controller (``router.controller``) steps once per
+``update_every`` new items. Every replica reads the live threshold back from that document, so
 all replicas route alike and a restarted or added replica starts from it.
 
 Accuracy goals are held through live accuracy once outcome feedback on the student's answers
@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from serving.cascade import Evidence
@@ -46,6 +47,26 @@ from serving.stores import SYNC_EVERY_S, StateStore
 logger = logging.getLogger("cascade")
 LIVE_DOCUMENT = "live"
 HISTORY_POINTS = 720  # live figures kept for the dashboard: an hour at one update each 5 s
+
+
+class LiveState(BaseModel):
+    """The live-control document that every replica shares: the student it belongs to and what
+    control reports of it (``status``), its evidence, where control stands on the evidence's
+    threshold grid, and the student it replaced."""
+
+    status: LiveStatus
+    evidence: dict[str, Any]  # LiveEvidence.to_dict()
+    index: int  # the live threshold is the grid's [index]
+    floor: int = 0  # the lowest index control may take (a seed student is held at the top)
+    since_step: float = 0.0  # items merged since the last step
+    history: list[list[Any]] = []  # [unix time, threshold, estimate, bound, held], oldest first, for the dashboard
+    started_at: float = 0.0  # when control started this student (unix time)
+    previous: str | None = None  # the student it replaced, and that student's last live threshold
+    previous_threshold: float | None = None
+
+    @classmethod
+    def parse(cls, document: dict | None) -> "LiveState | None":
+        return cls.model_validate(document) if document is not None else None
 
 
 class LiveControl:
@@ -144,26 +165,27 @@ class LiveControl:
         self._deltas = {}
         feedback = self._feedback_due(deltas)
 
-        def merged(state: dict | None) -> dict:
+        def merged(document: dict | None) -> dict:
+            state = LiveState.parse(document)
             for version in sorted(deltas, key=lambda v: v == latest):  # the student observed last goes last
                 state = self._merged(state, version, *deltas[version], feedback.get(version))
-            return state
+            return state.model_dump(mode="json")
 
-        state = self.state.update(LIVE_DOCUMENT, merged) if deltas else self.state.read(LIVE_DOCUMENT)
+        state = LiveState.parse(self.state.update(LIVE_DOCUMENT, merged) if deltas else self.state.read(LIVE_DOCUMENT))
         if state is not None:
-            self.status = LiveStatus.model_validate(state["status"])
-            self._previous = (state.get("previous"), state.get("previous_threshold"))
+            self.status = state.status
+            self._previous = (state.previous, state.previous_threshold)
             if self.on_status is not None:
                 self.on_status(self.status)
         return self.status
 
-    def _stale(self, state: dict, version: str) -> bool:
+    def _stale(self, state: LiveState, version: str) -> bool:
         """Whether another student's evidence comes from a replica not yet swapped: not the
         registry's current student, while the state's is, or while the state switched from it
         less than ``stale_s`` ago (not a rollback: the registry would point at it again)."""
         current = self.registry.current("student")
-        recent = state.get("previous") == version and self.wall_clock() - state.get("started_at", 0.0) < self.stale_s
-        return current != version and (current == state["status"]["student"] or recent)
+        recent = state.previous == version and self.wall_clock() - state.started_at < self.stale_s
+        return current != version and (current == state.status.student or recent)
 
     def _feedback_due(self, deltas: dict[str, tuple[EscalationPolicy, LiveEvidence]]) -> dict[str, tuple]:
         """Outcome feedback of the students this sync will step, read before the shared lock is
@@ -173,57 +195,56 @@ class LiveControl:
         feedback under the lock."""
         if self.outcomes is None or not isinstance(self.goal, TargetAccuracy) or not deltas:
             return {}
-        state = self.state.read(LIVE_DOCUMENT)
+        state = LiveState.parse(self.state.read(LIVE_DOCUMENT))
         due = {}
         for version, (_, delta) in deltas.items():
-            since_step = state["since_step"] if state is not None and state["status"]["student"] == version else 0.0
+            since_step = state.since_step if state is not None and state.status.student == version else 0.0
             if since_step + delta.items >= self.update_every:
                 due[version] = self.outcomes(version)
         return due
 
-    def _merged(self, state: dict | None, version: str, policy: EscalationPolicy, delta: LiveEvidence,
-                feedback: tuple | None = None) -> dict:
-        if state is not None and state["status"]["student"] != version and self._stale(state, version):
+    def _merged(self, state: LiveState | None, version: str, policy: EscalationPolicy, delta: LiveEvidence,
+                feedback: tuple | None = None) -> LiveState:
+        if state is not None and state.status.student != version and self._stale(state, version):
             return state
-        if state is None or state["status"]["student"] != version or state["evidence"]["grid"] != delta.grid.tolist():
+        if state is None or state.status.student != version or state.evidence["grid"] != delta.grid.tolist():
             index, floor = self._start(policy, delta.grid)
             controllable = self._controllable(policy)
             if not controllable:
                 logger.error("live control off for %s: goal %s needs the policy's validated teacher_agreement", version, self.goal)
             status = LiveStatus(goal=str(self.goal), student=version, fitted_threshold=policy.threshold,
                                 threshold=float(delta.grid[index]) if controllable else None)
-            state = {"status": status.model_dump(), "evidence": LiveEvidence(delta.grid).to_dict(), "index": index,
-                     "floor": floor, "since_step": 0.0, "history": [], "started_at": self.wall_clock(),
-                     "previous": None if state is None else state["status"]["student"],
-                     "previous_threshold": None if state is None else state["status"]["threshold"]}
-        evidence = LiveEvidence.from_dict(state["evidence"])
+            state = LiveState(status=status, evidence=LiveEvidence(delta.grid).to_dict(), index=index, floor=floor,
+                              started_at=self.wall_clock(), previous=None if state is None else state.status.student,
+                              previous_threshold=None if state is None else state.status.threshold)
+        evidence = LiveEvidence.from_dict(state.evidence)
         evidence.merge(delta)
         evidence.age(self.settings.window_items)
-        state["since_step"] += delta.items
-        state["evidence"] = evidence.to_dict()
-        if state["since_step"] < self.update_every or state["status"]["threshold"] is None:  # None: control off
+        state.since_step += delta.items
+        state.evidence = evidence.to_dict()
+        if state.since_step < self.update_every or state.status.threshold is None:  # None: control off
             return state
         outcomes = None
         if self.outcomes is not None and isinstance(self.goal, TargetAccuracy):
             outcomes = LiveOutcomes.from_items(evidence.grid, *(feedback if feedback is not None else self.outcomes(version)))
-        step = control_step(evidence, state["index"], self.goal, self.teacher_budget, policy.validation, self.settings,
-                            state.get("floor", 0), outcomes)
+        step = control_step(evidence, state.index, self.goal, self.teacher_budget, policy.validation, self.settings,
+                            state.floor, outcomes)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        state["index"], state["since_step"] = step.index, 0.0
-        state["status"].update(threshold=step.threshold, estimate=step.estimate, bound=step.bound, target=step.target,
-                               held=step.held, budget_limited=step.budget_limited, through=step.through,
-                               feedback_items=outcomes.total if outcomes is not None else 0.0, evidence_items=evidence.items,
-                               known_items=float(evidence.known.sum()), updated_at=now)
-        state["history"] = (state["history"] + [[self.wall_clock(), step.threshold, step.estimate, step.bound, step.held]])[-HISTORY_POINTS:]
+        state.index, state.since_step = step.index, 0.0
+        state.status = state.status.model_copy(update=dict(
+            threshold=step.threshold, estimate=step.estimate, bound=step.bound, target=step.target, held=step.held,
+            budget_limited=step.budget_limited, through=step.through, feedback_items=outcomes.total if outcomes is not None else 0.0,
+            evidence_items=evidence.items, known_items=float(evidence.known.sum()), updated_at=now))
+        state.history = (state.history + [[self.wall_clock(), step.threshold, step.estimate, step.bound, step.held]])[-HISTORY_POINTS:]
         return state
 
     def history(self) -> list[list[Any]]:
         """The shared history of live figures: [unix time, threshold, estimate, bound, held], oldest first."""
-        state = self.state.read(LIVE_DOCUMENT)
-        return state["history"] if state else []
+        state = LiveState.parse(self.state.read(LIVE_DOCUMENT))
+        return state.history if state is not None else []
 
 
 def read_live_status(state: StateStore) -> LiveStatus | None:
     """Online control's shared status, as every replica last left it; None before any sync."""
-    document = state.read(LIVE_DOCUMENT)
-    return LiveStatus.model_validate(document["status"]) if document is not None else None
+    live = LiveState.parse(state.read(LIVE_DOCUMENT))
+    return live.status if live is not None else None
