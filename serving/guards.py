@@ -129,7 +129,7 @@ def parse_json(model: type[Model], raw: bytes) -> Model:
 
     Raises ``InvalidJson`` for a body that is empty or not JSON, and pydantic's
     ``ValidationError`` for JSON that is not a ``model``."""
-    if not raw.strip():
+    if not raw or raw.isspace():  # isspace stops at the first other byte; strip would copy the body
         raise InvalidJson("body: empty; expected a JSON object")
     try:
         return model.model_validate_json(raw, strict=True)
