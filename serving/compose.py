@@ -13,7 +13,8 @@ from serving.cascade import Redact
 from serving.config import CascadeConfig, Paths
 from serving.feedback import FeedbackLedger
 from serving.guards import InFlightLimit
-from serving.log_writer import GroupCommitLog, SegmentWriter
+from serving.log_writer import GroupCommitLog
+from serving.segments import SegmentWriter
 from serving.service import CascadeService, Metrics, ModelClient
 from serving.shared_state import SharedRouting
 from serving.stores import SYNC_EVERY_S, FileStateStore, StateStore, Stores

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from distill.escalations import DEDUP_WINDOW, EscalationRecord, LogTail, read_records
-from serving.log_writer import SegmentWriter
+from serving.segments import SegmentWriter
 
 
 def records(prefix: str, n: int) -> list[EscalationRecord]:

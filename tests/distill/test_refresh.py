@@ -14,7 +14,7 @@ from distill.losses import IGNORE
 from distill.pipeline import TeacherCache, distill_student
 from distill.refresh import build_dataset, gate, refresh
 from distill.registry import Registry
-from serving.log_writer import SegmentWriter
+from serving.segments import SegmentWriter
 
 
 def record(text: str, probs, time: str = "2026-11-24T10:00:00+00:00", **kw) -> EscalationRecord:

@@ -18,7 +18,7 @@ from distill.losses import IGNORE
 from distill.pipeline import TeacherCache, distill_student
 from distill.refresh import FeedbackSettings, build_dataset, gate, held_out, refresh, sign_test_p
 from distill.registry import Registry
-from serving.log_writer import SegmentWriter
+from serving.segments import SegmentWriter
 
 TRAIN_ALL = FeedbackSettings(holdout_share=0.0)  # no held-out share: every eligible item is trained on
 

@@ -13,7 +13,7 @@ from distill.data import load_splits
 from distill.escalations import EscalationRecord
 from distill.refresh import build_dataset, refresh
 from distill.registry import Registry
-from serving.log_writer import SegmentWriter
+from serving.segments import SegmentWriter
 
 
 def record(text: str, label_only: bool, version: str) -> EscalationRecord:

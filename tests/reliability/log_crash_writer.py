@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from distill.escalations import EscalationRecord
-from serving.log_writer import SegmentWriter
+from serving.segments import SegmentWriter
 
 TEXT_BYTES = 256 * 1024  # large records make a kill inside a write, and so a torn line, likely
 

@@ -11,7 +11,8 @@ import threading
 import pytest
 
 from distill.escalations import EscalationRecord, read_records
-from serving.log_writer import GroupCommitLog, SegmentWriter
+from serving.log_writer import GroupCommitLog
+from serving.segments import SegmentWriter
 
 
 def record(text: str) -> EscalationRecord:
