@@ -40,7 +40,8 @@ def serving_config(args: argparse.Namespace) -> CascadeConfig:
 def run(args: argparse.Namespace) -> int:
     from distill.config import WatchConfig
     from distill.feedback import read_feedback
-    from distill.refresh import FeedbackSettings, failures_recorded, refresh, refresh_lock, watch
+    from distill.refresh import failures_recorded, refresh, refresh_lock, watch
+    from distill.refresh_data import FeedbackSettings
     from serving.cli.data import config_registry, config_splits
 
     served = serving_config(args)

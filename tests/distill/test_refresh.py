@@ -12,7 +12,9 @@ from distill.errors import DataError
 from distill.escalations import EscalationRecord, LogTail
 from distill.losses import IGNORE
 from distill.pipeline import TeacherCache, distill_student
-from distill.refresh import build_dataset, gate, refresh
+from distill.gate import gate
+from distill.refresh import refresh
+from distill.refresh_data import build_dataset
 from distill.registry import Registry
 from serving.segments import SegmentWriter
 
@@ -171,7 +173,7 @@ def test_log_tail_reads_only_what_is_new(tmp_path, monkeypatch):
 
 
 def test_since_accepts_a_plain_date_and_rejects_nonsense(splits):
-    from distill.refresh import select_records
+    from distill.refresh_data import select_records
 
     records = [record("old one", [0.9, 0.1], time="2026-01-01T00:00:00+00:00"), record("new one", [0.9, 0.1])]
     kept, dropped = select_records(records, {}, RefreshConfig(since="2026-06-01"))

@@ -16,7 +16,10 @@ from distill.feedback import FeedbackRecord
 from distill.settings import Paths
 from distill.losses import IGNORE
 from distill.pipeline import TeacherCache, distill_student
-from distill.refresh import FeedbackSettings, build_dataset, gate, held_out, refresh, sign_test_p
+from distill.gate import gate
+from distill.refresh import refresh
+from distill.refresh_data import FeedbackSettings, build_dataset, held_out
+from distill.sign_test import sign_test_p
 from distill.registry import Registry
 from serving.segments import SegmentWriter
 

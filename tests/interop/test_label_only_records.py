@@ -11,7 +11,8 @@ import numpy as np
 from distill.config import RefreshConfig, TrainConfig
 from distill.data import load_splits
 from distill.escalations import EscalationRecord
-from distill.refresh import build_dataset, refresh
+from distill.refresh import refresh
+from distill.refresh_data import build_dataset
 from distill.registry import Registry
 from serving.segments import SegmentWriter
 
