@@ -13,7 +13,8 @@ from serving.cli.args import add_column_flags, at_least_one, share
 
 def run(args: argparse.Namespace) -> int:
     from serving.config import load_config
-    from serving.cli.simulate import plot_rounds, simulate
+    from serving.cli.simulate import simulate
+    from serving.cli.simulate_plot import plot_rounds
 
     config = load_config(args.config, home=args.home or Path(".cascade-simulation"), port=args.port, data=args.data,
                          text_column=args.text_column, label_column=args.label_column)
