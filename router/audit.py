@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -12,22 +13,34 @@ from router.errors import RouterError
 
 
 class AuditSampler:
-    """Chooses each confident item for audit independently with probability `rate`.
+    """Chooses each confident item for audit independently: with probability `rate`, or with
+    the probability an ``allocation`` gives its confidence (audits where the doubt is,
+    ``router.certify.allocate_audits``; None from it: `rate`). Each item's probability is known,
+    so estimates can weigh audited items by its inverse.
 
     >>> AuditSampler(rate=0.0).sample(3)
     array([False, False, False])
+    >>> AuditSampler(0.02, allocation=lambda c: np.where(c < 0.8, 0.05, 0.01)).probabilities(np.array([0.7, 0.9]))
+    array([0.05, 0.01])
     """
 
-    def __init__(self, rate: float, seed: int | None = None) -> None:
+    def __init__(self, rate: float, seed: int | None = None,
+                 allocation: Callable[[np.ndarray], np.ndarray | None] | None = None) -> None:
         """Set the audit rate; a fixed `seed` makes the draws reproducible."""
         self.rate = check_fraction(rate, "audit rate")
+        self.allocation = allocation
         self._rng = np.random.default_rng(seed)
 
-    def sample(self, n: int) -> np.ndarray:
-        """Boolean mask of length `n`: True for the items to audit."""
+    def probabilities(self, confidence: np.ndarray) -> np.ndarray:
+        """Each item's chance of an audit, by its confidence."""
+        allocated = self.allocation(confidence) if self.allocation is not None else None
+        return np.full(len(confidence), self.rate) if allocated is None else np.asarray(allocated, dtype=float)
+
+    def sample(self, n: int, probabilities: np.ndarray | None = None) -> np.ndarray:
+        """Boolean mask of length `n`: True for the items to audit (each with its probability, else `rate`)."""
         if not isinstance(n, (int, np.integer)) or n < 0:
             raise RouterError(f"n must be an int >= 0; got {n!r}")
-        return self._rng.random(n) < self.rate
+        return self._rng.random(n) < (self.rate if probabilities is None else probabilities)
 
 
 class AgreementEstimate:

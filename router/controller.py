@@ -1,40 +1,42 @@
 """Online goal control: hold a goal on the traffic served, not only on a validation split.
 
 Evidence (``LiveEvidence``) is kept per bin of the student's confidence, on a fixed grid of
-candidate thresholds: how many items were routed, for how many the teacher's label is known
-(escalated items the teacher answered, and audited confident ones, sampled uniformly), and on
-how many of those the student disagreed with the teacher. Within a bin the known items are a
-uniform sample, so the bin's disagreement rate estimates the rate of every item in it, and for
-any candidate threshold ``t``:
+candidate thresholds: how many items were routed, and, for the items whose teacher label is
+known (escalated items the teacher answered, and audited confident ones), on how many the
+student disagreed with the teacher, each weighted by the inverse of the chance it had of being
+known (1 when escalated, its audit probability otherwise: audits go where the doubt is,
+``router.certify.allocate_audits``). For any candidate threshold ``t``:
 
 - teacher share(t) = routed items below ``t`` / routed items;
-- served agreement(t) = 1 - (items at or above ``t`` the student would answer wrongly) / routed
-  items: escalated items agree with the teacher by definition;
-- its one-sided lower bound subtracts ``z`` standard errors of that estimate: each bin's rate is
-  a binomial estimate from its known items (no finite-population correction: the threshold is
-  chosen for the traffic to come, so a fully known bin's rate is still an estimate), with the
-  variance's rate shrunk toward the pooled rate above ``t``, so that a bin whose few known items
-  all agreed does not claim a zero error.
+- served agreement(t) = 1 - (items at or above ``t`` the student answers against the teacher) /
+  routed items: escalated items agree with the teacher by definition; the count is the
+  weighted (Horvitz-Thompson) one, unbiased whatever the audit allocation was at the time;
+- its lower bound is a one-sided confidence sequence (``router.certify.cs_radius``): valid at
+  every look at once, so the controller may look every ``update_every`` items.
 
 Accuracy goals are held through that agreement (the target: the agreement the fitted policy
 reached on validation) until outcome feedback gives live accuracy: once ``min_feedback`` items
 of the student have a true label (``LiveOutcomes``, per bin), they are held through the served
 accuracy itself. Escalated items are as right as the teacher is in their bin, the others as
-right as the student is; a fixed target (``accuracy>=0.93``) takes the one-sided bound of that;
+right as the student is; a fixed target (``accuracy>=0.93``) takes the lower bound of that;
 ``accuracy>=teacher`` is a non-inferiority claim, the bound of the served answers' lead over
 the teacher's own on the same traffic, from the items both models labelled (at the top every
 item is the teacher's and the lead is exactly 0): the student answers a bin only where the
 feedback shows, with that confidence, that its answers there are no worse than the teacher's.
 
-``control_step`` moves the threshold straight to the cheapest one whose lower bound meets the
-goal (agreement goals) or whose share meets it (budget goals), never past ``teacher_budget``
-(the budget wins, and says so). When the goal fails the move up is direct: more teacher is the
-safe side (for an accuracy goal held through feedback, where a teacher can be the less accurate
-model, the nearest threshold below that holds it when none above does). A move down goes only to a threshold that clears the goal by ``hysteresis``, so the
+``control_step`` certifies thresholds by fixed-sequence testing (``router.certify``): from the
+safe end (every item to the teacher) down, each passes while its bound meets the goal, and the
+first that fails ends the sequence, so choosing among the whole grid costs nothing more. A
+current threshold that is not certified moves straight to the cheapest certified one (more
+teacher is the safe side; for an accuracy goal held through feedback, where a teacher can be
+the less accurate model, the nearest threshold below that holds it when the top does not). A
+move down goes only to a certified threshold that clears the goal by ``hysteresis``, so the
 threshold does not oscillate, and at most ``max_step`` grid steps while fewer than
-``min_known`` items above it are known (thin evidence). A ``floor`` keeps the threshold at or
-above a grid point (a student whose fitted policy escalates everything is held there).
-Evidence merges across replicas (``merge``) and ages by halving past ``window_items``.
+``min_known`` items above it are known (thin evidence). Budget goals move straight to the
+share they allow; no threshold past ``teacher_budget`` is taken (the budget wins, and says so).
+A ``floor`` keeps the threshold at or above a grid point (a student whose fitted policy
+escalates everything is held there). Evidence merges across replicas (``merge``) and ages by
+halving past ``window_items``, which follows drift at the price of a wider bound.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from router.certify import allocate_audits, cs_radii, fixed_sequence
 from router.confidence import BOUNDED_MEASURES
 from router.errors import RouterError
 from router.goals import Goal, TargetAccuracy, TargetAgreement, TeacherBudget
@@ -66,20 +69,39 @@ def _below(a: np.ndarray) -> np.ndarray:
     return np.cumsum(a)[:-1]
 
 
+EVIDENCE_FORMAT = 2  # inverse-probability weighted counts; documents of another format start afresh
+
+
 @dataclass
 class LiveEvidence:
     """Counts per confidence bin; bin ``b`` holds scores with exactly ``b`` grid points at or
-    below them, so threshold ``grid[j]`` escalates bins ``0..j``."""
+    below them, so threshold ``grid[j]`` escalates bins ``0..j``. A known item (its teacher label
+    seen) counts in its bin with a weight, the inverse of the chance ``p`` it had of being known
+    as far as that chance could depend on its disagreement within the bin; each bin's
+    disagreement rate is the weighted mean over its known items (Hajek), and its precision that
+    of the weights' effective sample size (Kish).
+
+    For the serving student's own bins, whether an item is known depends on nothing but its bin
+    and chance (escalated below the threshold, audited above it), so within a bin the known items
+    are a uniform sample and weigh alike (``p`` = 1): the items of a bin that was escalated
+    before count in full. A shadow candidate's bins are another matter: there, whether an item is
+    known depends on the serving student's confidence, so each weighs 1 / p (1 where the serving
+    student escalated it, its audit probability otherwise), which keeps the candidate's
+    estimates unbiased."""
 
     grid: np.ndarray
-    routed: np.ndarray = field(default=None)  # type: ignore[assignment]
-    known: np.ndarray = field(default=None)  # type: ignore[assignment]
-    disagreed: np.ndarray = field(default=None)  # type: ignore[assignment]
+    routed: np.ndarray = field(default=None)  # type: ignore[assignment]  # items
+    known: np.ndarray = field(default=None)  # type: ignore[assignment]  # items whose teacher label was seen
+    weight: np.ndarray = field(default=None)  # type: ignore[assignment]  # sum of the known items' weights
+    weight_sq: np.ndarray = field(default=None)  # type: ignore[assignment]  # sum of their squares
+    disagreed: np.ndarray = field(default=None)  # type: ignore[assignment]  # sum of the weights of known disagreeing items
+
+    COUNTS = ("routed", "known", "weight", "weight_sq", "disagreed")
 
     def __post_init__(self) -> None:
         self.grid = np.asarray(self.grid, dtype=float)
         bins = len(self.grid) + 1
-        for name in ("routed", "known", "disagreed"):
+        for name in self.COUNTS:
             value = getattr(self, name)
             setattr(self, name, np.zeros(bins) if value is None else np.asarray(value, dtype=float))
             if getattr(self, name).shape != (bins,):
@@ -89,51 +111,69 @@ class LiveEvidence:
     def items(self) -> float:
         return float(self.routed.sum())
 
-    def add(self, scores: np.ndarray, known: np.ndarray, agreed: np.ndarray) -> None:
-        """Add routed items: their confidence, whether the teacher's label is known, and (where
-        known) whether the student agreed with it."""
-        bins = np.searchsorted(self.grid, np.asarray(scores, dtype=float), side="right")
+    def bins(self, scores: np.ndarray) -> np.ndarray:
+        """The bin of each score."""
+        return np.searchsorted(self.grid, np.asarray(scores, dtype=float), side="right")
+
+    def add(self, scores: np.ndarray, known: np.ndarray, agreed: np.ndarray, probability: np.ndarray | float = 1.0) -> None:
+        """Add routed items: their confidence, whether the teacher's label is known, (where known)
+        whether the student agreed with it, and the chance each had of being known (see the class
+        docstring: 1 for the serving student's own items)."""
+        bins = self.bins(scores)
         known = np.asarray(known, dtype=bool)
+        p = np.broadcast_to(np.asarray(probability, dtype=float), bins.shape)
+        if (p[known] <= 0).any() or (p > 1).any():
+            raise RouterError("a known item's probability of being known must lie in (0, 1]")
+        weight = np.divide(1.0, p, out=np.zeros(len(bins)), where=known)
+        disagreed = known & ~np.asarray(agreed, dtype=bool)
         np.add.at(self.routed, bins, 1.0)
         np.add.at(self.known, bins[known], 1.0)
-        np.add.at(self.disagreed, bins[known & ~np.asarray(agreed, dtype=bool)], 1.0)
+        np.add.at(self.weight, bins, weight)
+        np.add.at(self.weight_sq, bins, weight**2)
+        np.add.at(self.disagreed, bins[disagreed], weight[disagreed])
 
     def merge(self, other: LiveEvidence) -> None:
         """Add another replica's counts (same grid)."""
         if not np.array_equal(self.grid, other.grid):
             raise RouterError("cannot merge evidence kept on different threshold grids")
-        self.routed += other.routed
-        self.known += other.known
-        self.disagreed += other.disagreed
+        for name in self.COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def age(self, window_items: float) -> None:
         """Halve every count while more than ``window_items`` items are held: recent traffic
-        weighs more, so the controller follows drift."""
+        weighs more, so the controller follows drift (the effective sample halves; the weights'
+        squares are halved too, so that weighted and plain evidence age alike)."""
         while self.items > window_items > 0:
-            self.routed *= 0.5
-            self.known *= 0.5
-            self.disagreed *= 0.5
-
-    def clear(self) -> None:
-        self.routed[:] = 0
-        self.known[:] = 0
-        self.disagreed[:] = 0
+            for name in self.COUNTS:
+                setattr(self, name, getattr(self, name) * 0.5)
 
     def teacher_share(self) -> np.ndarray:
         """The teacher's share at each grid threshold."""
         total = max(self.items, 1e-12)
         return np.cumsum(self.routed)[:-1] / total
 
-    def agreement(self, z: float = 1.645) -> tuple[np.ndarray, np.ndarray]:
-        """The estimated served agreement at each grid threshold and its one-sided lower bound
-        (``z`` = 1.645: 95 %). Where nothing above a threshold is known, its bound is what
-        escalation alone guarantees (every student answer counted as wrong)."""
-        n, k, routed = self.known, self.disagreed, self.routed
-        rate = np.divide(k, n, out=np.zeros_like(n), where=n > 0)
-        pooled_n, pooled_k = _above(n), _above(k)
+    def disagreement(self) -> np.ndarray:
+        """Each bin's estimated disagreement rate, shrunk toward the pooled rate (two pseudo-items)."""
+        pooled = (self.disagreed.sum() + 0.5) / (self.weight.sum() + 1.0)
+        return (self.disagreed + 2.0 * pooled) / (self.weight + 2.0)
+
+    def effective_known(self) -> np.ndarray:
+        """Each bin's known items as an unweighted sample of equal precision (Kish): (sum w)^2 / sum w^2."""
+        return np.divide(self.weight**2, self.weight_sq, out=np.zeros_like(self.weight), where=self.weight_sq > 0)
+
+    def agreement(self, alpha: float = 0.05, horizon: float = 1_000) -> tuple[np.ndarray, np.ndarray]:
+        """The estimated served agreement at each grid threshold and its lower confidence-sequence
+        bound (``router.certify``: valid at every look at once). A bin's rate for the variance is
+        shrunk toward the pooled rate above the threshold, so that a bin whose few known items all
+        agreed does not claim a zero error; routed items of bins never known take that pooled
+        rate. Where nothing above a threshold is known, its bound is what escalation alone
+        guarantees (every student answer counted as wrong)."""
+        n, routed = self.effective_known(), self.routed
+        rate = np.divide(self.disagreed, self.weight, out=np.zeros_like(n), where=self.weight > 0)
+        pooled_n, pooled_k = _above(n), _above(n * rate)
         pooled = (pooled_k + 0.5) / (pooled_n + 1.0)  # the rate above each threshold, kept off 0 and 1
         # per threshold j (rows) and bin b (columns): bin b's rate for the variance, shrunk toward the pool above j
-        shrunk = (k[None, :] + 2.0 * pooled[:, None]) / (n[None, :] + 2.0)
+        shrunk = (n[None, :] * rate[None, :] + 2.0 * pooled[:, None]) / (n[None, :] + 2.0)
         per_bin = np.divide(routed**2, n, out=np.zeros_like(n), where=n > 0)[None, :] * shrunk * (1 - shrunk)
         is_above = np.arange(len(n))[None, :] > np.arange(len(self.grid))[:, None]
         unknown = _above(np.where(n > 0, 0.0, routed))  # routed in bins never known: they take the pooled rate
@@ -141,18 +181,89 @@ class LiveEvidence:
         var = (per_bin * is_above).sum(axis=1) + unknown**2 * pooled * (1 - pooled) / np.maximum(pooled_n, 1.0)
         total = max(self.items, 1e-12)
         estimate = 1.0 - wrong / total
-        lower = 1.0 - np.minimum(wrong + z * np.sqrt(var), _above(routed)) / total
+        lower = 1.0 - np.minimum(wrong + _sum_radius(var, total, alpha, horizon), _above(routed)) / total
         nothing_known = pooled_n <= 0
         estimate[nothing_known] = lower[nothing_known] = 1.0 - _above(routed)[nothing_known] / total
         return estimate, lower
 
+    def drift(self, recent: LiveEvidence, min_known: float = 20.0) -> float:
+        """How much more the ``recent`` items (kept apart since the last check) disagree than this
+        evidence's per-bin rates predict, in standard deviations (the rates' own uncertainty
+        counted), over the bins this evidence knows at least ``min_known`` items of: every such
+        bin counts, escalated ones most (their items are all known), so a shift shows within a
+        few hundred items. 0 when nothing can be compared."""
+        n = self.effective_known()
+        usable = n >= min_known
+        if not usable.any():
+            return 0.0
+        rate = (self.disagreed[usable] + 0.5) / (self.weight[usable] + 1.0)
+        w, w_sq = recent.weight[usable], recent.weight_sq[usable]
+        expected = float((w * rate).sum())
+        variance = float((w_sq * rate * (1 - rate)).sum() + (w**2 * rate * (1 - rate) / n[usable]).sum())
+        return (float(recent.disagreed[usable].sum()) - expected) / math.sqrt(variance + 1e-12)
+
+    def audit_probabilities(self, index: int, rate: float, floor_share: float = 0.25) -> np.ndarray:
+        """Per-bin audit probabilities for routing at ``grid[index]``: the bins it answers share
+        ``rate`` on average, allocated where the student disagrees most
+        (``router.certify.allocate_audits``); escalated bins keep ``rate`` (never used)."""
+        probabilities = np.full(len(self.routed), float(rate))
+        answered = slice(index + 1, None)
+        if self.routed[answered].sum() > 0:
+            probabilities[answered] = allocate_audits(rate, self.routed[answered], self.disagreement()[answered], floor_share)
+        return probabilities
+
     def to_dict(self) -> dict:
-        return {"grid": self.grid.tolist(), "routed": self.routed.tolist(), "known": self.known.tolist(),
-                "disagreed": self.disagreed.tolist()}
+        return {"format": EVIDENCE_FORMAT, "grid": self.grid.tolist(), **{name: getattr(self, name).tolist() for name in self.COUNTS}}
 
     @classmethod
     def from_dict(cls, d: dict) -> LiveEvidence:
-        return cls(np.asarray(d["grid"]), np.asarray(d["routed"]), np.asarray(d["known"]), np.asarray(d["disagreed"]))
+        """Evidence as ``to_dict`` wrote it; RouterError for another format."""
+        if d.get("format") != EVIDENCE_FORMAT:
+            raise RouterError(f"evidence of format {d.get('format')!r}, expected {EVIDENCE_FORMAT}")
+        return cls(np.asarray(d["grid"]), *(np.asarray(d[name]) for name in cls.COUNTS))
+
+
+@dataclass
+class DriftingEvidence:
+    """Evidence that follows drift: new items gather apart (``recent``) until ``drift_items`` of
+    them are in; then, when they disagree with the teacher more than the evidence predicts by
+    ``drift_z`` standard deviations (``LiveEvidence.drift``), the evidence restarts from them,
+    else they join it. The old evidence no longer vouches for traffic that has changed."""
+
+    evidence: LiveEvidence
+    recent: LiveEvidence
+
+    @classmethod
+    def empty(cls, grid: np.ndarray) -> DriftingEvidence:
+        return cls(LiveEvidence(grid), LiveEvidence(grid))
+
+    def merge(self, delta: LiveEvidence, settings: ControlSettings) -> bool:
+        """Add a replica's new items; returns whether the evidence restarted from the recent ones."""
+        self.recent.merge(delta)
+        restarted = False
+        if self.recent.items >= settings.drift_items:
+            restarted = self.evidence.items > 0 and self.evidence.drift(self.recent) > settings.drift_z
+            if restarted:
+                self.evidence = self.recent
+            else:
+                self.evidence.merge(self.recent)
+            self.recent = LiveEvidence(self.evidence.grid)
+        self.evidence.age(settings.window_items)
+        return restarted
+
+    def current(self) -> LiveEvidence:
+        """All the evidence in force: the checked evidence and the recent items."""
+        current = LiveEvidence(self.evidence.grid)
+        current.merge(self.evidence)
+        current.merge(self.recent)
+        return current
+
+    def to_dict(self) -> dict:
+        return {"evidence": self.evidence.to_dict(), "recent": self.recent.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DriftingEvidence:
+        return cls(LiveEvidence.from_dict(d["evidence"]), LiveEvidence.from_dict(d["recent"]))
 
 
 @dataclass
@@ -192,7 +303,7 @@ class LiveOutcomes:
     def total(self) -> float:
         return float(self.items.sum())
 
-    def served_accuracy(self, routed: np.ndarray, z: float) -> tuple[np.ndarray, np.ndarray]:
+    def served_accuracy(self, routed: np.ndarray, alpha: float, horizon: float) -> tuple[np.ndarray, np.ndarray]:
         """Per grid threshold, the served accuracy on the routed items and its lower bound:
         escalated bins at the teacher's rate of errors, the rest at the student's, each bin's
         rate from its own feedback (a bin without any takes its model's pooled rate)."""
@@ -206,9 +317,9 @@ class LiveOutcomes:
             estimate += part(routed * rate)
             variance += part(per_bin) + unknown**2 * pooled * (1 - pooled) / max(float(n.sum()), 1.0)
         total = max(float(routed.sum()), 1e-12)
-        return 1.0 - estimate / total, 1.0 - np.minimum(estimate + z * np.sqrt(variance), total) / total
+        return 1.0 - estimate / total, 1.0 - np.minimum(estimate + _sum_radius(variance, total, alpha, horizon), total) / total
 
-    def over_teacher(self, routed: np.ndarray, z: float) -> tuple[float, np.ndarray, np.ndarray]:
+    def over_teacher(self, routed: np.ndarray, alpha: float, horizon: float) -> tuple[float, np.ndarray, np.ndarray]:
         """The teacher's own accuracy on the routed items, and per grid threshold the served
         accuracy as that plus the served answers' lead over the teacher's (exactly 0 where
         everything is escalated), with the lead's lower bound; from the items both labelled."""
@@ -227,25 +338,37 @@ class LiveOutcomes:
         unknown = _above(np.where(n > 0, 0.0, routed))
         variance = _above(per_bin) + unknown**2 * max(pooled_square - pooled_lead**2, 0.0) / max(float(n.sum()), 1.0)
         gain = _above(routed * lead) / total
-        return teacher, teacher + gain, teacher + gain - z * np.sqrt(variance) / total
+        return teacher, teacher + gain, teacher + gain - _sum_radius(variance, total, alpha, horizon) / total
+
+
+def _sum_radius(variance: np.ndarray, total: float, alpha: float, horizon: float) -> np.ndarray:
+    """The confidence-sequence radius of a sum over ``total`` items whose variance is ``variance``;
+    0 where the variance is 0, a sum known exactly (nothing above a threshold is answered)."""
+    variance = np.asarray(variance, dtype=float)
+    return np.where(variance > 0, total * cs_radii(total, variance / total, alpha, horizon), 0.0)
 
 
 @dataclass(frozen=True)
 class ControlSettings:
     """How the controller moves."""
 
-    z: float = 1.645  # one-sided 95 % bound
+    alpha: float = 0.05  # the chance, over every look at once, that a certified threshold misses the goal
+    horizon: float = 1_000  # items at which the confidence sequence is tuned to be narrowest (valid at any number; tests/benchmarks/control_validity.py)
     max_step: int = 10  # grid steps per update down, while the evidence above the destination is thin
-    hysteresis: float = 0.003  # a cheaper threshold must clear the goal by this much
+    hysteresis: float = 0.002  # a cheaper threshold must clear the goal by this much
     # known items above a threshold before the controller moves down to it directly: coming down
     # from the top by bounded steps, the bins about to be answered by the student were all known
     # for longer, and a lucky first few hundred items cannot take it straight to a threshold
     # that the audits alone (2 %) would take a long time to correct
     min_known: int = 500
-    window_items: float = 50_000  # evidence halves past this many routed items
+    window_items: float = 200_000  # evidence halves past this many routed items (a drift restarts it sooner: drift_items)
     # items of the student with a true label before an accuracy goal is held through live
     # accuracy instead of through the validated agreement
     min_feedback: int = 200
+    # a drift check every this many items: when they disagree with the teacher more than the
+    # evidence predicts by drift_z standard deviations, the evidence restarts from them
+    drift_items: int = 2_000
+    drift_z: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -309,22 +432,31 @@ def control_step(evidence: LiveEvidence, index: int, goal: Goal, teacher_budget:
             raise RouterError("outcomes and evidence must be kept on the same threshold grid")
         through, known_above = "accuracy", _above(outcomes.items)
         if goal.value is None:
-            target, estimate, lower = outcomes.over_teacher(evidence.routed, settings.z)
+            target, estimate, lower = outcomes.over_teacher(evidence.routed, settings.alpha, settings.horizon)
         else:
             target = goal.value
-            estimate, lower = outcomes.served_accuracy(evidence.routed, settings.z)
+            estimate, lower = outcomes.served_accuracy(evidence.routed, settings.alpha, settings.horizon)
     else:
         target = agreement_target(goal, validation)
-        estimate, lower = evidence.agreement(settings.z)
+        estimate, lower = evidence.agreement(settings.alpha, settings.horizon)
         known_above = _above(evidence.known)
-    meets = (lower >= target) & allowed & (position >= min(floor, highest_allowed))
-    if not meets[index]:  # the goal fails here (or the budget or the floor does): straight to the cheapest that holds it
-        candidates = np.flatnonzero(meets & ((position > index) if allowed[index] else True))
-        if not candidates.size and through == "accuracy":  # more teacher is not always more accurate: the nearest below
-            candidates = np.flatnonzero(meets & (position < index))[-1:]
-        new = int(candidates.min()) if candidates.size else highest_allowed
-    else:  # it holds: down to the cheapest that clears it by the hysteresis, by max_step while the evidence is thin
-        clears = np.flatnonzero(meets & (lower >= target + settings.hysteresis) & (position < index))
+    usable = allowed & (position >= min(floor, highest_allowed))
+    if through == "accuracy":
+        # a lead over the teacher is exactly 0 at the top and about 0 just below it, so testing
+        # from the top down would stop at once: the cheapest threshold whose bound holds it
+        meets = usable & (lower >= target)
+        certified = int(np.flatnonzero(meets).min()) if meets.any() else highest_allowed
+        holds_here = bool(meets[index])
+        if not holds_here:  # more teacher is not always more accurate: the nearest above, else below, that holds it
+            above, below = np.flatnonzero(meets & (position > index)), np.flatnonzero(meets & (position < index))
+            certified = int(above.min()) if above.size else int(below.max()) if below.size else highest_allowed
+    else:  # fixed-sequence testing from the safe end of what the budget allows down (router.certify)
+        certified = fixed_sequence(lower[: highest_allowed + 1], target, usable[: highest_allowed + 1])
+        holds_here = certified <= index <= highest_allowed and bool(usable[highest_allowed] and lower[highest_allowed] >= target)
+    if not holds_here:
+        new = certified  # the current threshold is not certified (or past the budget): straight to the cheapest that is
+    else:  # certified: down to the cheapest certified one that clears the goal by the hysteresis, by max_step while the evidence is thin
+        clears = np.flatnonzero((lower >= target + settings.hysteresis) & usable & (position >= certified) & (position < index))
         new = index
         if clears.size:
             new = int(clears.min())

@@ -61,6 +61,15 @@ class Route:
     escalated: np.ndarray  # the policy wants the teacher's answer
     capped: np.ndarray  # escalated items the teacher budget turned away
     audited: np.ndarray  # confident items also sent to the teacher
+    audit_probability: np.ndarray | None = None  # each item's chance of an audit had it been confident; None: no audits
+
+    @property
+    def known_probability(self) -> np.ndarray:
+        """Each item's chance of having its teacher label seen as routed: 1 if escalated (and
+        not capped), its audit probability if confident (0 without audits); an estimate of the
+        confident items weighs an audited one by the inverse of it."""
+        audit = self.audit_probability if self.audit_probability is not None else np.zeros(len(self.escalated))
+        return np.where(self.escalated & ~self.capped, 1.0, np.where(self.escalated, 0.0, audit))
 
     @property
     def ask(self) -> np.ndarray:
@@ -161,11 +170,12 @@ def route(
             if confidence is not None:  # the least confident items get the teacher first
                 order = order[np.argsort(confidence[order], kind="stable")]
             capped[order[admitted:]] = True
-    audited = none
-    if mode == "cascade" and auditor is not None and not capped.any():
-        audited = ~escalated & auditor.sample(n)
+    audited, audit_probability = none, None
+    if mode == "cascade" and auditor is not None:
+        audit_probability = auditor.probabilities(confidence) if not capped.any() else np.zeros(n)
+        audited = ~escalated & auditor.sample(n, audit_probability)
         reason[audited] = "audit"
-    return Route(mode, reason, confidence, escalated, capped, audited)
+    return Route(mode, reason, confidence, escalated, capped, audited, audit_probability)
 
 
 def student_scores(mode: Mode, degraded: np.ndarray | bool) -> np.ndarray | bool:

@@ -75,7 +75,7 @@ class LiveStatus(BaseModel):
     fitted_threshold: float | None = None
     threshold: float | None = None  # the live threshold, from the safe start on; None: control off for this student
     estimate: float | None = None  # served agreement or accuracy (see ``through``), or teacher share (budget goals)
-    bound: float | None = None  # its one-sided 95 % bound
+    bound: float | None = None  # its lower confidence-sequence bound (95 % at every look at once): the certified bound
     target: float | None = None
     through: str | None = None  # "agreement", "accuracy" (from outcome feedback) or "share" (budget goals)
     feedback_items: float = 0.0  # items of this student with a true label (accuracy goals)
@@ -83,6 +83,11 @@ class LiveStatus(BaseModel):
     budget_limited: bool = False  # the goal needs more teacher than routing.teacher_budget allows
     evidence_items: float = 0.0  # routed items behind the estimate (aged)
     known_items: float = 0.0  # of those, items whose teacher label is known
+    started_from: Literal["shadow", "safe_start"] | None = None  # where control started this student: its shadow's evidence, or every item to the teacher
+    start_threshold: float | None = None  # the threshold it started at
+    drift_restarts: int = 0  # times the evidence restarted from recent traffic that disagreed more than it predicted
+    audit_near: float | None = None  # audit probability of confident items just above the threshold (10 grid steps) ...
+    audit_far: float | None = None  # ... and of the more confident rest: audits go where the doubt is, routing.audit_rate on average
     updated_at: str | None = None
 
 

@@ -73,6 +73,11 @@ class Evidence:
     def agreed(self) -> np.ndarray:
         return self.student.probs.argmax(axis=1) == self.teacher_label
 
+    @property
+    def known_probability(self) -> np.ndarray:
+        """Each item's chance of having its teacher label seen (``router.decision.Route.known_probability``)."""
+        return self.plan.known_probability
+
 
 OnEvidence = Callable[[Evidence], None]
 

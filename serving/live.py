@@ -41,11 +41,11 @@ if TYPE_CHECKING:
 from distill.registry import Registry
 from router import (ControlSettings, EscalationPolicy, LiveEvidence, LiveOutcomes, RouterError, TargetAccuracy, TeacherBudget,
                     agreement_target, control_step, parse_goal, threshold_grid)
+from router.controller import EVIDENCE_FORMAT, DriftingEvidence
 from serving.api import LiveStatus
-from serving.stores import SYNC_EVERY_S, StateStore
+from serving.stores import LIVE_DOCUMENT, SHADOW_DOCUMENT, SYNC_EVERY_S, StateStore
 
 logger = logging.getLogger("cascade")
-LIVE_DOCUMENT = "live"
 HISTORY_POINTS = 720  # live figures kept for the dashboard: an hour at one update each 5 s
 
 
@@ -76,7 +76,8 @@ class LiveControl:
                  start_threshold: float | None = None, settings: ControlSettings = ControlSettings(), update_every: int = 200,
                  sync_every_s: float = SYNC_EVERY_S, on_status: Callable[[LiveStatus], None] | None = None, stale_s: float = 60.0,
                  outcomes: Callable[[str], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
-                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
+                 audit_rate: float = 0.0):
         self.registry = registry
         self.state = state
         self.clock, self.wall_clock = clock, wall_clock  # injectable: tests step time instead of sleeping
@@ -89,7 +90,10 @@ class LiveControl:
         self.on_status = on_status
         self.stale_s = stale_s
         self.outcomes = outcomes  # a student version's outcome feedback (FeedbackLedger.outcomes), for accuracy goals
+        self.audit_rate = audit_rate  # routing.audit_rate: the average the audit allocation keeps
         self.status = LiveStatus(goal=str(self.goal))
+        self._audit_table: tuple[str, np.ndarray, np.ndarray] | None = None  # student, grid, per-bin audit probability
+        self._starts: dict[str, tuple[int, int, DriftingEvidence | None]] = {}  # per new student: where control starts it
         self._deltas: dict[str, tuple[EscalationPolicy, LiveEvidence]] = {}  # new evidence per student version
         self._latest: str | None = None  # the student version observed last
         self._previous: tuple[str | None, float | None] = (None, None)  # the student the state's replaced, its last threshold
@@ -120,7 +124,16 @@ class LiveControl:
         if policy is None or classes is None or not self._controllable(policy):
             return None
         grid = threshold_grid(policy.measure, classes)
-        return float(grid[self._start(policy, grid)[0]])
+        return float(grid[self._start(student_version, policy, grid)[0]])
+
+    def audit_probabilities(self, student_version: str | None, confidence: np.ndarray) -> np.ndarray | None:
+        """Each confident item's audit probability under the shared allocation of the student the
+        state names (``router.certify.allocate_audits``); None for another student (audits then
+        fall back to ``routing.audit_rate`` for all)."""
+        table = self._audit_table
+        if table is None or table[0] != student_version:
+            return None
+        return table[2][np.searchsorted(table[1], confidence, side="right")]
 
     def _controllable(self, policy: EscalationPolicy) -> bool:
         """Whether control can hold the goal for this student (an accuracy goal needs its validated agreement)."""
@@ -130,17 +143,26 @@ class LiveControl:
             return False
         return True
 
-    def _start(self, policy: EscalationPolicy, grid: np.ndarray) -> tuple[int, int]:
-        """Where control starts a new student, and the floor it never goes below (grid indices):
-        ``routing.threshold`` when set; for a budget goal the fitted threshold (more teacher is
-        not its safe side); else the top of the range, where a student whose fitted policy
-        escalates everything is also held."""
+    def _start(self, version: str, policy: EscalationPolicy, grid: np.ndarray) -> tuple[int, int, DriftingEvidence | None]:
+        """Where control starts a new student, the floor it never goes below (grid indices), and
+        the evidence it starts from: ``routing.threshold`` when set; for a budget goal the fitted
+        threshold (more teacher is not its safe side); a student judged in shadow starts from
+        its shadow's evidence, at the cheapest threshold that evidence certifies; else the top
+        of the range (the safe start), where a student whose fitted policy escalates everything
+        is also held. Kept per student until the state names it."""
+        if version in self._starts:
+            return self._starts[version]
         top = len(grid) - 1
         if self.start_threshold is not None or isinstance(self.goal, TeacherBudget):
             start = self.start_threshold if self.start_threshold is not None else policy.threshold
-            return int(np.abs(grid - start).argmin()), 0
+            return int(np.abs(grid - start).argmin()), 0, None
         escalates_all = policy.threshold >= grid[top] and all(t >= grid[top] for t in policy.class_thresholds.values())
-        return top, top if escalates_all else 0
+        inherited = None if escalates_all else shadow_evidence(self.state, version, grid)
+        index = top
+        if inherited is not None and self._controllable(policy):
+            index = control_step(inherited.current(), top, self.goal, self.teacher_budget, policy.validation, self.settings).index
+        self._starts = {version: (index, top if escalates_all else 0, inherited)}
+        return self._starts[version]
 
     async def tick(self) -> None:
         """Sync with the shared state if ``sync_every_s`` has passed, or a tenth of it when this
@@ -175,6 +197,10 @@ class LiveControl:
         if state is not None:
             self.status = state.status
             self._previous = (state.previous, state.previous_threshold)
+            self._starts.pop(state.status.student, None)
+            if self.audit_rate > 0 and _same_format(state):
+                current = DriftingEvidence.from_dict(state.evidence).current()
+                self._audit_table = (state.status.student, current.grid, current.audit_probabilities(state.index, self.audit_rate))
             if self.on_status is not None:
                 self.on_status(self.status)
         return self.status
@@ -207,36 +233,47 @@ class LiveControl:
                 feedback: tuple | None = None) -> LiveState:
         if state is not None and state.status.student != version and self._stale(state, version):
             return state
-        if state is None or state.status.student != version or state.evidence["grid"] != delta.grid.tolist():
-            index, floor = self._start(policy, delta.grid)
-            controllable = self._controllable(policy)
-            if not controllable:
-                logger.error("live control off for %s: goal %s needs the policy's validated teacher_agreement", version, self.goal)
-            status = LiveStatus(goal=str(self.goal), student=version, fitted_threshold=policy.threshold,
-                                threshold=float(delta.grid[index]) if controllable else None)
-            state = LiveState(status=status, evidence=LiveEvidence(delta.grid).to_dict(), index=index, floor=floor,
-                              started_at=self.wall_clock(), previous=None if state is None else state.status.student,
-                              previous_threshold=None if state is None else state.status.threshold)
-        evidence = LiveEvidence.from_dict(state.evidence)
-        evidence.merge(delta)
-        evidence.age(self.settings.window_items)
+        if state is None or state.status.student != version or not _same_grid(state, delta.grid):
+            state = self._started(state, version, policy, delta.grid)
+        evidence = DriftingEvidence.from_dict(state.evidence)
+        if evidence.merge(delta, self.settings):
+            state.status = state.status.model_copy(update={"drift_restarts": state.status.drift_restarts + 1})
         state.since_step += delta.items
         state.evidence = evidence.to_dict()
         if state.since_step < self.update_every or state.status.threshold is None:  # None: control off
             return state
+        current = evidence.current()
         outcomes = None
         if self.outcomes is not None and isinstance(self.goal, TargetAccuracy):
-            outcomes = LiveOutcomes.from_items(evidence.grid, *(feedback if feedback is not None else self.outcomes(version)))
-        step = control_step(evidence, state.index, self.goal, self.teacher_budget, policy.validation, self.settings,
+            outcomes = LiveOutcomes.from_items(current.grid, *(feedback if feedback is not None else self.outcomes(version)))
+        step = control_step(current, state.index, self.goal, self.teacher_budget, policy.validation, self.settings,
                             state.floor, outcomes)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         state.index, state.since_step = step.index, 0.0
+        near, far = _audit_summary(current, step.index, self.audit_rate)
         state.status = state.status.model_copy(update=dict(
             threshold=step.threshold, estimate=step.estimate, bound=step.bound, target=step.target, held=step.held,
             budget_limited=step.budget_limited, through=step.through, feedback_items=outcomes.total if outcomes is not None else 0.0,
-            evidence_items=evidence.items, known_items=float(evidence.known.sum()), updated_at=now))
+            evidence_items=current.items, known_items=float(current.known.sum()), audit_near=near, audit_far=far, updated_at=now))
         state.history = (state.history + [[self.wall_clock(), step.threshold, step.estimate, step.bound, step.held]])[-HISTORY_POINTS:]
         return state
+
+    def _started(self, state: LiveState | None, version: str, policy: EscalationPolicy, grid: np.ndarray) -> LiveState:
+        """The state of a student control starts now (``_start``), replacing ``state``'s."""
+        index, floor, inherited = self._start(version, policy, grid)
+        controllable = self._controllable(policy)
+        if not controllable:
+            logger.error("live control off for %s: goal %s needs the policy's validated teacher_agreement", version, self.goal)
+        evidence = inherited if inherited is not None else DriftingEvidence.empty(grid)
+        status = LiveStatus(goal=str(self.goal), student=version, fitted_threshold=policy.threshold,
+                            threshold=float(grid[index]) if controllable else None,
+                            started_from="shadow" if inherited is not None else "safe_start",
+                            start_threshold=float(grid[index]) if controllable else None)
+        if inherited is not None:
+            logger.info("live control starts %s from its shadow's evidence (%.0f items) at %.4f", version, inherited.current().items, grid[index])
+        return LiveState(status=status, evidence=evidence.to_dict(), index=index, floor=floor, started_at=self.wall_clock(),
+                         previous=None if state is None else state.status.student,
+                         previous_threshold=None if state is None else state.status.threshold)
 
     def history(self) -> list[list[Any]]:
         """The shared history of live figures: [unix time, threshold, estimate, bound, held], oldest first."""
@@ -248,3 +285,38 @@ def read_live_status(state: StateStore) -> LiveStatus | None:
     """Online control's shared status, as every replica last left it; None before any sync."""
     live = LiveState.parse(state.read(LIVE_DOCUMENT))
     return live.status if live is not None else None
+
+
+def shadow_evidence(state: StateStore, version: str, grid: np.ndarray) -> DriftingEvidence | None:
+    """The evidence a shadow gathered of candidate ``version`` on live traffic, on its own
+    confidence bins (``serving.shadow``), if the shared shadow document holds it on ``grid``."""
+    document = state.read(SHADOW_DOCUMENT)
+    live = (document or {}).get("live")
+    if document is None or document.get("version") != version or live is None:
+        return None
+    try:
+        evidence = LiveEvidence.from_dict(live)
+    except (RouterError, KeyError, ValueError):
+        return None
+    return DriftingEvidence(evidence, LiveEvidence(grid)) if np.array_equal(evidence.grid, grid) and evidence.items > 0 else None
+
+
+def _same_format(state: LiveState) -> bool:
+    return state.evidence.get("evidence", {}).get("format") == EVIDENCE_FORMAT
+
+
+def _same_grid(state: LiveState, grid: np.ndarray) -> bool:
+    return _same_format(state) and state.evidence["evidence"]["grid"] == grid.tolist()
+
+
+def _audit_summary(evidence: LiveEvidence, index: int, rate: float, near: int = 10) -> tuple[float | None, float | None]:
+    """The mean audit probability of the ``near`` grid steps just above the threshold, and of the
+    rest above (routed-weighted); None without audits or routed items there."""
+    if rate <= 0:
+        return None, None
+    probabilities = evidence.audit_probabilities(index, rate)
+    figures = []
+    for part in (slice(index + 1, index + 1 + near), slice(index + 1 + near, None)):
+        routed = evidence.routed[part]
+        figures.append(float((probabilities[part] * routed).sum() / routed.sum()) if routed.sum() > 0 else None)
+    return figures[0], figures[1]

@@ -11,6 +11,8 @@ import logging
 import time
 from typing import Any, Awaitable, Callable, Protocol
 
+import numpy as np
+
 from distill.errors import RegistryError
 from distill.feedback import FeedbackRecord
 from distill.metadata import escalation_policy
@@ -80,7 +82,8 @@ class CascadeService:
         self.shadow = ShadowRun(stores.registry, stores.state)
         self.live = (
             LiveControl(stores.registry, stores.state, routing.goal, routing.teacher_budget, routing.threshold,
-                        on_status=getattr(metrics, "record_live", None), outcomes=stores.feedback.outcomes)
+                        on_status=getattr(metrics, "record_live", None), outcomes=stores.feedback.outcomes,
+                        audit_rate=routing.audit_rate)
             if routing.control and routing.audit_rate > 0
             else None
         )
@@ -112,7 +115,7 @@ class CascadeService:
                     costs=routing.costs(),
                     teacher_timeout_s=routing.teacher_timeout_s,
                     budget=TeacherRateLimiter(routing.teacher_budget, routing.budget_window_s) if routing.teacher_budget < 1 else None,
-                    auditor=AuditSampler(routing.audit_rate) if routing.audit_rate > 0 else None,
+                    auditor=AuditSampler(routing.audit_rate, allocation=self._audit_allocation) if routing.audit_rate > 0 else None,
                     breaker=CircuitBreaker(routing.breaker_failures, routing.breaker_reset_s),
                     teacher_max_in_flight=routing.teacher_max_in_flight,
                     redact=self.redact,
@@ -138,6 +141,10 @@ class CascadeService:
     def _know_teacher(cascade: Cascade, teacher: dict[str, Any] | None) -> None:
         if teacher is not None and cascade.versions.teacher is None:
             cascade.versions = ModelVersions(student=cascade.versions.student, teacher=teacher["version"])
+
+    def _audit_allocation(self, confidence: np.ndarray) -> np.ndarray | None:
+        """Audit probabilities by confidence, as online control allocates them (None: uniform)."""
+        return self.live.audit_probabilities(self.live.status.student, confidence) if self.live is not None else None
 
     def _observe(self, evidence: Evidence) -> None:
         """What a cascade request showed goes to online control and to a shadow candidate."""

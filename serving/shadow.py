@@ -20,13 +20,13 @@ from distill.backends import HFClassifier
 from distill.metadata import escalation_policy
 from distill.registry import Registry
 from router import EscalationPolicy
+from router.controller import LiveEvidence, threshold_grid
 from router.shadow import ShadowEvidence, ShadowSettings, shadow_verdict
 from serving.cascade import Evidence
 from serving.shared_state import SharedRouting
-from serving.stores import SYNC_EVERY_S, StateStore
+from serving.stores import SHADOW_DOCUMENT, SYNC_EVERY_S, StateStore
 
 logger = logging.getLogger("cascade")
-SHADOW_DOCUMENT = "shadow"
 
 
 class ShadowRun:
@@ -44,6 +44,7 @@ class ShadowRun:
         self.policy: EscalationPolicy | None = None
         self.status: dict[str, Any] | None = None  # the last merged evidence and verdict, for /v1/models
         self._delta = ShadowEvidence()
+        self._live: LiveEvidence | None = None  # this replica's new evidence on the candidate's own confidence bins
         self._checked_at = float("-inf")
         self._busy = False
 
@@ -56,10 +57,15 @@ class ShadowRun:
             probs = candidate.predict_proba(evidence.texts)
             if probs.shape != evidence.student.probs.shape:
                 raise ValueError(f"candidate answered shape {probs.shape}, the student {evidence.student.probs.shape}")
+            confidence, escalates = policy.scores_and_mask(probs)
             self._delta.add(
                 evidence.student.probs.argmax(axis=1), probs.argmax(axis=1), evidence.teacher_label, evidence.known,
-                evidence.policy.escalate_mask(evidence.student.probs), policy.escalate_mask(probs),
+                evidence.policy.escalate_mask(evidence.student.probs), escalates,
             )
+            if self._live is None:
+                self._live = LiveEvidence(threshold_grid(policy.measure, probs.shape[1]))
+            # which items are known depends on the serving student, not on the candidate: each weighs 1 / its chance
+            self._live.add(confidence, evidence.known, probs.argmax(axis=1) == evidence.teacher_label, evidence.known_probability)
         except Exception as err:  # the candidate never fails a request
             logger.error("shadow %s failed on live traffic and is dropped in this replica: %r", self.version, err)
             self.candidate = None
@@ -84,16 +90,17 @@ class ShadowRun:
             if self.candidate is not None:
                 logger.info("shadow %s ended", self.version)
             self.candidate, self.version, self.policy, self.status = None, None, None, None
-            self._delta = ShadowEvidence()
+            self._delta, self._live = ShadowEvidence(), None
             return
         if shadow["version"] != self.version:
             model = self.load(str(self.registry.path("student", shadow["version"])))
             model.predict_proba(["warm up"])
-            self._delta = ShadowEvidence()
+            self._delta, self._live = ShadowEvidence(), None
             self.candidate, self.version, self.policy = model, shadow["version"], escalation_policy(model.meta)
             logger.info("shadow %s now scored beside %s", self.version, current_version)
             return
         delta, self._delta = self._delta, ShadowEvidence()
+        live, self._live = self._live, None
 
         def merged(state: dict | None) -> dict:
             if state is None or state.get("version") != self.version:
@@ -101,7 +108,11 @@ class ShadowRun:
             evidence = ShadowEvidence.from_dict(state["evidence"])
             evidence.merge(delta)
             verdict = shadow_verdict(evidence, self.settings)
-            return {**state, "evidence": evidence.to_dict(),
+            # the candidate's own evidence, which live control starts it from if it is promoted (serving.live)
+            kept = LiveEvidence.from_dict(state["live"]) if state.get("live") else live
+            if kept is not None and live is not None and kept is not live:
+                kept.merge(live)
+            return {**state, "evidence": evidence.to_dict(), "live": kept.to_dict() if kept is not None else None,
                     "verdict": {"decision": verdict.decision, "reason": verdict.reason,
                                 "agreement_gain": verdict.agreement_gain, "escalation_change": verdict.escalation_change}}
 

@@ -11,9 +11,7 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict
 
-from serving.stores import SYNC_EVERY_S, StateStore
-
-ROUTING_DOCUMENT = "routing"
+from serving.stores import ROUTING_DOCUMENT, SYNC_EVERY_S, StateStore
 
 
 class RoutingOverrides(BaseModel):

@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("cascade")
 
 Document = dict[str, Any]
+# the shared documents, by name
+ROUTING_DOCUMENT = "routing"  # the admin's overrides (serving.shared_state)
+LIVE_DOCUMENT = "live"  # online control (serving.live)
+SHADOW_DOCUMENT = "shadow"  # a shadow candidate's evidence and verdict (serving.shadow)
 SYNC_EVERY_S = 1.0  # how often a replica looks at the shared state (overrides, live control, shadow, reloads)
 
 

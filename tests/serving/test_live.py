@@ -15,8 +15,9 @@ import pytest
 
 from distill.registry import Registry
 from router import EscalationPolicy
+from router.controller import LiveEvidence, threshold_grid
 from serving.live import LiveControl
-from serving.stores import FileStateStore
+from serving.stores import SHADOW_DOCUMENT, FileStateStore
 
 GOAL = "agreement>=0.97"
 FITTED = EscalationPolicy(threshold=0.3, goal=GOAL, validation={"teacher_agreement": 0.98})
@@ -159,3 +160,22 @@ def test_an_accuracy_goal_reads_its_feedback_outside_the_shared_lock(tmp_path):
     serve(live, np.random.default_rng(5), "student-v1", requests=20)  # 2,000 items: about ten steps
     assert len(reads) >= 8 and all(reads), reads
     assert live.status.through == "agreement" and live.status.feedback_items == 50  # under min_feedback: held through agreement
+
+
+def test_a_student_judged_in_shadow_starts_from_its_shadows_evidence_at_the_threshold_it_certifies(tmp_path):
+    """The shadow kept evidence of the candidate on its own bins (serving.shadow): its first
+    answers, before any sync, and the shared state start there, not at the top."""
+    rng = np.random.default_rng(8)
+    kept = LiveEvidence(threshold_grid("max_prob", 3))
+    for _ in range(100):  # 20,000 items the shadow saw, 2 % audits above 0.5
+        e = evidence(rng, "student-v2", FITTED, 0.5, items=200)
+        kept.add(e.plan.confidence, e.known, e.agreed, np.where(e.plan.confidence < 0.5, 1.0, 0.2))
+    FileStateStore(tmp_path).update(SHADOW_DOCUMENT, lambda _: {"version": "student-v2", "live": kept.to_dict()})
+    live = control(tmp_path, GOAL, 1.0)
+    first = live.threshold("student-v2", FITTED, 3)
+    assert first is not None and 0.4 <= first < 0.7  # the cheapest certified: 0.40 holds the goal, the bound costs a little
+    live.observe(evidence(rng, "student-v2", FITTED, first))
+    live.sync()
+    assert (live.status.started_from, live.status.start_threshold, live.status.threshold) == ("shadow", first, first)
+    fresh = control(tmp_path / "other", GOAL, 1.0)  # no shadow evidence: the safe start
+    assert fresh.threshold("student-v2", FITTED, 3) == 1.0
