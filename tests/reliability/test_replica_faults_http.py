@@ -4,7 +4,13 @@ teacher replica's process is stopped (SIGSTOP: slower than its timeout) and late
 non-2xx; every unsure item the teacher did not answer must be the student's answer marked
 degraded with the right cause. Then the student replica is killed: every request needs it, so
 the requests it had in hand fail with 503 and Retry-After (never a 500) until Serve has
-restarted it; failures and recovery time are counted."""
+restarted it; failures and recovery time are counted.
+
+Each test waits for what it needs to see (the teacher answering the load before a fault, both
+degradation causes during it, answers after recovery) rather than sleeping a fixed time, and the
+``replicas_back`` fixture waits, after every test, passed or failed, until Serve has a teacher
+and a student replica again and the teacher answers: a test that failed mid-fault does not leave
+the next one a cascade without them."""
 
 from __future__ import annotations
 
@@ -15,7 +21,8 @@ import time
 import httpx
 import pytest
 
-from fault_tools import IN_DOMAIN, ODD, Load, reliability_config, replica_pids, running_cascade
+from fault_tools import IN_DOMAIN, ODD, Answer, Load, reliability_config, replica_pids, running_cascade
+from waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +41,15 @@ def cascade(tiny_home, tmp_path_factory):
         yield url
 
 
+@pytest.fixture(autouse=True)
+def replicas_back(cascade):
+    """After each test: one teacher and one student replica again, and the teacher answering."""
+    yield
+    wait_until(lambda: len(replica_pids("Teacher")) == len(replica_pids("Student")) == 1, 120,
+               "Serve to run one teacher and one student replica again", every_s=1)
+    wait_until_teacher_answers(cascade, 90)
+
+
 def unsure_items(answers):
     """(answer, prediction) for every item the policy sent toward the teacher."""
     return [(a, p) for a in answers if a.status == 200 for p in a.body["predictions"] if p["reason"] == "unsure"]
@@ -42,27 +58,42 @@ def unsure_items(answers):
 def wait_until_teacher_answers(url: str, deadline_s: float) -> float:
     """Seconds until an unsure item is answered by the teacher again."""
     start = time.monotonic()
-    while time.monotonic() - start < deadline_s:
-        body = httpx.post(f"{url}/v1/classify", json={"inputs": ODD}, timeout=30).json()
-        if any(p["tier"] == "teacher" for p in body["predictions"]):
-            return time.monotonic() - start
-        time.sleep(0.1)
-    raise AssertionError(f"the teacher did not come back within {deadline_s} s")
+
+    def teacher_answers() -> bool:
+        response = httpx.post(f"{url}/v1/classify", json={"inputs": ODD}, timeout=30)
+        return response.status_code == 200 and any(p["tier"] == "teacher" for p in response.json()["predictions"])
+
+    wait_until(teacher_answers, deadline_s, "the teacher to answer an unsure item again")
+    return time.monotonic() - start
+
+
+def teacher_answered(load: Load) -> bool:
+    """Whether the teacher has answered an unsure item of the load (the healthy state before a fault)."""
+    return any(p["tier"] == "teacher" for _, p in unsure_items(list(load.answers)))
+
+
+def answered_since(load: Load, since: float, count: int) -> list[Answer]:
+    """The load's answers to requests sent at ``since`` or later, once there are ``count`` (else [])."""
+    later = [a for a in list(load.answers) if a.sent >= since]
+    return later if len(later) >= count else []
 
 
 def test_teacher_slower_than_its_timeout_under_load(cascade):
     [pid] = replica_pids("Teacher")
     with Load(cascade, {"inputs": IN_DOMAIN + ODD}) as load:
-        time.sleep(2)
+        wait_until(lambda: teacher_answered(load), 30, "the teacher to answer the load before the fault")
         stopped_at = time.monotonic()
         os.kill(pid, signal.SIGSTOP)
-        try:
-            time.sleep(4)
+        try:  # stopped until the load has seen both a timeout and the open breaker (the breaker opens after 3 timeouts)
+            wait_until(lambda: {"teacher_timeout", "teacher_circuit_open"} <= {
+                p["cause"] for a, p in unsure_items(list(load.answers)) if a.sent >= stopped_at + 0.6 and p["degraded"]},
+                30, "unsure items degraded by the teacher's timeout and by the open breaker")
         finally:
             os.kill(pid, signal.SIGCONT)
         resumed_at = time.monotonic()
         recovery_s = wait_until_teacher_answers(cascade, 30)
-        time.sleep(1)
+        recovered_at = time.monotonic()
+        wait_until(lambda: answered_since(load, recovered_at, load.clients), 30, "answers to the load after recovery")
     statuses = [a.status for a in load.answers]
     assert statuses and set(statuses) == {200}, f"non-2xx answers: {[s for s in statuses if s != 200]}"
     during = [(a, p) for a, p in unsure_items(load.answers) if a.sent >= stopped_at + 0.6 and a.received <= resumed_at]
@@ -76,18 +107,19 @@ def test_teacher_slower_than_its_timeout_under_load(cascade):
         assert (p["tier"] == "teacher" and not p["degraded"]) or (p["degraded"] and p["cause"] in TIMEOUT_CAUSES)
     stats = httpx.get(f"{cascade}/v1/stats").json()["reliability"]
     assert stats["degraded"]["teacher_timeout"] >= 1 and stats["breaker"] == "closed"
-    print(f"\nteacher stopped 4 s under {load.clients} clients: {len(statuses)} requests, 0 non-2xx, "
+    print(f"\nteacher stopped {resumed_at - stopped_at:.1f} s under {load.clients} clients: {len(statuses)} requests, 0 non-2xx, "
           f"{len(during)} unsure items degraded ({sorted(causes)}); teacher answering again {recovery_s:.2f} s after SIGCONT")
 
 
 def test_teacher_killed_under_load_is_restarted(cascade):
     [pid] = replica_pids("Teacher")
     with Load(cascade, {"inputs": IN_DOMAIN + ODD}) as load:
-        time.sleep(2)
+        wait_until(lambda: teacher_answered(load), 30, "the teacher to answer the load before the kill")
         killed_at = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         recovery_s = wait_until_teacher_answers(cascade, 90)
-        time.sleep(1)
+        recovered_at = time.monotonic()
+        wait_until(lambda: answered_since(load, recovered_at, load.clients), 30, "answers to the load after recovery")
     statuses = [a.status for a in load.answers]
     assert statuses and set(statuses) == {200}, f"non-2xx answers: {[s for s in statuses if s != 200]}"
     after_kill = [(a, p) for a, p in unsure_items(load.answers) if a.sent >= killed_at]
@@ -105,14 +137,13 @@ def test_teacher_killed_under_load_is_restarted(cascade):
 def test_student_killed_under_load_is_restarted(cascade):
     [pid] = replica_pids("Student")
     with Load(cascade, {"inputs": IN_DOMAIN}) as load:
-        time.sleep(2)
+        wait_until(lambda: any(a.status == 200 for a in list(load.answers)), 30, "the student to answer the load before the kill")
         killed_at = time.monotonic()
         os.kill(pid, signal.SIGKILL)
-        deadline = killed_at + 90
-        while not any(a.sent > killed_at + 0.5 and a.status == 200 for a in list(load.answers)):
-            assert time.monotonic() < deadline, "the student did not come back within 90 s"
-            time.sleep(0.1)
-        time.sleep(1)
+        wait_until(lambda: any(a.sent > killed_at + 0.5 and a.status == 200 for a in list(load.answers)), 90,
+                   "the restarted student to answer the load")
+        recovered_at = time.monotonic()
+        wait_until(lambda: answered_since(load, recovered_at, load.clients), 30, "answers to the load after recovery")
     failed = [a for a in load.answers if a.status != 200]
     assert all(a.status == 503 and a.body["retry-after"] == "1" and "student unavailable" in a.body["error"] for a in failed), \
         {a.status for a in failed}
