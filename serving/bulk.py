@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -39,7 +39,9 @@ from pydantic import BaseModel, Field
 from distill.data import TEXT_COLUMNS
 from distill.errors import DistillError
 from distill.escalations import EscalationRecord
-from router import CostModel, Route, route, settle
+from distill.metadata import escalation_policy
+from router import (ControlSettings, CostModel, LiveEvidence, Route, TeacherBudget, agreement_target, control_step, parse_goal, route,
+                    settle, threshold_grid)
 
 INPUT_SUFFIXES = (".csv", ".jsonl", ".parquet")
 ANSWER_COLUMNS = ("label", "score", "tier", "escalated", "confidence", "cost", "student_version", "teacher_version", "error", "source_file", "source_row")
@@ -352,6 +354,63 @@ class TeacherStage:
         return batch
 
 
+class Certification(BaseModel):
+    """How a bulk job's threshold was certified for its goal, as served traffic's is
+    (``router.certify``): on a uniform sample of the input that the teacher labelled first, or
+    from live control's evidence of the same student."""
+
+    source: Literal["sample", "live"]
+    goal: str
+    threshold: float
+    bound: float | None  # the lower bound of the agreement with the teacher at that threshold
+    target: float | None
+    held: bool
+    sample_rows: int = 0  # rows the teacher labelled to certify (source "sample")
+
+    def line(self) -> str:
+        where = f"a sample of {self.sample_rows} rows the teacher labelled" if self.source == "sample" else "live control's evidence"
+        return (f"threshold {self.threshold:.4f} certified for {self.goal} on {where}: bound {self.bound:.4f}" if self.bound is not None
+                else f"threshold {self.threshold:.4f} from {where}") + ("" if self.held else " (the goal is not shown to hold: every row to the teacher)")
+
+
+def sample_texts(plan: InputPlan, rows: int, seed: int = 0, read_at_most: int = 200_000) -> list[str]:
+    """A uniform sample of up to ``rows`` valid texts of the input (of its first ``read_at_most``)."""
+    texts: list[str] = []
+    for path in plan.files:
+        for chunk in read_file(plan.filesystem, path, plan.columns, plan.text_column, np.zeros(0, np.int64), 10_000):
+            texts += [t for t in chunk["_text"].to_pylist() if t is not None]
+            if len(texts) >= read_at_most:
+                break
+        if len(texts) >= read_at_most:
+            break
+    if len(texts) <= rows:
+        return texts
+    picked = np.random.default_rng(seed).choice(len(texts), size=rows, replace=False)
+    return [texts[i] for i in sorted(picked)]
+
+
+def certify_on_sample(student, teacher, texts: list[str], goal: str, settings: ControlSettings = ControlSettings()) -> Certification:
+    """The cheapest threshold that fixed-sequence testing certifies for ``goal`` on ``texts``,
+    every one labelled by the teacher (a uniform sample: each known, weighing alike)."""
+    parsed = parse_goal(goal)
+    policy = escalation_policy(student.meta)
+    if isinstance(parsed, TeacherBudget):
+        raise BulkError(f"goal {goal} caps the teacher's share: a bulk job takes its threshold as fitted, nothing to certify")
+    student_probs = student.predict_proba(texts)
+    teacher_top = teacher.predict_proba(texts).argmax(axis=1)
+    evidence = LiveEvidence(threshold_grid(policy.measure, student_probs.shape[1]))
+    evidence.add(policy.scores(student_probs), np.ones(len(texts), bool), student_probs.argmax(axis=1) == teacher_top)
+    target = agreement_target(parsed, policy.validation)
+    step = control_step(evidence, len(evidence.grid) - 1, parsed, validation=policy.validation, settings=settings)
+    for _ in evidence.grid:  # from the top down to the cheapest certified threshold (thin evidence moves by bounded steps)
+        again = control_step(evidence, step.index, parsed, validation=policy.validation, settings=settings)
+        if again.index == step.index:
+            break
+        step = again
+    return Certification(source="sample", goal=str(parsed), threshold=step.threshold, bound=step.bound, target=target,
+                         held=step.held, sample_rows=len(texts))
+
+
 class BulkJob(BaseModel):
     """What an output directory's ``_job.json`` records: a re-run resumes only the same job."""
 
@@ -363,6 +422,7 @@ class BulkJob(BaseModel):
     student_version: str
     teacher_version: str
     threshold: float | None  # the override in force when the job started; None: the student's fitted one
+    certification: Certification | None = None  # how that threshold was certified, when it was
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def differences(self, other: "BulkJob") -> list[str]:
@@ -391,6 +451,12 @@ class OutputDir:
     def _write_json(self, name: str, value: dict) -> None:
         with self.fs.open_output_stream(self._path(name)) as f:
             f.write(json.dumps(value, indent=2).encode() + b"\n")
+
+    def resumable(self, overwrite: bool) -> bool:
+        """Whether ``start`` would resume an unfinished job here (its recorded threshold stands)."""
+        if overwrite or self.fs.get_file_info(self.root).type != pafs.FileType.Directory:
+            return False
+        return self._read_json(JOB_FILE) is not None and self._read_json(DONE_FILE) is None
 
     def start(self, job: BulkJob, overwrite: bool) -> tuple[BulkJob, bool]:
         """The job to run and whether it resumes an unfinished run of the same job. An output path
@@ -474,6 +540,7 @@ class BulkSummary(BaseModel):
     student_version: str = ""
     teacher_version: str = ""
     bad_examples: list[str] = []  # the first few bad rows: file, row, why
+    certification: Certification | None = None  # how the job's threshold was certified (None: given, or fitted)
 
     @property
     def teacher_share(self) -> float:
@@ -483,11 +550,19 @@ class BulkSummary(BaseModel):
     def texts_per_s(self) -> float:
         return self.rows / self.seconds if self.seconds else 0.0
 
+    @property
+    def teacher_share_with_sample(self) -> float:
+        """The teacher's share of the rows, counting the rows it labelled to certify the threshold."""
+        sample = self.certification.sample_rows if self.certification is not None and self.certification.source == "sample" else 0
+        return (self.teacher_rows + sample) / self.rows if self.rows else 0.0
+
     def line(self) -> str:
         """One human-readable line."""
         ratio = self.cost / self.teacher_only_cost if self.teacher_only_cost else 0.0
-        return (f"{self.rows} rows answered ({self.skipped_rows} already written, {self.bad_rows} bad), teacher share {self.teacher_share:.2%}, "
-                f"cost {self.cost:.0f} vs teacher-only {self.teacher_only_cost:.0f} ({ratio:.1%}), {self.seconds:.1f} s, {self.texts_per_s:.0f} texts/s")
+        certified = f"; {self.certification.line()}" if self.certification is not None else ""
+        return (f"{self.rows} rows answered ({self.skipped_rows} already written, {self.bad_rows} bad), teacher share {self.teacher_share:.2%}"
+                f"{f' ({self.teacher_share_with_sample:.2%} with the certification sample)' if self.certification and self.certification.source == 'sample' else ''}, "
+                f"cost {self.cost:.0f} vs teacher-only {self.teacher_only_cost:.0f} ({ratio:.1%}), {self.seconds:.1f} s, {self.texts_per_s:.0f} texts/s{certified}")
 
 
 def run_bulk(plan: InputPlan, out: OutputDir, job: BulkJob, costs: CostModel, settings: BulkSettings,
@@ -502,7 +577,8 @@ def run_bulk(plan: InputPlan, out: OutputDir, job: BulkJob, costs: CostModel, se
     context.enable_progress_bars = False  # one bar, ours, in rows
     context.print_on_execution_start = False
     done = out.done_rows()
-    summary = BulkSummary(skipped_rows=sum(len(rows) for rows in done.values()), student_version=job.student_version, teacher_version=job.teacher_version)
+    summary = BulkSummary(skipped_rows=sum(len(rows) for rows in done.values()), student_version=job.student_version,
+                          teacher_version=job.teacher_version, certification=job.certification)
     files = ray.data.from_items([{"path": f} for f in plan.files], override_num_blocks=len(plan.files))
     threads = settings.teacher_threads or max(1, math.floor(settings.teacher_cpus))
     ds = (

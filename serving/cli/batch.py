@@ -11,7 +11,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from serving.bulk import BulkError, BulkJob, BulkSettings, BulkSummary, OutputDir, plan_input, run_bulk
+from router import TeacherBudget, parse_goal
+from serving.bulk import (BulkError, BulkJob, BulkSettings, BulkSummary, Certification, InputPlan, OutputDir, certify_on_sample, plan_input,
+                          run_bulk, sample_texts)
 from distill.escalations import EscalationRecord
 from distill.metadata import read_meta
 from serving.remote import model_labels
@@ -25,18 +27,35 @@ def _version(path: str) -> str:
     return meta.version if meta else Path(path).name
 
 
-def served_threshold(config: CascadeConfig, student_version: str) -> float | None:
-    """The threshold served traffic gets now (``router.policy.threshold_in_force``), with online
-    control's live one counted only once control has stepped on evidence for this student (its
-    start-up point sends every item to the teacher until the evidence allows less); None: the
-    student's fitted one."""
+def job_threshold(config: CascadeConfig, student: str, teacher: str, plan: InputPlan, certify_rows: int,
+                  progress: bool) -> tuple[float | None, Certification | None]:
+    """The threshold a bulk job runs at, in served traffic's order (``router.policy.threshold_in_force``):
+    the admin's; else online control's live one once control has stepped on evidence for this
+    student (its start-up point sends every item to the teacher until the evidence allows
+    less); else the config's; else, with online control on (``routing.control``, audits) and
+    ``certify_rows``, the threshold certified for the goal on a sample of the input the teacher
+    labels first (``serving.bulk.certify_on_sample``); else None, the student's fitted one."""
     from serving.compose import open_routing, open_state
     from serving.live import read_live_status
 
-    paths = config.paths()
-    live = read_live_status(open_state(paths)) if config.routing.control and config.routing.audit_rate > 0 else None
-    stepped = live.threshold if live is not None and live.student == student_version and live.updated_at is not None else None
-    return threshold_in_force(open_routing(paths).read(fresh=True).threshold, stepped, config.routing.threshold)[0]
+    paths, routing = config.paths(), config.routing
+    controlled = routing.control and routing.audit_rate > 0
+    live = read_live_status(open_state(paths)) if controlled else None
+    stepped = live if live is not None and live.student == _version(student) and live.updated_at is not None else None
+    threshold, source = threshold_in_force(open_routing(paths).read(fresh=True).threshold, stepped and stepped.threshold, routing.threshold)
+    if source == "live":
+        return threshold, Certification(source="live", goal=stepped.goal, threshold=threshold, bound=stepped.bound,
+                                        target=stepped.target, held=bool(stepped.held))
+    if source != "fitted" or not controlled or certify_rows <= 0 or isinstance(parse_goal(routing.goal), TeacherBudget):
+        return threshold, None
+    from distill.backends import HFClassifier
+
+    texts = sample_texts(plan, certify_rows)
+    if progress:
+        print(f"cascade batch: the teacher labels {len(texts)} sampled rows to certify the threshold for {routing.goal}",
+              file=sys.stderr, flush=True)
+    certification = certify_on_sample(HFClassifier.load(student), HFClassifier.load(teacher), texts, routing.goal)
+    return certification.threshold, certification
 
 
 def batch(args: argparse.Namespace) -> BulkSummary:
@@ -59,11 +78,14 @@ def batch(args: argparse.Namespace) -> BulkSummary:
     teacher = registry.resolve("teacher", args.teacher or config.teacher.model)
     if model_labels(student) != model_labels(teacher):
         raise BulkError(f"student {student} and teacher {teacher} have different label lists: use a matching pair")
-    threshold = args.threshold if args.threshold is not None else served_threshold(config, _version(student))
     plan = plan_input(args.input, args.text_column)
     out = OutputDir(args.output)
+    threshold, certification = args.threshold, None
+    if args.threshold is None and not out.resumable(args.overwrite):
+        threshold, certification = job_threshold(config, student, teacher, plan, 0 if args.no_certify else args.certify_rows, not args.quiet)
     job, resumed = out.start(BulkJob(input=plan.uri, text_column=plan.text_column, student=student, teacher=teacher,
-                                     student_version=_version(student), teacher_version=_version(teacher), threshold=threshold), args.overwrite)
+                                     student_version=_version(student), teacher_version=_version(teacher), threshold=threshold,
+                                     certification=certification), args.overwrite)
     asked = {"student_version": args.student and _version(student), "teacher_version": args.teacher and _version(teacher), "threshold": args.threshold}
     if resumed and (changed := [f"{k} {getattr(job, k)!r}" for k, v in asked.items() if v is not None and v != getattr(job, k)]):
         raise BulkError(f"output {args.output} holds an unfinished job started with {', '.join(changed)}: run it again without "
@@ -111,7 +133,13 @@ def add_parser(sub) -> None:
     p.add_argument("--home", type=Path, default=None, help="registry and cache directory (default: $CASCADE_HOME or ./.cascade)")
     p.add_argument("--student", default=None, help="student version or directory (default: the config's, else current)")
     p.add_argument("--teacher", default=None, help="teacher version or directory (default: the config's, else current)")
-    p.add_argument("--threshold", type=float, default=None, help="override the threshold (default: as served: admin's, config's, else fitted)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="override the threshold (default: as served: the admin's, online control's live one, the config's; "
+                        "else certified for the goal on a sample of the input the teacher labels first, see --certify-rows)")
+    p.add_argument("--certify-rows", type=at_least_one, default=500,
+                   help="rows sampled from the input for the teacher to label, to certify the threshold when no live evidence "
+                        "or set threshold decides it (default: 500)")
+    p.add_argument("--no-certify", action="store_true", help="run at the student's fitted threshold when nothing else sets one")
     p.add_argument("--log", type=Path, default=None, help="escalation log directory (default: the config's, <home>/escalations)")
     p.add_argument("--address", default=None, help="an existing Ray cluster (e.g. ray://head:10001 or auto); default: start one here")
     p.add_argument("--num-cpus", type=at_least_one, default=None, help="CPUs of the local Ray cluster (default: all)")

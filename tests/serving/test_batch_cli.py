@@ -52,7 +52,7 @@ def ray_cluster():
 @pytest.fixture(scope="module")
 def unsure_home(tiny_home: Path, tiny_data: Path, tmp_path_factory) -> Path:
     """A copy of the tiny home whose current student leaves some of the tiny test rows unsure."""
-    from tests.distill.test_bulk import unsure_student
+    from tests.serving.test_bulk import unsure_student
 
     home = tmp_path_factory.mktemp("batch") / "home"
     shutil.copytree(tiny_home, home)
@@ -88,7 +88,7 @@ def _served(home: Path, texts: list[str]):
 def test_batch_answers_as_served_and_logs_escalations(ray_cluster, unsure_home: Path, tiny_data: Path, tmp_path: Path, capsys):
     out, log = tmp_path / "out", tmp_path / "log"
     argv = ["batch", "--home", str(unsure_home), "--input", str(tiny_data / "test.jsonl"), "--output", str(out),
-            "--log", str(log), "--rows-per-batch", "16", "--json", "-q"]
+            "--log", str(log), "--rows-per-batch", "16", "--no-certify", "--json", "-q"]  # at the fitted threshold, as _served
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     table = pq.read_table(out).sort_by("source_row")
@@ -141,6 +141,24 @@ def test_a_rerun_after_a_crash_answers_only_what_was_not_written(ray_cluster, un
     assert sorted(rows) == list(range(total))  # every row once
     teacher_rows = int(np.sum(np.array(pq.read_table(out)["tier"].to_pylist()) == "teacher"))
     assert len(read_records(log)) == teacher_rows  # records the crashed block logged are not counted twice
+
+
+@pytest.mark.slow
+def test_without_live_evidence_the_threshold_is_certified_on_a_sample_first_and_a_rerun_keeps_it(ray_cluster, unsure_home: Path,
+                                                                                                 tiny_data: Path, tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    argv = ["batch", "--home", str(unsure_home), "--input", str(tiny_data / "test.jsonl"), "--output", str(out),
+            "--log", str(tmp_path / "log"), "--certify-rows", "40", "--json", "-q"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    certification = summary["certification"]
+    assert certification["source"] == "sample" and certification["sample_rows"] == 40 and certification["goal"] == "agreement>=0.97"
+    assert certification["held"] and certification["bound"] >= certification["target"] == 0.97
+    job = json.loads((out / "_job.json").read_text())
+    assert job["threshold"] == certification["threshold"] and job["certification"] == certification  # a rerun resumes at it
+    table = pq.read_table(out)
+    confident = np.array(table["confidence"].to_pylist()) >= certification["threshold"]
+    assert not np.array(table["escalated"].to_pylist())[confident].any()  # answered at the certified threshold
 
 
 @pytest.mark.slow

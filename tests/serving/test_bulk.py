@@ -172,3 +172,34 @@ def test_the_stages_answer_as_the_served_cascade(own_home: Path, tiny_data: Path
     assert [r["teacher_label"] for r in records] == [r.teacher_label for r in logged]
     assert [r["student_label"] for r in records] == [r.student_label for r in logged]
     assert records[0]["id"] == record_id("job1", plan.files[0], out["source_row"][int(np.argmax(out["escalated"].to_numpy()))].as_py())
+
+
+class _RuleModel:
+    """A classifier over texts that are their own confidence ("0.734"): the student answers label
+    0 with that confidence; the teacher disagrees with it below ``wrong_below``."""
+
+    def __init__(self, version: str, teacher_wrong_below: float | None = None):
+        self.version, self.wrong_below = version, teacher_wrong_below
+        self.meta = {"threshold": 0.1, "goal": "agreement>=0.97"}  # the policy as a replica passes it (escalation_policy)
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        c = np.array([float(t) for t in texts])
+        if self.wrong_below is None:
+            return np.stack([c, 1 - c], axis=1)
+        return np.where((c < self.wrong_below)[:, None], [[0.0, 1.0]], [[1.0, 0.0]])
+
+
+def test_a_threshold_certified_on_a_sample_holds_the_goal_on_the_whole_input():
+    from serving.bulk import certify_on_sample
+
+    rng = np.random.default_rng(0)
+    population = [f"{c:.4f}" for c in rng.uniform(0.5, 1.0, 20_000)]  # the teacher disagrees below 0.6: 20 % of items
+    student, teacher = _RuleModel("student-1"), _RuleModel("teacher-1", teacher_wrong_below=0.6)
+    sample = [population[i] for i in rng.choice(len(population), 2_000, replace=False)]
+    certified = certify_on_sample(student, teacher, sample, "agreement>=0.97")
+    c = np.array([float(t) for t in population])
+    served_agreement = 1 - np.mean((c >= certified.threshold) & (c < 0.6))
+    assert certified.source == "sample" and certified.held and certified.bound >= 0.97 and certified.sample_rows == 2_000
+    assert served_agreement >= 0.97 and certified.threshold < 0.7  # it holds, and it is not the safe start
+    with pytest.raises(BulkError, match="caps the teacher"):
+        certify_on_sample(student, teacher, sample, "budget<=0.10")
