@@ -76,7 +76,10 @@ SPECS: dict[str, MetricSpec] = {
         MetricSpec("cascade_refresh_runs_total", "counter", "refresh rounds recorded in the registry, by outcome (promoted, rejected, failed)", ("outcome",)),
         MetricSpec("cascade_live_threshold", "gauge", "the escalation threshold online control holds the goal with (routing.control)"),
         MetricSpec("cascade_live_estimate_ratio", "gauge", "online control's live estimate: served agreement with the teacher (agreement goals, and accuracy goals until outcome feedback suffices), served accuracy (accuracy goals with feedback) or teacher share (budget goals)"),
-        MetricSpec("cascade_live_bound_ratio", "gauge", "the estimate's one-sided 95 % bound (lower for agreement and accuracy, the share itself for budgets)"),
+        MetricSpec("cascade_live_bound_ratio", "gauge", "the estimate's certified bound: a lower confidence sequence, 95 % at every look at once, for agreement and accuracy; the share itself for budgets"),
+        MetricSpec("cascade_live_audit_probability_ratio", "gauge", "the audit probability of confident texts just above the live threshold (where near) and of the more confident rest (where far): audits go where the doubt is", ("where",)),
+        MetricSpec("cascade_live_started_from_shadow", "gauge", "1 when online control started the serving student from its shadow's evidence, 0 when from the safe start (every text to the teacher)"),
+        MetricSpec("cascade_live_drift_restarts", "gauge", "times the serving student's evidence restarted because recent traffic disagreed with the teacher more than it predicted"),
         MetricSpec("cascade_live_target_ratio", "gauge", "the figure the goal needs: agreement, accuracy (accuracy goals: the validated agreement until feedback suffices, then the target or the teacher's live accuracy) or the budget share"),
         MetricSpec("cascade_goal_held", "gauge", "1 while the goal holds on live traffic at the live threshold, with its bound; 0 when it does not"),
         MetricSpec("cascade_goal_budget_limited", "gauge", "1 while the goal needs more teacher than routing.teacher_budget allows (the budget wins)"),
@@ -165,7 +168,8 @@ class IngressMetrics(Recorder):
             "cascade_log_records_total", "cascade_log_bytes_total", "cascade_log_write_errors_total",
             "cascade_feedback_items_total", "cascade_traffic_write_errors_total",
             "cascade_live_threshold", "cascade_live_estimate_ratio", "cascade_live_bound_ratio", "cascade_live_target_ratio",
-            "cascade_goal_held", "cascade_goal_budget_limited",
+            "cascade_goal_held", "cascade_goal_budget_limited", "cascade_live_audit_probability_ratio", "cascade_live_started_from_shadow",
+            "cascade_live_drift_restarts",
         )
         self.student_cost = student_cost
         self._audits_seen = (0, 0)  # (audited, agreed) already exported
@@ -243,6 +247,12 @@ class IngressMetrics(Recorder):
         if status.held is not None:  # None: control has not stepped on evidence yet (just after a promotion)
             self.set("cascade_goal_held", float(status.held))
         self.set("cascade_goal_budget_limited", float(status.budget_limited))
+        for where, value in (("near", status.audit_near), ("far", status.audit_far)):
+            if value is not None:
+                self.set("cascade_live_audit_probability_ratio", value, where=where)
+        if status.started_from is not None:
+            self.set("cascade_live_started_from_shadow", float(status.started_from == "shadow"))
+        self.set("cascade_live_drift_restarts", float(status.drift_restarts))
 
     def record_log_write(self, records: int, size: int) -> None:
         """Count one durable write of the escalation log: its records and bytes."""
