@@ -81,7 +81,7 @@ def add_parser(sub) -> None:
     """The ``refresh`` subcommand's arguments; defaults come from distill.config."""
     from distill.config import DEFAULT_GOAL, RefreshConfig, TrainConfig, WatchConfig
 
-    p = sub.add_parser("refresh", help="retrain the student from the escalation log; gate; promote if better", description="One refresh round: escalation records (teacher soft labels) plus a replay of the base training data train a candidate student; it is promoted only if, on the validation split, it is at least as accurate as the current student and meets the goal with no more escalation. The decision is recorded either way; running cascades pick up a promotion within poll_registry_s.")
+    p = sub.add_parser("refresh", help="retrain the student from the escalation log; gate; promote if better", description="One refresh round: escalation records (teacher soft labels) plus a replay of the base training data train a candidate student; it passes only if, on the validation split, it is at least as accurate as the current student and meets the goal with no more escalation; a passing candidate goes into shadow, judged on live traffic by the running service (or is promoted at once with --no-shadow). The decision is recorded either way; running cascades pick up a promotion within poll_registry_s.")
     p.add_argument("--config", type=Path, default=None,
                    help="serving config (same as cascade serve): its home, data set and columns, escalation log and feedback log")
     p.add_argument("--home", type=Path, default=None, help="registry and cache directory (default: the config's, else $CASCADE_HOME or ./.cascade)")
@@ -107,8 +107,11 @@ def add_parser(sub) -> None:
                    help="share of feedback items (by a hash of request id and index) never trained on: the gate reports both students' "
                         "accuracy on them and rejects a candidate significantly worse there; evaluation feedback is always held out "
                         "(default: 0.2)")
-    p.add_argument("--shadow", action="store_true",
-                   help="a candidate that passes the gate goes into shadow instead of being promoted: the serving replicas judge it on live traffic")
+    p.add_argument("--shadow", action=argparse.BooleanOptionalAction, default=True,
+                   help="a candidate that passes the gate goes into shadow (the default): the serving replicas judge it on live traffic, "
+                        "promote it once it agrees with the teacher no worse and escalates less, and online control starts it from that "
+                        "evidence instead of sending every item to the teacher; --no-shadow promotes it at once (control then starts it at "
+                        "the safe start): use it when no service is running to judge the candidate")
     p.add_argument("--watch", action="store_true", help="keep running: a round every --every-records new records or --every-minutes, whichever first")
     p.add_argument("--every-records", type=at_least_one, default=WatchConfig.every_records, help=f"with --watch: new records that trigger a round (default: {WatchConfig.every_records})")
     p.add_argument("--every-minutes", type=float, default=WatchConfig.every_minutes, help=f"with --watch: minutes after which new records trigger a round (default: {WatchConfig.every_minutes:g})")

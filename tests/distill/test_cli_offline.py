@@ -21,6 +21,11 @@ def test_help_lists_every_subcommand_with_a_line(capsys):
         assert command in out
 
 
+def test_refresh_promotes_through_a_shadow_unless_told_not_to():
+    assert build_parser().parse_args(["refresh"]).shadow is True
+    assert build_parser().parse_args(["refresh", "--no-shadow"]).shadow is False
+
+
 def test_refresh_reads_home_data_and_logs_from_the_serving_config_under_its_flags(tmp_path):
     config = tmp_path / "serve.json"
     config.write_text(json.dumps({"home": str(tmp_path / "home"), "data": "my/data", "text_column": "body",
