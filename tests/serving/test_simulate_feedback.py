@@ -14,6 +14,7 @@ import pytest
 from distill.backends import HFClassifier
 from distill.data import load_splits
 from distill.feedback import read_feedback
+from distill.metadata import escalation_policy
 from distill.registry import Registry
 from serving.cli.simulate import WRONG_TEACHER_KIND, honest_teacher, make_wrong_teacher, pick_wrong_classes, use_wrong_teacher, wrong_answers
 
@@ -53,6 +54,24 @@ def test_a_wrong_teacher_is_registered_once_and_the_honest_one_found_again(own_h
     assert honest_teacher(registry) == base and registry.current("teacher") == base  # as after a run that did not end cleanly
 
 
+def recall_on_wrong_classes(registry: Registry, student_version: str, wrong_teacher: HFClassifier, tiny_data: Path,
+                            classes: list[str]) -> tuple[float, float]:
+    """The student's and the cascade's recall on ``classes`` over the test split, worked out here
+    from the registered student a report row names and the wrong teacher it was served with:
+    the share of the test items of those classes that each answers with their true label (the
+    cascade answers with the teacher where the student's own policy escalates)."""
+    student = HFClassifier.load(registry.path("student", student_version))
+    test = load_splits(str(tiny_data)).test
+    truth = np.array(test.labels)
+    among = np.isin(truth, classes)
+    assert among.sum() >= 20, "the test split has items of the wrong classes"
+    probs = student.predict_proba(test.texts)
+    student_answers = np.array(student.labels)[probs.argmax(1)]
+    teacher_answers = np.array(wrong_teacher.labels)[wrong_teacher.predict_proba(test.texts).argmax(1)]
+    cascade_answers = np.where(escalation_policy(student.meta).escalate_mask(probs), teacher_answers, student_answers)
+    return (float(np.mean(student_answers[among] == truth[among])), float(np.mean(cascade_answers[among] == truth[among])))
+
+
 @pytest.mark.slow
 def test_simulate_sends_feedback_and_learns_from_it(tiny_home, tiny_data, tmp_path):
     from test_simulate_cli import run_simulate
@@ -72,7 +91,13 @@ def test_simulate_sends_feedback_and_learns_from_it(tiny_home, tiny_data, tmp_pa
     rounds = report["rounds"]
     for row in rounds:
         assert 0 < row["feedback_sent"] == row["feedback_recorded"]  # every item new, every one recorded
-        assert 0 <= row["wrong_class_student_recall"] <= 1 and 0 <= row["wrong_class_cascade_recall"] <= 1
+    # the recall the report carries is the round's student's, and its cascade's with the wrong teacher, on the chosen classes
+    [wrong] = [m.version for m in registry.versions("teacher") if m.kind == WRONG_TEACHER_KIND]
+    wrong_teacher = HFClassifier.load(registry.path("teacher", wrong))
+    for row in [*rounds, report["final"]]:
+        student_recall, cascade_recall = recall_on_wrong_classes(registry, row["student"], wrong_teacher, tiny_data, ["music", "weather"])
+        assert row["wrong_class_student_recall"] == pytest.approx(student_recall, abs=1e-4), row["student"]
+        assert row["wrong_class_cascade_recall"] == pytest.approx(cascade_recall, abs=1e-4), row["student"]
     assert len(stored) == sum(r["feedback_sent"] for r in rounds)
     train = load_splits(str(tiny_data)).train
     gold = dict(zip(train.texts, train.labels))
