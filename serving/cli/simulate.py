@@ -8,8 +8,13 @@
    From its first refresh on, the student takes the share its fitted policy earns.
 2. Serve the cascade; stream the rest of the training split through it as production traffic,
    in rounds; the unsure items reach the teacher and land in the escalation log.
-3. After each round, a refresh trains a candidate on the log (plus a replay of the slice),
-   the gate decides, and the running service hot-swaps to a promoted student.
+3. After each round, a refresh trains a candidate on the log (plus a replay of the slice) and
+   the gate decides. A candidate that passes goes into shadow, as ``cascade refresh`` puts it by
+   default: the running service scores it beside the serving student on the next round's
+   traffic and promotes it once it agrees with the teacher no worse and escalates less; online
+   control then starts it from that evidence, at the threshold it certifies, not at the top
+   (each round reports where control started the student serving at its end). With
+   ``promote_at_once`` the service hot-swaps to a passing candidate right after the refresh.
 4. Per round: the teacher's share of that round's traffic, the cost per 1,000 requests, the
    logged rows the round's refresh learned from, and, with the student that served the round,
    the cascade's accuracy and teacher share on the test split (the same items every round, so
@@ -257,7 +262,7 @@ def _wait_for_student(url: str, version: str, timeout_s: float = 60.0) -> None:
 
 def simulate(config: CascadeConfig, rounds: int, seed_fraction: float, shadow: bool, refresh_epochs: int,
              shift: str = "none", typo_rate: float = 0.2, say: Callable[[str], None] = print,
-             feedback_rate: float = 0.0, wrong_teacher: str | None = None) -> dict:
+             feedback_rate: float = 0.0, wrong_teacher: str | None = None, promote_at_once: bool = False) -> dict:
     """Run the simulation (see the module docstring); returns the per-round report."""
     if shift not in SHIFTS:
         raise ConfigError(f"unknown shift {shift!r}: expected one of {', '.join(SHIFTS)}")
@@ -282,7 +287,7 @@ def simulate(config: CascadeConfig, rounds: int, seed_fraction: float, shadow: b
         use_wrong_teacher(registry, base_teacher, wrong_classes)
     try:
         return _simulate(config, registry, full, data, log_dir, rounds, seed_fraction, shadow, refresh_epochs, shift, typo_rate, say,
-                         feedback_rate, wrong_classes)
+                         feedback_rate, wrong_classes, promote_at_once)
     finally:
         if registry.current("teacher") != base_teacher:
             registry.promote("teacher", base_teacher, note="simulate: the run is over; the teacher it started from")
@@ -290,7 +295,7 @@ def simulate(config: CascadeConfig, rounds: int, seed_fraction: float, shadow: b
 
 def _simulate(config: CascadeConfig, registry: Registry, full: DataSplits, data: str, log_dir: Path, rounds: int, seed_fraction: float,
               shadow: bool, refresh_epochs: int, shift: str, typo_rate: float, say: Callable[[str], None], feedback_rate: float,
-              wrong_classes: list[str]) -> dict:
+              wrong_classes: list[str], promote_at_once: bool) -> dict:
     """The run itself, with the teacher it serves already current (see ``simulate``)."""
     teacher = HFClassifier.load(registry.current_path("teacher"))
     cache = TeacherCache(config.paths().cache)
@@ -323,7 +328,8 @@ def _simulate(config: CascadeConfig, registry: Registry, full: DataSplits, data:
               "control": config.routing.control and config.routing.audit_rate > 0, "feedback_rate": feedback_rate,
               "feedback_log": str(config.paths().feedback), "wrong_classes": wrong_classes,
               "wrong_answers": wrong_answers(wrong_classes) if wrong_classes else {},
-              "teacher_recall": class_recall(teacher_probs.argmax(1), labels, classes), "rounds": []}
+              "teacher_recall": class_recall(teacher_probs.argmax(1), labels, classes),
+              "promotion": "at once" if promote_at_once else "through a shadow", "rounds": []}
     try:
         for number, chunk in enumerate(chunks, start=1):
             current = HFClassifier.load(registry.current_path("student"))
@@ -333,17 +339,24 @@ def _simulate(config: CascadeConfig, registry: Registry, full: DataSplits, data:
             predictions = send_traffic(url, texts)
             share = float(np.mean([p["tier"] == "teacher" for p in predictions]))
             degraded = float(np.mean([p["degraded"] for p in predictions]))  # wanted the teacher, did not get it
-            versus = _static_and_controlled(current, teacher, cache, texts, predictions, _settled_live(url), goal)
+            models = _settled_live(url)
+            served_by = models["versions"]["student"]  # a shadow promoted during the round serves its end
+            versus = _static_and_controlled(HFClassifier.load(registry.path("student", served_by)) if served_by != current.version else current,
+                                            teacher, cache, texts, predictions, models, goal)
             sent = (send_feedback(url, token, predictions, [rest.labels[i] for i in chunk], feedback_rate, seed=number)
                     if feedback_rate else {"sent": 0, "recorded": 0, "unchanged": 0, "changed": 0})
             outcome = refresh(registry, config.home, splits, log_dir, refresh_config, data, progress=False,
-                              feedback=read_feedback(config.paths().feedback).values())
+                              feedback=read_feedback(config.paths().feedback).values(), shadow=not promote_at_once)
             used, gate = outcome["data"]["feedback"], outcome["figures"]
-            row = {"round": number, "student": current.version, "traffic": len(chunk), "teacher_share": round(share, 4),
+            live = models.get("live") or {}
+            row = {"round": number, "student": current.version, "student_at_end": served_by, "traffic": len(chunk),
+                   "control_start": live.get("started_from"), "control_start_threshold": live.get("start_threshold"),
+                   "teacher_share": round(share, 4),
                    "degraded_share": round(degraded, 4), "test_teacher_share": round(test.escalation_rate, 4),
                    "cascade_accuracy": round(test.accuracy, 4), "cost_per_1000": round(costs.cost_per_1000(share), 1),
                    "refresh_rows": outcome["data"]["escalation_rows"],
-                   "refresh": "promoted" if outcome["promoted"] else f"rejected ({'; '.join(outcome['reasons'])})", **versus,
+                   "refresh": "in shadow" if outcome["shadow"] else "promoted" if outcome["promoted"] else f"rejected ({'; '.join(outcome['reasons'])})",
+                   **versus,
                    "wrong_class_student_recall": recall["student_recall"], "wrong_class_cascade_recall": recall["cascade_recall"],
                    "feedback_sent": sent["sent"], "feedback_recorded": sent["recorded"], "refresh_feedback_rows": used["used"],
                    "refresh_feedback_contradicted": used["contradicted_teacher"],
@@ -370,10 +383,9 @@ def _simulate(config: CascadeConfig, registry: Registry, full: DataSplits, data:
 def _static_and_controlled(student: HFClassifier, teacher: HFClassifier, cache: TeacherCache, texts: list[str],
                            predictions: list[dict], models: dict, goal: Goal) -> dict:
     """The round's figures of the static threshold (the student's fitted policy) and of the
-    controlled one (the threshold the service reported at the round's end), on the round's
-    traffic with the teacher's labels; the agreement of the answers served; the goal's target."""
-    if models["versions"]["student"] != student.version:
-        raise RuntimeError(f"the service swapped to {models['versions']['student']} during a round served by {student.version}")
+    controlled one (the threshold the service reported at the round's end), for the student
+    serving at the round's end, on the round's traffic with the teacher's labels; the agreement
+    of the answers served; the goal's target."""
     policy = escalation_policy(student.meta)
     round_data = TextDataset(texts, None, list(teacher.labels), name="simulate-round")
     teacher_top = cache.log_probs(teacher, round_data).argmax(1)

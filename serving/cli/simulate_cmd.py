@@ -24,26 +24,36 @@ def run(args: argparse.Namespace) -> int:
     })
     say = (lambda _: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
     report = simulate(config, args.rounds, args.seed_fraction, not args.no_shadow, args.epochs,
-                      shift=args.shift, typo_rate=args.typo_rate, say=say, feedback_rate=args.feedback_rate, wrong_teacher=args.wrong_teacher)
+                      shift=args.shift, typo_rate=args.typo_rate, say=say, feedback_rate=args.feedback_rate, wrong_teacher=args.wrong_teacher,
+                      promote_at_once=args.promote_at_once)
     plot_rounds(report, args.out)
     if args.json:
         print(json.dumps(report))
     else:
         print(f"teacher alone: {report['teacher_accuracy']:.4f}; stream shift: {report['shift']}; goal: {report['goal']}")
         print("| round | teacher share | degraded | teacher share on test | cascade test accuracy | cost / 1,000 | goal (agreement) "
-              "| static: agreement, teacher share | controlled: agreement, teacher share, threshold (source) | served agreement | refresh |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|")
+              "| static: agreement, teacher share | controlled: agreement, teacher share, threshold (source) | served agreement "
+              "| control started (at) | refresh |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in report["rounds"]:
             target = "-" if r["goal_target"] is None else f"{r['goal_target']:.4f}"
             print(f"| {r['round']} | {r['teacher_share']:.2%} | {r['degraded_share']:.2%} | {r['test_teacher_share']:.2%} | "
                   f"{r['cascade_accuracy']:.4f} | {r['cost_per_1000']:.0f} | {target} | "
                   f"{r['static_agreement']:.4f}, {r['static_teacher_share']:.2%} | "
                   f"{r['controlled_agreement']:.4f}, {r['controlled_teacher_share']:.2%}, {r['controlled_threshold']:.4g} ({r['threshold_source']}) | "
-                  f"{r['served_agreement']:.4f} | {r['refresh']} |")
+                  f"{r['served_agreement']:.4f} | {_start(r)} | {r['refresh']} |")
         if report["wrong_classes"] or report["feedback_rate"]:
             print(_feedback_table(report))
         print(f"plot: {args.out}")
     return 0
+
+
+def _start(row: dict) -> str:
+    """Where control started the student serving at the round's end: its shadow's evidence or the safe start."""
+    if row["control_start"] is None:
+        return "-"
+    at = row["control_start_threshold"]
+    return f"{row['control_start'].replace('_', ' ')}{f' ({at:.2f})' if at is not None else ''}"
 
 
 def _feedback_table(report: dict) -> str:
@@ -85,6 +95,9 @@ def add_parser(sub) -> None:
     p.add_argument("--no-shadow", action="store_true",
                    help="let the seed student answer from round 1 (default: it starts in shadow, every round-1 item goes to the teacher "
                         "and is logged, since a few hundred rows are too little evidence for a threshold)")
+    p.add_argument("--promote-at-once", action="store_true",
+                   help="swap to each round's passing candidate right after its refresh (default: through a shadow, as cascade refresh "
+                        "does: judged on the next round's traffic, then started by online control from that evidence)")
     p.add_argument("--epochs", type=at_least_one, default=RefreshConfig().train.epochs,
                    help=f"epochs of each refresh round (default: {RefreshConfig().train.epochs}, as cascade refresh)")
     p.add_argument("--teacher-timeout", type=float, default=120.0,

@@ -24,7 +24,13 @@ def plot_rounds(report: dict, path: Path) -> None:
     share_ax.plot(rounds, [100 * r["teacher_share"] for r in report["rounds"]], "o-", color="tab:orange", label="teacher share of traffic (%)")
     share_ax.plot(rounds, [100 * r["test_teacher_share"] for r in report["rounds"]], "o--", color="tab:orange", alpha=0.5,
                   label="teacher share on test (%)")
-    share_ax.set_xlabel("round (traffic streamed, then a refresh)")
+    for r in report["rounds"]:  # where control started the student serving at the round's end
+        if r.get("control_start") is not None:
+            start = "shadow" if r["control_start"] == "shadow" else "safe start"
+            at = f" {r['control_start_threshold']:.2f}" if r.get("control_start_threshold") is not None else ""
+            share_ax.annotate(f"{start}{at}", (r["round"], 100 * r["teacher_share"]), textcoords="offset points", xytext=(0, 8),
+                              ha="center", fontsize=7, color="tab:gray")
+    share_ax.set_xlabel("round (traffic streamed, then a refresh; label: where control started the round's last student)")
     share_ax.set_ylabel("teacher share of traffic (%)", color="tab:orange")
     share_ax.set_xticks(rounds)
     accuracy_ax = share_ax.twinx()

@@ -29,13 +29,16 @@ pytestmark = pytest.mark.slow
 
 
 def run_simulate(home: Path, data: Path, work: Path, png: Path, *extra: str) -> dict:
-    """``cascade simulate`` in ``home`` (two rounds unless ``extra`` says), in its own process; its JSON report."""
+    """``cascade simulate`` in ``home`` (two rounds unless ``extra`` says), in its own process; its JSON report.
+    Candidates are promoted at once: the tiny data set's rounds of about a hundred items are too
+    few for a shadow's verdict (200 known items); promotion through a shadow, the default, is
+    judged under load in tests/reliability/test_shared_routing_http.py."""
     config = work / "cascade.yaml"
     config.write_text(json.dumps({"metrics": {"port": free_port()}, "proxy": {"stats_port": free_port(), "metrics_port": free_port()}}))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
     done = subprocess.run(
         [sys.executable, "-m", "serving.cli", "simulate", "--home", str(home), "--data", str(data),
-         "--config", str(config), "--port", str(free_port()), "--rounds", "2", "--out", str(png), "--json", *extra],
+         "--config", str(config), "--port", str(free_port()), "--rounds", "2", "--out", str(png), "--promote-at-once", "--json", *extra],
         capture_output=True, text=True, timeout=600, env=env,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -73,8 +76,12 @@ def test_report_has_the_documented_json_shape(simulation, tiny_data):
     assert sum(r["traffic"] for r in report["rounds"]) == report["traffic_rows"]
     assert [r["round"] for r in report["rounds"]] == [1, 2]
     config = load_config(None, home=home)
+    assert report["promotion"] == "at once"
     for row in report["rounds"]:
-        assert {"teacher_share", "test_teacher_share", "cascade_accuracy", "cost_per_1000", "degraded_share", "refresh"} <= row.keys()
+        assert {"teacher_share", "test_teacher_share", "cascade_accuracy", "cost_per_1000", "degraded_share", "refresh",
+                "control_start", "control_start_threshold", "student_at_end"} <= row.keys()
+        assert row["student_at_end"] == row["student"]  # promoted at once: the same student serves the whole round
+        assert row["control_start"] == "safe_start"  # no shadow evidence to start from
         # the teacher share is a count of this round's items, and the round's cost follows from it
         answered = round(row["teacher_share"] * row["traffic"])
         assert row["teacher_share"] == round(answered / row["traffic"], 4), row
