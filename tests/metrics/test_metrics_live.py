@@ -20,6 +20,7 @@ from distill.registry import Registry
 from serving.config import CascadeConfig
 from serving.guards import FEEDBACK_TOKEN_ENV
 from ports import free_port
+from waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -230,9 +231,17 @@ def test_dashboard_charts_live_figures_in_chromium(live, tmp_path):
 
     sender = threading.Thread(target=traffic, daemon=True)
     sender.start()
+    def history_feedback() -> list[float]:
+        """The feedback items counted in each of the server's history samples (cumulative)."""
+        return [sum(s["feedback"].values()) for s in httpx.get(f"{url}/dashboard/history", timeout=30).json()]
+
     try:
-        send_feedback(url, [classify(url, IN_DOMAIN + ODD), classify(url, ODD, mode="teacher")])
-        time.sleep(3)
+        counted = max(history_feedback(), default=0)
+        sent = sum(send_feedback(url, [classify(url, IN_DOMAIN + ODD), classify(url, ODD, mode="teacher")]).values())
+        # the page opens on the server's history: three samples (one a second) that count this
+        # feedback, amid the traffic, put its first rate point at least 2 s before it opens
+        wait_until(lambda: sum(n >= counted + sent for n in history_feedback()) >= 3, 60,
+                   "three samples of the dashboard history that count the feedback just sent")
         opened = time.time()
         page = f"{url}/dashboard?every=1&window=10"
         screenshot = Path(os.environ.get("CASCADE_DASHBOARD_SCREENSHOT", tmp_path / "dashboard.png"))
