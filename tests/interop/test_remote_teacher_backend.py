@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from fake_teacher import rule_label
+from waiting import wait_until
 from distill.errors import ModelError
 from serving.remote import RemoteClassifier, RemoteTeacherError, RemoteTeacherSettings, parse_label
 from distill.registry import Registry
@@ -173,8 +174,7 @@ def test_close_waits_for_the_call_in_progress_then_releases_the_client(fake_teac
     answered = []
     call = threading.Thread(target=lambda: answered.append(model.predict_proba(TEXTS)))
     call.start()
-    while not fake_teacher.in_flight:
-        time.sleep(0.01)
+    wait_until(lambda: fake_teacher.in_flight, 10, "the call to reach the fake teacher", every_s=0.01)
     model.close()
     assert model.closed and not model._http.is_closed  # the batch in progress still has its connection
     with pytest.raises(RemoteTeacherError, match="closed"):
