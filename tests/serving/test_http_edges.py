@@ -480,7 +480,7 @@ def test_fuzzed_bodies_never_get_a_5xx(edge):
 
     send_one()
     print(f"\nfuzz: {sum(statuses.values())} cases, status counts {dict(sorted(statuses.items()))}")
-    assert sum(statuses.values()) >= FUZZ_EXAMPLES
+    assert set(statuses) <= {200, 400, 413, 422}, statuses  # only the statuses a classify body can earn
     assert statuses[200] > 0 and statuses[422] > 0, "the fuzz run must reach both valid and invalid bodies"
 
 
