@@ -17,7 +17,7 @@ WARM_START_EPOCHS = 5
 """Passes of a warm-started refresh round. Each round retrains on the whole log, so the rows of
 earlier rounds are passed over again every round; with 15 passes `cascade simulate` saw more
 candidates that were more accurate alone yet fitted a higher escalation, which the gate rejects
-(README, "cascade simulate")."""
+(docs/measurements.md, "The refresh loop")."""
 
 
 @dataclass

@@ -62,7 +62,7 @@ class StudentDeploymentConfig(ModelDeploymentConfig):
     placement: Literal["deployment", "ingress"] = "ingress"
     threads: int | None = Field(1, ge=1)  # one thread: the student's forward pass is tiny
     # no wait: texts that arrive during a sub-millisecond pass form the next batch anyway, and
-    # waiting to fill one only adds latency to every request (see the bench figures in the README)
+    # waiting to fill one only adds latency to every request (see the bench figures in docs/measurements.md)
     batch_wait_timeout_s: float = Field(0.0, ge=0, le=10)
 
     @model_validator(mode="after")
@@ -122,7 +122,7 @@ class RoutingConfig(_Strict):
     teacher_budget: float = Field(1.0, gt=0, le=1)  # max share of items the teacher sees per window; 1 = no cap
     budget_window_s: float = Field(60.0, gt=0)  # the sliding window of the budget
     # share of confident items also sent to the teacher: the unbiased live evidence online control
-    # holds the goal with (see the README for why 2 %); 0 turns audits, and control, off
+    # holds the goal with (see docs/live-control.md for why 2 %); 0 turns audits, and control, off
     audit_rate: float = Field(0.02, ge=0, le=1)
     control: bool = True  # with audits on, steer the threshold so that `goal` holds on live traffic
     student_cost: float = Field(CostModel.student_units, ge=0)  # cost units per student call

