@@ -8,7 +8,7 @@ from router.breaker import CircuitBreaker
 from router.budget import TeacherRateLimiter
 from router.calibration import apply_temperature, expected_calibration_error, fit_temperature
 from router.confidence import MEASURES, confidence, margin, max_probability, negative_entropy
-from router.controller import (ControlSettings, ControlStep, LiveEvidence, LiveOutcomes, agreement_target, control_step,
+from router.controller import (ControlSettings, ControlStep, LiveEvidence, LiveOutcomes, agreement_target, certified_start, control_step,
                                threshold_grid)
 from router.cost import CostModel
 from router.decision import CAUSES, MODES, REASONS, Decision, Decisions, Route, route, settle
@@ -24,6 +24,7 @@ __all__ = [
     "LiveEvidence",
     "LiveOutcomes",
     "agreement_target",
+    "certified_start",
     "control_step",
     "threshold_grid",
     "CAUSES",

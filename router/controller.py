@@ -466,3 +466,17 @@ def control_step(evidence: LiveEvidence, index: int, goal: Goal, teacher_budget:
     budget_limited = bool((lower >= target).any() and not (allowed & (lower >= target)).any())  # only thresholds past the budget hold it
     return ControlStep(new, float(grid[new]), float(estimate[new]), float(lower[new]), float(target),
                         bool(lower[new] >= target and allowed[new]), budget_limited, through)
+
+
+def certified_start(evidence: LiveEvidence, goal: Goal, teacher_budget: float = 1.0, validation: dict[str, float] | None = None,
+                    settings: ControlSettings = ControlSettings(), floor: int = 0) -> ControlStep:
+    """Where control settles on ``evidence`` alone, from the top: the steps of ``control_step``
+    until the threshold stops moving (evidence gathered beforehand, a shadow's or a bulk job's
+    sample, is certified as a whole rather than stepped through as it arrived)."""
+    step = control_step(evidence, len(evidence.grid) - 1, goal, teacher_budget, validation, settings, floor)
+    for _ in evidence.grid:
+        again = control_step(evidence, step.index, goal, teacher_budget, validation, settings, floor)
+        if again.index == step.index:
+            break
+        step = again
+    return step

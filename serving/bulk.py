@@ -40,7 +40,7 @@ from distill.data import TEXT_COLUMNS
 from distill.errors import DistillError
 from distill.escalations import EscalationRecord
 from distill.metadata import escalation_policy
-from router import (ControlSettings, CostModel, LiveEvidence, Route, TeacherBudget, agreement_target, control_step, parse_goal, route,
+from router import (ControlSettings, CostModel, LiveEvidence, Route, TeacherBudget, agreement_target, certified_start, parse_goal, route,
                     settle, threshold_grid)
 
 INPUT_SUFFIXES = (".csv", ".jsonl", ".parquet")
@@ -401,12 +401,7 @@ def certify_on_sample(student, teacher, texts: list[str], goal: str, settings: C
     evidence = LiveEvidence(threshold_grid(policy.measure, student_probs.shape[1]))
     evidence.add(policy.scores(student_probs), np.ones(len(texts), bool), student_probs.argmax(axis=1) == teacher_top)
     target = agreement_target(parsed, policy.validation)
-    step = control_step(evidence, len(evidence.grid) - 1, parsed, validation=policy.validation, settings=settings)
-    for _ in evidence.grid:  # from the top down to the cheapest certified threshold (thin evidence moves by bounded steps)
-        again = control_step(evidence, step.index, parsed, validation=policy.validation, settings=settings)
-        if again.index == step.index:
-            break
-        step = again
+    step = certified_start(evidence, parsed, validation=policy.validation, settings=settings)
     return Certification(source="sample", goal=str(parsed), threshold=step.threshold, bound=step.bound, target=target,
                          held=step.held, sample_rows=len(texts))
 

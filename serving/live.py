@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 from distill.registry import Registry
 from router import (ControlSettings, EscalationPolicy, LiveEvidence, LiveOutcomes, RouterError, TargetAccuracy, TeacherBudget,
-                    agreement_target, control_step, parse_goal, threshold_grid)
+                    agreement_target, certified_start, control_step, parse_goal, threshold_grid)
 from router.controller import EVIDENCE_FORMAT, DriftingEvidence
 from serving.api import LiveStatus
 from serving.stores import LIVE_DOCUMENT, SHADOW_DOCUMENT, SYNC_EVERY_S, StateStore
@@ -160,7 +160,7 @@ class LiveControl:
         inherited = None if escalates_all else shadow_evidence(self.state, version, grid)
         index = top
         if inherited is not None and self._controllable(policy):
-            index = control_step(inherited.current(), top, self.goal, self.teacher_budget, policy.validation, self.settings).index
+            index = certified_start(inherited.current(), self.goal, self.teacher_budget, policy.validation, self.settings).index
         self._starts = {version: (index, top if escalates_all else 0, inherited)}
         return self._starts[version]
 

@@ -246,3 +246,20 @@ def test_an_accuracy_goal_is_held_through_the_validated_agreement_until_feedback
     states = run_accuracy(TargetAccuracy(None), rounds=3, feedback_rate=0.15)
     assert [s.through for s in states] == ["agreement", "accuracy", "accuracy"]  # about 150, 300, 450 items: 200 needed
     assert states[0].target == 0.98
+
+
+def test_evidence_gathered_beforehand_is_certified_as_a_whole_not_stepped_through():
+    """A shadow's or a bulk sample's evidence: certified_start goes where repeated steps on it
+    settle, however far below the top, and holds the goal there."""
+    from router.controller import certified_start
+
+    rng = np.random.default_rng(9)
+    evidence = LiveEvidence(GRID)
+    evidence.add(*serve(rng, 1.0, 1200, audit_rate=0.02)[:3])  # every item known, as under an all-teacher student
+    top = len(GRID) - 1
+    certified = certified_start(evidence, TargetAgreement(TARGET))
+    index = top
+    for _ in range(len(GRID)):
+        index = control_step(evidence, index, TargetAgreement(TARGET)).index
+    assert certified.index == index < top - ControlSettings().max_step
+    assert certified.held and true_agreement(certified.threshold) >= TARGET
