@@ -47,27 +47,21 @@ def _mixture_scale(alpha: float) -> float:
     return float(grid[int(width.argmin())])
 
 
-def cs_radius(n: float, variance: float, alpha: float, horizon: float) -> float:
+def cs_radius(n: float, variance: float | np.ndarray, alpha: float, horizon: float) -> float | np.ndarray:
     """Radius of a one-sided (1 - ``alpha``) asymptotic confidence sequence for a mean of ``n``
-    values with (estimated) ``variance`` each: ``mean + radius`` bounds the true mean from above
-    at every ``n`` at once. The boundary is tuned to be narrowest at ``horizon`` values of unit
-    variance; it is valid at every ``n``, only wider away from there."""
+    values with (estimated) ``variance`` each (one per candidate threshold, as an array):
+    ``mean + radius`` bounds the true mean from above at every ``n`` at once. The boundary is
+    tuned to be narrowest at ``horizon`` values of unit variance; it is valid at every ``n``,
+    only wider away from there."""
     if not 0 < alpha < 1 or horizon <= 0:
         raise RouterError(f"alpha must lie in (0, 1) and horizon be > 0; got {alpha}, {horizon}")
     if n <= 0:
-        return math.inf
-    rho2 = _mixture_scale(alpha) / horizon
-    spread = n * max(variance, 0.0) * rho2 + 1.0
-    return math.sqrt(2.0 * spread / (n * n * rho2) * math.log(1.0 + math.sqrt(spread) / (2.0 * alpha)))
-
-
-def cs_radii(n: float, variance: np.ndarray, alpha: float, horizon: float) -> np.ndarray:
-    """``cs_radius`` for an array of variances (one per candidate threshold)."""
-    if n <= 0:
-        return np.full(np.shape(variance), math.inf)
-    rho2 = _mixture_scale(alpha) / horizon
-    spread = n * np.maximum(variance, 0.0) * rho2 + 1.0
-    return np.sqrt(2.0 * spread / (n * n * rho2) * np.log(1.0 + np.sqrt(spread) / (2.0 * alpha)))
+        radius = np.full(np.shape(variance), math.inf)
+    else:
+        rho2 = _mixture_scale(alpha) / horizon
+        spread = n * np.maximum(variance, 0.0) * rho2 + 1.0
+        radius = np.sqrt(2.0 * spread / (n * n * rho2) * np.log(1.0 + np.sqrt(spread) / (2.0 * alpha)))
+    return float(radius) if np.ndim(radius) == 0 else radius
 
 
 def fixed_sequence(lower: np.ndarray, target: float, usable: np.ndarray | None = None) -> int:

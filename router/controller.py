@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from router.certify import allocate_audits, cs_radii, fixed_sequence
+from router.certify import allocate_audits, cs_radius, fixed_sequence
 from router.confidence import BOUNDED_MEASURES
 from router.errors import RouterError
 from router.goals import Goal, TargetAccuracy, TargetAgreement, TeacherBudget
@@ -345,7 +345,7 @@ def _sum_radius(variance: np.ndarray, total: float, alpha: float, horizon: float
     """The confidence-sequence radius of a sum over ``total`` items whose variance is ``variance``;
     0 where the variance is 0, a sum known exactly (nothing above a threshold is answered)."""
     variance = np.asarray(variance, dtype=float)
-    return np.where(variance > 0, total * cs_radii(total, variance / total, alpha, horizon), 0.0)
+    return np.where(variance > 0, total * cs_radius(total, variance / total, alpha, horizon), 0.0)
 
 
 @dataclass(frozen=True)
